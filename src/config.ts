@@ -1,0 +1,259 @@
+/**
+ * The one place that reads `process.env`.
+ *
+ * Every setting comes from an environment variable, and structured settings (schedules, backup
+ * sets, lifecycle rules) may also come from a JSON file named by `STOWAGE_CONFIG`. Environment
+ * variables win over the file. `loadConfig()` validates everything with one zod schema and reports
+ * every bad setting at once, by its variable name, never echoing a secret's value.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+const bool = z
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
+  .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+/** A Job Scheduler entry: run `kind` with `data` on a cron pattern in a time zone. */
+export const scheduleSchema = z.object({
+  /** Stable id: upserting the same id replaces the schedule instead of adding one. */
+  id: z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, 'letters, digits, _ . - only (1-100)'),
+  kind: z.string().min(1),
+  /** Cron pattern with 5 or 6 fields. */
+  cron: z.string().min(9),
+  /** IANA time zone; UTC by default. */
+  tz: z.string().default('UTC'),
+  data: z.record(z.string(), z.unknown()).default({}),
+  enabled: z.boolean().default(true),
+});
+export type ScheduleConfig = z.infer<typeof scheduleSchema>;
+
+export const configSchema = z.object({
+  /** Redis for the BullMQ queues. Default redis://127.0.0.1:6379. */
+  redisUrl: z.string().url().default('redis://127.0.0.1:6379'),
+  /** BullMQ key prefix; may hold a `{hash-tag}` for Redis Cluster. Default `stowage`. */
+  prefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_{}.-]{1,64}$/, 'letters, digits, _ . - { } only (1-64)')
+    .default('stowage'),
+  /** PostgreSQL for receipts and catalogs. Default postgres://postgres@127.0.0.1:5432/postgres. */
+  databaseUrl: z.string().min(1).default('postgres://postgres@127.0.0.1:5432/postgres'),
+  /** Schema that holds Stowage's tables. Default `stowage`. Tests use one schema per file. */
+  databaseSchema: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'lowercase identifier')
+    .default('stowage'),
+  storage: z.object({
+    /** Cloudflare account id; the endpoint is derived from it when R2_ENDPOINT is absent. */
+    accountId: z.string().optional(),
+    accessKeyId: z.string().optional(),
+    secretAccessKey: z.string().optional(),
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name').optional(),
+    /** Any S3-compatible endpoint (MinIO, s3rver, AWS). */
+    endpoint: z.string().url().optional(),
+    /** Path-style addressing; default true for non-R2 endpoints, false for R2. */
+    forcePathStyle: bool.optional(),
+    /** Region; `auto` is what R2 expects. */
+    region: z.string().default('auto'),
+    /** Multipart part size in MiB (R2 wants equal parts; S3 needs at least 5). Default 8. */
+    partSizeMb: int(5, 5120).default(8),
+    /** Parts in flight per upload. Memory is bounded by partSize x this. Default 4. */
+    queueSize: int(1, 64).default(4),
+    /** SDK attempts per request (first try included). Default 3. */
+    maxAttempts: int(1, 20).default(3),
+    /** Per-request socket timeout in ms. Default 60000. */
+    requestTimeoutMs: int(1000, 3_600_000).default(60_000),
+  }),
+  /** HMAC secret for bearer tokens (at least 32 characters). */
+  authSecret: z.string().min(32, 'at least 32 characters').optional(),
+  /** `user:password` for HTTP basic auth on Bull Board, as an alternative to tokens. */
+  basicAuth: z
+    .string()
+    .regex(/^[^:]+:.+$/, 'user:password')
+    .optional(),
+  http: z.object({
+    host: z.string().default('127.0.0.1'),
+    port: int(0, 65535).default(3000),
+  }),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  worker: z.object({
+    /** Jobs in flight per queue per process. Default 4. */
+    concurrency: int(1, 1000).default(4),
+    /** How long SIGTERM waits for active jobs before closing anyway (ms). Default 30000. */
+    shutdownTimeoutMs: int(0, 3_600_000).default(30_000),
+    /** Job lock TTL (ms): a dead worker's job is considered stalled after at most this. Default 30000. */
+    lockDurationMs: int(1000, 3_600_000).default(30_000),
+    /** How often each worker checks for stalled jobs (ms). Default 15000. */
+    stalledIntervalMs: int(1000, 3_600_000).default(15_000),
+    /** Times a job may stall (its worker died) before it fails. Default 2. */
+    maxStalledCount: int(0, 100).default(2),
+    /** How often each worker parks final failures the failed event missed (ms). Default 30000. */
+    sweepIntervalMs: int(100, 3_600_000).default(30_000),
+  }),
+  deadLetter: z.object({
+    /** Automatic redrive of parked jobs: every this many ms (0 = off). Default 1 hour. */
+    retryIntervalMs: int(0, 30 * 86_400_000).default(3_600_000),
+    /** At most this many automatic redrives per job. Default 3. */
+    maxRetries: int(0, 1000).default(3),
+  }),
+  events: z.object({
+    /** Approximate length bound of the domain-event stream. Default 10000. */
+    maxLen: int(100, 10_000_000).default(10_000),
+  }),
+  /** Job Schedulers (cron + tz), from the config file. */
+  schedules: z.array(scheduleSchema).default([]),
+  /** Backup sets (structured; see the backup job). */
+  backupSets: z.array(z.record(z.string(), z.unknown())).default([]),
+  /** Lifecycle rules (structured; see the cleanup job). */
+  lifecycleRules: z.array(z.record(z.string(), z.unknown())).default([]),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+
+/** Environment variable → path in the config object. */
+export const ENV_VARS: Record<string, string[]> = {
+  REDIS_URL: ['redisUrl'],
+  STOWAGE_PREFIX: ['prefix'],
+  DATABASE_URL: ['databaseUrl'],
+  STOWAGE_DB_SCHEMA: ['databaseSchema'],
+  R2_ACCOUNT_ID: ['storage', 'accountId'],
+  R2_ACCESS_KEY_ID: ['storage', 'accessKeyId'],
+  R2_SECRET_ACCESS_KEY: ['storage', 'secretAccessKey'],
+  R2_BUCKET: ['storage', 'bucket'],
+  R2_ENDPOINT: ['storage', 'endpoint'],
+  R2_FORCE_PATH_STYLE: ['storage', 'forcePathStyle'],
+  R2_REGION: ['storage', 'region'],
+  STOWAGE_PART_SIZE_MB: ['storage', 'partSizeMb'],
+  STOWAGE_UPLOAD_QUEUE_SIZE: ['storage', 'queueSize'],
+  STOWAGE_S3_MAX_ATTEMPTS: ['storage', 'maxAttempts'],
+  STOWAGE_S3_TIMEOUT_MS: ['storage', 'requestTimeoutMs'],
+  STOWAGE_AUTH_SECRET: ['authSecret'],
+  STOWAGE_BASIC_AUTH: ['basicAuth'],
+  HTTP_HOST: ['http', 'host'],
+  HTTP_PORT: ['http', 'port'],
+  LOG_LEVEL: ['logLevel'],
+  STOWAGE_CONCURRENCY: ['worker', 'concurrency'],
+  STOWAGE_SHUTDOWN_TIMEOUT_MS: ['worker', 'shutdownTimeoutMs'],
+  STOWAGE_LOCK_DURATION_MS: ['worker', 'lockDurationMs'],
+  STOWAGE_STALLED_INTERVAL_MS: ['worker', 'stalledIntervalMs'],
+  STOWAGE_MAX_STALLED_COUNT: ['worker', 'maxStalledCount'],
+  STOWAGE_SWEEP_INTERVAL_MS: ['worker', 'sweepIntervalMs'],
+  STOWAGE_DLQ_RETRY_INTERVAL_MS: ['deadLetter', 'retryIntervalMs'],
+  STOWAGE_DLQ_MAX_RETRIES: ['deadLetter', 'maxRetries'],
+  STOWAGE_EVENTS_MAXLEN: ['events', 'maxLen'],
+};
+
+/** Settings whose values are never printed, even in an error. */
+const SECRET_PATHS = new Set(['storage.secretAccessKey', 'authSecret', 'basicAuth', 'storage.accessKeyId']);
+
+const PATH_TO_ENV = new Map(Object.entries(ENV_VARS).map(([env, path]) => [path.join('.'), env]));
+
+function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
+  let node = target;
+  for (const segment of path.slice(0, -1)) {
+    const next = node[segment];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) node[segment] = {};
+    node = node[segment] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]!] = value;
+}
+
+function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([`STOWAGE_CONFIG: cannot read ${file}: ${(err as Error).message}`]);
+  }
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      throw new Error('the top level must be a JSON object');
+    }
+    return parsed as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError([`STOWAGE_CONFIG: ${file} is not valid JSON: ${(err as Error).message}`]);
+  }
+}
+
+/**
+ * Build the configuration from `env` (default `process.env`), the optional `STOWAGE_CONFIG` file,
+ * and `overrides` (used by tests and the dev command). Throws ConfigError listing every problem.
+ */
+export function loadConfig(
+  env: Record<string, string | undefined> = process.env,
+  overrides: ConfigInput | Record<string, unknown> = {},
+): Config {
+  const raw: Record<string, unknown> = { storage: {}, http: {}, worker: {}, deadLetter: {}, events: {} };
+  const file = env.STOWAGE_CONFIG;
+  const fromFile = file ? readConfigFile(file) : {};
+  deepMerge(raw, fromFile);
+  deepMerge(raw, overrides as Record<string, unknown>);
+  for (const [name, path] of Object.entries(ENV_VARS)) {
+    const value = env[name];
+    if (value !== undefined && value !== '') setPath(raw, path, value);
+  }
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => {
+      const dotted = issue.path.join('.');
+      const envName = PATH_TO_ENV.get(dotted);
+      const where = envName ?? (file ? `${file}: ${dotted}` : dotted);
+      // zod messages never include the received value for these checks, but be explicit.
+      const message = SECRET_PATHS.has(dotted) ? issue.message.replace(/".*"/, '"…"') : issue.message;
+      return `${where}: ${message}`;
+    });
+    throw new ConfigError(problems);
+  }
+  return finish(result.data);
+}
+
+/** Cross-field rules and derived values. */
+function finish(config: Config): Config {
+  const problems: string[] = [];
+  const s = config.storage;
+  if (!s.endpoint && s.accountId) s.endpoint = `https://${s.accountId}.r2.cloudflarestorage.com`;
+  if (s.forcePathStyle === undefined && s.endpoint) s.forcePathStyle = !isR2Endpoint(s.endpoint);
+  if ((s.accessKeyId && !s.secretAccessKey) || (!s.accessKeyId && s.secretAccessKey)) {
+    problems.push('R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together');
+  }
+  for (const schedule of config.schedules) {
+    const fields = schedule.cron.trim().split(/\s+/).length;
+    if (fields < 5 || fields > 6) problems.push(`schedules.${schedule.id}.cron: expected 5 or 6 fields, got ${fields}`);
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return config;
+}
+
+export function isR2Endpoint(endpoint: string): boolean {
+  return /\.r2\.cloudflarestorage\.com$/i.test(new URL(endpoint).hostname);
+}
+
+function deepMerge(target: Record<string, unknown>, source: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(source)) {
+    const existing = target[key];
+    if (
+      typeof value === 'object' && value !== null && !Array.isArray(value) &&
+      typeof existing === 'object' && existing !== null && !Array.isArray(existing)
+    ) {
+      deepMerge(existing as Record<string, unknown>, value as Record<string, unknown>);
+    } else if (value !== undefined) {
+      target[key] = value;
+    }
+  }
+}
+
+/** The configuration with every secret replaced, safe to print or log. */
+export function redactConfig(config: Config): Record<string, unknown> {
+  const copy = structuredClone(config) as unknown as Record<string, unknown>;
+  for (const dotted of SECRET_PATHS) {
+    const path = dotted.split('.');
+    let node: Record<string, unknown> | undefined = copy;
+    for (const segment of path.slice(0, -1)) node = node?.[segment] as Record<string, unknown> | undefined;
+    const last = path[path.length - 1]!;
+    if (node && node[last] !== undefined) node[last] = '[redacted]';
+  }
+  return copy;
+}

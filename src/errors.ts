@@ -1,0 +1,85 @@
+/**
+ * Named errors with stable codes. Code is checked, never message text; `name` survives a process
+ * boundary (a job's failedReason, a child process) where `instanceof` does not.
+ *
+ * The CLI maps a code to an exit status and the HTTP server to a status code, both from ERROR_CODES.
+ */
+
+export const ERROR_CODES = {
+  STOWAGE_ERR_CONFIG: { exit: 78, http: 500 },
+  STOWAGE_ERR_INVALID_PAYLOAD: { exit: 65, http: 400 },
+  STOWAGE_ERR_PERMANENT: { exit: 1, http: 422 },
+  STOWAGE_ERR_NOT_FOUND: { exit: 1, http: 404 },
+  STOWAGE_ERR_UNAUTHORIZED: { exit: 77, http: 401 },
+  STOWAGE_ERR_FORBIDDEN: { exit: 77, http: 403 },
+  STOWAGE_ERR_UNKNOWN_KIND: { exit: 64, http: 404 },
+  STOWAGE_ERR_USAGE: { exit: 64, http: 400 },
+  STOWAGE_ERR_JOB_FAILED: { exit: 1, http: 500 },
+  STOWAGE_ERR_STORE: { exit: 1, http: 502 },
+  STOWAGE_ERR_INTERNAL: { exit: 1, http: 500 },
+} as const satisfies Record<string, { exit: number; http: number }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class StowageError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'StowageError';
+  }
+}
+
+/** A failure that retrying cannot fix: bad input, missing source, refused credentials. Parked at once. */
+export class PermanentError extends StowageError {
+  constructor(message: string, options?: { cause?: unknown; code?: ErrorCode }) {
+    super(options?.code ?? 'STOWAGE_ERR_PERMANENT', message, options);
+    this.name = 'PermanentError';
+  }
+}
+
+/** A payload that does not match its kind's schema. Permanent. */
+export class ValidationError extends PermanentError {
+  readonly issues: string[];
+  constructor(what: string, issues: string[]) {
+    super(`invalid ${what}: ${issues.join('; ')}`, { code: 'STOWAGE_ERR_INVALID_PAYLOAD' });
+    this.name = 'ValidationError';
+    this.issues = issues;
+  }
+}
+
+export class ConfigError extends StowageError {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super('STOWAGE_ERR_CONFIG', `invalid configuration: ${problems.join('; ')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+export class NotFoundError extends StowageError {
+  constructor(message: string) {
+    super('STOWAGE_ERR_NOT_FOUND', message);
+    this.name = 'NotFoundError';
+  }
+}
+
+export class AuthError extends StowageError {
+  constructor(message: string, code: 'STOWAGE_ERR_UNAUTHORIZED' | 'STOWAGE_ERR_FORBIDDEN' = 'STOWAGE_ERR_UNAUTHORIZED') {
+    super(code, message);
+    this.name = 'AuthError';
+  }
+}
+
+/** True for errors that must not be retried, whether thrown here or revived from another process. */
+export function isPermanent(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (err instanceof PermanentError) return true;
+  return err.name === 'PermanentError' || err.name === 'ValidationError' || err.name === 'UnrecoverableError';
+}
+
+export function codeOf(err: unknown): ErrorCode {
+  if (err instanceof StowageError) return err.code;
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code in ERROR_CODES ? (code as ErrorCode) : 'STOWAGE_ERR_INTERNAL';
+}

@@ -1,0 +1,15 @@
+/**
+ * Every Redis key Stowage itself writes (BullMQ owns the queue keys). All sit under the BullMQ
+ * prefix so that a `{hash-tag}` prefix keeps them in one Redis Cluster slot with the queues.
+ */
+export const redisKeys = {
+  /** Domain events other services read (XREAD / XREADGROUP). */
+  events: (prefix: string) => `${prefix}:stowage:events`,
+  /** How many times a job has been redriven automatically from the dead-letter queue. */
+  redrives: (prefix: string) => `${prefix}:stowage:redrives`,
+  /** Heartbeat of live workers (hash: worker id → last beat ms). */
+  workers: (prefix: string) => `${prefix}:stowage:workers`,
+};
+
+/** The dead-letter job id for a parked job. BullMQ ids may not contain ':'. */
+export const parkedJobId = (originQueue: string, jobId: string) => `${originQueue}--${jobId}`;
