@@ -5,3 +5,4 @@ export * from './keys.js';
 export type { ParkedJob } from './dead-letter.js';
 export { safeId } from './ids.js';
 export * from './event-stream.js';
+export * from './connection.js';
