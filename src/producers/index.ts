@@ -29,6 +29,8 @@ export interface EnqueueOptions {
   delay?: number;
   priority?: number;
   attempts?: number;
+  /** Base delay of the exponential backoff between attempts, in ms. */
+  backoffMs?: number;
 }
 
 export interface Enqueued {
@@ -75,6 +77,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     if (opts.delay !== undefined) jobOpts.delay = opts.delay;
     if (opts.priority !== undefined) jobOpts.priority = opts.priority;
     if (opts.attempts !== undefined) jobOpts.attempts = opts.attempts;
+    if (opts.backoffMs !== undefined) jobOpts.backoff = { type: 'exponential', delay: opts.backoffMs, jitter: 0.5 };
     const q = queue(kind);
     // BullMQ ignores an add whose id exists and does not say so; ask first. The answer is
     // informational (a race can only make it say `true` for a job that was deduplicated).

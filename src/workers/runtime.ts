@@ -1,0 +1,237 @@
+/**
+ * The worker runtime: the only place that creates BullMQ Workers.
+ *
+ * For each chosen kind it runs a Worker whose processor validates the payload, builds the
+ * processor's context, runs it, and writes the receipt. Errors keep their kind across the failed
+ * set (see tagError); permanent ones are not retried. Final failures are parked in the
+ * dead-letter queue as soon as the `failed` event fires, and a periodic sweep parks any the event
+ * missed (a worker that died mid-park, a job failed by the stalled checker, an undefined job).
+ *
+ * Lock and stall timing (config.worker): a job's lock lasts `lockDurationMs` (30 s) and is renewed
+ * every half of that while the processor runs; every worker checks for stalled jobs each
+ * `stalledIntervalMs` (15 s). So a SIGKILLed worker's job is picked up by another within about
+ * lockDuration + stalledInterval (≈45 s by default), and fails after `maxStalledCount` (2) stalls,
+ * which protects the fleet from a job that kills every worker that touches it.
+ */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Config } from '../config.js';
+import type { Db } from '../db/pool.js';
+import { insertJobReceipt } from '../db/job-receipts.js';
+import { isPermanent, PermanentError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import {
+  createEventStream,
+  createRedis,
+  parsePayload,
+  type EventStream,
+  type JobKind,
+  type JobProgress,
+} from '../queues/index.js';
+import { createStorage, type Storage } from '../storage/client.js';
+import type { Processor, ProcessorContext } from './context.js';
+import { DeadLetter, tagError } from './dead-letter.js';
+
+export type ProcessorMap = { [K in JobKind]?: Processor<K> };
+
+export interface RuntimeOptions {
+  config: Config;
+  logger: Logger;
+  metrics: Metrics;
+  db: Db;
+  /** Kinds to run; each needs a processor. */
+  kinds: readonly JobKind[];
+  processors: ProcessorMap;
+  /** Jobs in flight per kind (default config.worker.concurrency). */
+  concurrency?: Partial<Record<JobKind, number>>;
+  /** Storage factory; default createStorage(config), created on first use. */
+  storage?: () => Storage;
+  /** Identifies this process in logs and in Redis CLIENT LIST. */
+  workerId?: string;
+}
+
+export interface Runtime {
+  workerId: string;
+  workers: Worker[];
+  deadLetter: DeadLetter;
+  events: EventStream;
+  /** Park every final failure of this runtime's queues now. */
+  sweep(): Promise<number>;
+  /**
+   * Stop fetching, let active jobs finish for up to `timeoutMs` (default config.worker.shutdownTimeoutMs),
+   * then abort the rest (their locks expire and other workers pick them up) and close connections.
+   */
+  close(timeoutMs?: number): Promise<void>;
+}
+
+const PROGRESS_INTERVAL_MS = 250;
+
+export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
+  const { config, logger, metrics, db } = options;
+  const workerId = options.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  const missing = options.kinds.filter((k) => !options.processors[k]);
+  if (missing.length) throw new PermanentError(`no processor for kind(s): ${missing.join(', ')}`, { code: 'STOWAGE_ERR_USAGE' });
+
+  // One connection for Stowage's own commands; each Worker duplicates it for its blocking reads.
+  const connection: Redis = createRedis(config.redisUrl, { connectionName: `stowage:${workerId}` });
+  const events = createEventStream(connection, config.prefix, config.events.maxLen);
+  const deadLetter = new DeadLetter({
+    connection,
+    prefix: config.prefix,
+    logger,
+    metrics,
+    events,
+    onParked: async (record) => {
+      await insertJobReceipt(db, {
+        queue: record.originQueue,
+        jobId: record.originJobId,
+        name: record.name,
+        status: 'parked',
+        attempts: record.attemptsMade,
+        result: null,
+        error: record.error.message,
+      }).catch((err: unknown) => logger.warn({ err, queue: record.originQueue, jobId: record.originJobId }, 'parked receipt not written'));
+    },
+  });
+
+  let storage: Storage | undefined;
+  const getStorage = () => (storage ??= (options.storage ?? (() => createStorage(config)))());
+  const shutdown = new AbortController();
+
+  const workers: Worker[] = [];
+  for (const kind of options.kinds) {
+    const processor = options.processors[kind] as Processor<JobKind>;
+    const run = async (job: Job) => {
+      const attempt = job.attemptsMade + 1;
+      const log = logger.child({ queue: kind, jobId: job.id, attempt, workerId });
+      const stop = metrics.jobDuration.startTimer({ queue: kind });
+      try {
+        job.data = parsePayload(kind, job.data);
+        let lastProgress = 0;
+        let lastStage = '';
+        const ctx: ProcessorContext = {
+          config,
+          logger: log,
+          db,
+          storage: getStorage,
+          metrics,
+          attempt,
+          signal: shutdown.signal,
+          emit: async (type, data) => {
+            await events.emit(type, data, { queue: kind, jobId: job.id! });
+          },
+          progress: async (p: JobProgress) => {
+            const now = Date.now();
+            // Throttled: a stage change or the final byte always goes out, the rest at most 4/s.
+            const final = p.totalBytes !== undefined && p.bytes >= p.totalBytes;
+            if (p.stage === lastStage && !final && now - lastProgress < PROGRESS_INTERVAL_MS) return;
+            lastProgress = now;
+            lastStage = p.stage;
+            await job.updateProgress({ ...p });
+          },
+        };
+        log.info('job started');
+        const result = await processor(job as never, ctx);
+        // The receipt is part of the job: if Postgres is away the attempt fails and retries.
+        await insertJobReceipt(db, { queue: kind, jobId: job.id!, name: job.name, status: 'completed', attempts: attempt, result, error: null });
+        stop({ status: 'completed' });
+        log.info({ durationMs: Date.now() - (job.processedOn ?? Date.now()) }, 'job completed');
+        return result;
+      } catch (raw) {
+        stop({ status: 'failed' });
+        const err = raw instanceof Error ? raw : new Error(String(raw));
+        const permanent = isPermanent(err);
+        log.warn({ err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent }, 'job attempt failed');
+        if (permanent) {
+          const u = new UnrecoverableError(tagError(err));
+          if (err.stack) u.stack = err.stack;
+          throw u;
+        }
+        err.message = tagError(err);
+        throw err;
+      }
+    };
+
+    const worker = new Worker(kind, run, {
+      connection: connection.duplicate({ connectionName: `stowage:${workerId}:${kind}` }),
+      prefix: config.prefix,
+      concurrency: options.concurrency?.[kind] ?? config.worker.concurrency,
+      lockDuration: config.worker.lockDurationMs,
+      stalledInterval: config.worker.stalledIntervalMs,
+      maxStalledCount: config.worker.maxStalledCount,
+      name: workerId,
+      autorun: true,
+    });
+    worker.on('completed', (job) => {
+      metrics.jobsCompleted.inc({ queue: kind });
+      if (job?.id) void deadLetter.forget(kind, job.id).catch(() => {});
+    });
+    worker.on('failed', (job, err) => {
+      metrics.jobsFailed.inc({ queue: kind });
+      if (!job) {
+        // BullMQ may report a failure without the job (stalled-limit, a removed job): the sweep finds it.
+        void deadLetter.sweep(kind).catch((e: unknown) => logger.warn({ err: e, queue: kind }, 'sweep failed'));
+        return;
+      }
+      void (async () => {
+        const state = await job.getState();
+        if (state === 'failed') await deadLetter.park(job);
+        else metrics.jobsRetried.inc({ queue: kind });
+      })().catch((e: unknown) =>
+        logger.warn({ err: e, queue: kind, jobId: job.id, error: err.message }, 'park failed; the sweep will retry'),
+      );
+    });
+    worker.on('error', (err) => logger.error({ err, queue: kind }, 'worker error'));
+    worker.on('stalled', (jobId) => logger.warn({ queue: kind, jobId }, 'job stalled: its worker stopped renewing the lock'));
+    workers.push(worker);
+  }
+
+  const sweep = async () => {
+    let parked = 0;
+    for (const kind of options.kinds) parked += await deadLetter.sweep(kind);
+    return parked;
+  };
+  const sweeper = setInterval(() => {
+    void sweep().catch((err: unknown) => logger.warn({ err }, 'sweep failed'));
+  }, config.worker.sweepIntervalMs);
+  sweeper.unref();
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+  // Failures left by a previous run (or missed events) are parked at start.
+  void sweep().catch((err: unknown) => logger.warn({ err }, 'initial sweep failed'));
+  logger.info({ workerId, kinds: options.kinds }, 'workers started');
+
+  let closing: Promise<void> | undefined;
+  return {
+    workerId,
+    workers,
+    deadLetter,
+    events,
+    sweep,
+    close(timeoutMs = config.worker.shutdownTimeoutMs) {
+      closing ??= (async () => {
+        clearInterval(sweeper);
+        logger.info({ workerId, timeoutMs }, 'draining: no new jobs; waiting for active jobs');
+        const graceful = Promise.all(workers.map((w) => w.close()));
+        let timer: NodeJS.Timeout | undefined;
+        const expired = new Promise<'timeout'>((resolve) => {
+          timer = setTimeout(() => resolve('timeout'), timeoutMs);
+        });
+        const outcome = await Promise.race([graceful.then(() => 'drained' as const), expired]);
+        clearTimeout(timer);
+        if (outcome === 'timeout') {
+          logger.warn({ workerId }, 'drain bound reached: aborting active jobs; their locks expire and other workers retry them');
+          shutdown.abort(new Error('worker shutting down'));
+          await Promise.all(workers.map((w) => w.close(true)));
+        }
+        await deadLetter.close();
+        storage?.close();
+        await connection.quit().catch(() => connection.disconnect());
+        logger.info({ workerId, outcome }, 'workers closed');
+      })();
+      return closing;
+    },
+  };
+}
