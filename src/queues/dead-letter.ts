@@ -6,6 +6,8 @@ export interface ParkedJob {
   payload: unknown;
   error: { message: string; name: string; stack?: string; code?: string };
   attemptsMade: number;
+  /** The origin job's retry options, reused when it is redriven. */
+  opts: { attempts?: number; backoff?: unknown; priority?: number };
   /** Automatic redrives already spent on this job. */
   redrives: number;
   timestamps: { created: number; processed?: number; failed?: number; parked: number };

@@ -6,3 +6,4 @@ export type { ParkedJob } from './dead-letter.js';
 export { safeId } from './ids.js';
 export * from './event-stream.js';
 export * from './connection.js';
+export * from './schedules.js';

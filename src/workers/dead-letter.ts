@@ -11,7 +11,7 @@
  * Parked jobs sit *waiting* in the `dead-letter` queue; no worker consumes it. They leave it by
  * redrive (by hand, or automatically on a slow schedule at most N times) or purge.
  */
-import { Queue, type Job } from 'bullmq';
+import { Queue, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -110,6 +110,11 @@ export class DeadLetter {
         ...(code ? { code } : {}),
       },
       attemptsMade: job.attemptsMade,
+      opts: {
+        ...(job.opts.attempts !== undefined ? { attempts: job.opts.attempts } : {}),
+        ...(job.opts.backoff !== undefined ? { backoff: job.opts.backoff } : {}),
+        ...(job.opts.priority ? { priority: job.opts.priority } : {}),
+      },
       redrives,
       timestamps: {
         created: job.timestamp,
@@ -195,7 +200,7 @@ export class DeadLetter {
     }
     if (options.dryRun) return { ...base, action: 'would_redrive' };
     if (state === 'failed') await (await origin.getJob(originJobId))?.remove();
-    await origin.add(name, payload, { jobId: originJobId });
+    await origin.add(name, payload, { ...(parked.data.opts as JobsOptions | undefined), jobId: originJobId });
     if (options.automatic) await this.deps.connection.hincrby(redisKeys.redrives(this.deps.prefix), parked.id!, 1);
     await parked.remove();
     const mode = options.automatic ? 'automatic' : 'manual';

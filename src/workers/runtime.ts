@@ -30,6 +30,7 @@ import {
   type EventStream,
   type JobKind,
   type JobProgress,
+  MAINTENANCE_QUEUE,
 } from '../queues/index.js';
 import { createStorage, type Storage } from '../storage/client.js';
 import type { Processor, ProcessorContext } from './context.js';
@@ -51,6 +52,8 @@ export interface RuntimeOptions {
   storage?: () => Storage;
   /** Identifies this process in logs and in Redis CLIENT LIST. */
   workerId?: string;
+  /** Also run the maintenance queue (dead-letter auto-redrive). Default true. */
+  maintenance?: boolean;
 }
 
 export interface Runtime {
@@ -186,6 +189,20 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     });
     worker.on('error', (err) => logger.error({ err, queue: kind }, 'worker error'));
     worker.on('stalled', (jobId) => logger.warn({ queue: kind, jobId }, 'job stalled: its worker stopped renewing the lock'));
+    workers.push(worker);
+  }
+
+  if (options.maintenance !== false) {
+    const worker = new Worker(
+      MAINTENANCE_QUEUE,
+      async (job: Job) => {
+        if (job.name !== 'dlq-auto-redrive') throw new UnrecoverableError(`unknown maintenance job ${job.name}`);
+        const outcomes = await deadLetter.autoRedrive(config.deadLetter.retryIntervalMs, config.deadLetter.maxRetries);
+        return { redriven: outcomes.filter((o) => o.action === 'redriven').length, skipped: outcomes.filter((o) => o.action === 'skipped').length };
+      },
+      { connection: connection.duplicate(), prefix: config.prefix, concurrency: 1, name: workerId },
+    );
+    worker.on('error', (err) => logger.error({ err, queue: MAINTENANCE_QUEUE }, 'worker error'));
     workers.push(worker);
   }
 

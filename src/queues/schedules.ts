@@ -1,0 +1,62 @@
+/**
+ * What the scheduler keeps in BullMQ Job Schedulers: the schedules from the config file, plus
+ * Stowage's own maintenance schedules. Job kinds add their default schedules here as they land
+ * (e.g. the nightly aggregation at 02:00 UTC); a config entry with the same id replaces a default.
+ */
+import type { Config } from '../config.js';
+import { ValidationError } from '../errors.js';
+import { DEFAULT_JOB_OPTIONS, isJobKind, JOB_KINDS, parsePayload, type JobKind } from './contract.js';
+
+/** Internal queue for fleet housekeeping (dead-letter auto-redrive). Processed by every worker. */
+export const MAINTENANCE_QUEUE = 'maintenance';
+
+export interface DesiredSchedule {
+  id: string;
+  queue: JobKind | typeof MAINTENANCE_QUEUE;
+  jobName: string;
+  repeat: { pattern: string; tz: string } | { every: number };
+  data: Record<string, unknown>;
+}
+
+/** Default schedules per job kind (empty until the kind's processor lands). */
+export const DEFAULT_SCHEDULES: DesiredSchedule[] = [];
+
+export function desiredSchedules(config: Config): DesiredSchedule[] {
+  const problems: string[] = [];
+  const byId = new Map<string, DesiredSchedule>();
+  for (const s of DEFAULT_SCHEDULES) byId.set(s.id, s);
+  if (config.deadLetter.retryIntervalMs > 0) {
+    byId.set('dlq-auto-redrive', {
+      id: 'dlq-auto-redrive',
+      queue: MAINTENANCE_QUEUE,
+      jobName: 'dlq-auto-redrive',
+      repeat: { every: config.deadLetter.retryIntervalMs },
+      data: {},
+    });
+  }
+  for (const s of config.schedules) {
+    if (!isJobKind(s.kind)) {
+      problems.push(`schedules.${s.id}.kind: "${s.kind}" is not a job kind (${JOB_KINDS.join(', ')})`);
+      continue;
+    }
+    try {
+      parsePayload(s.kind, s.data);
+    } catch (err) {
+      problems.push(`schedules.${s.id}.data: ${(err as Error).message}`);
+      continue;
+    }
+    if (!s.enabled) {
+      byId.delete(s.id);
+      continue;
+    }
+    byId.set(s.id, { id: s.id, queue: s.kind, jobName: s.kind, repeat: { pattern: s.cron, tz: s.tz }, data: s.data });
+  }
+  if (problems.length) throw new ValidationError('schedules', problems);
+  return [...byId.values()];
+}
+
+export function scheduleJobOptions(queue: DesiredSchedule['queue']) {
+  if (queue === MAINTENANCE_QUEUE) return { attempts: 1, removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } };
+  const { attempts, backoff, removeOnComplete, removeOnFail } = DEFAULT_JOB_OPTIONS[queue];
+  return { attempts, backoff, removeOnComplete, removeOnFail };
+}
