@@ -1,0 +1,48 @@
+/** The http role: wires the Fastify server's dependencies from a config. */
+import { Queue } from 'bullmq';
+import type { Config } from '../config.js';
+import { createDb, type Db } from '../db/pool.js';
+import type { Logger } from '../observability/logger.js';
+import { createMetrics, type Metrics } from '../observability/metrics.js';
+import { createProducer } from '../producers/index.js';
+import { createRedis, MAINTENANCE_QUEUE, QUEUE_NAMES } from '../queues/index.js';
+import { createStorage, type Storage } from '../storage/client.js';
+import { startServer } from '../http/server.js';
+
+export interface HttpRole {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+export async function startHttpRole(config: Config, logger: Logger, shared: { metrics?: Metrics; db?: Db } = {}): Promise<HttpRole> {
+  const redis = createRedis(config.redisUrl, { connectionName: 'stowage:http' });
+  const db = shared.db ?? createDb(config);
+  const metrics = shared.metrics ?? createMetrics();
+  const producer = createProducer(config, { connection: redis });
+  const queues = [...QUEUE_NAMES, MAINTENANCE_QUEUE].map((name) => new Queue(name, { connection: redis, prefix: config.prefix }));
+  let storage: Storage | undefined;
+  const server = await startServer({
+    config,
+    logger,
+    producer,
+    queues,
+    redis,
+    db,
+    metrics,
+    storage: () => (storage ??= createStorage(config)),
+  });
+  logger.info({ url: server.url }, 'http listening');
+  return {
+    url: server.url,
+    port: Number(new URL(server.url).port),
+    async close() {
+      await server.close();
+      await producer.close();
+      await Promise.all(queues.map((q) => q.close()));
+      storage?.close();
+      if (!shared.db) await db.close();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
+}

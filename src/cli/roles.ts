@@ -1,0 +1,116 @@
+/**
+ * The long-running roles (worker, scheduler, http) wired from a config. Each returns something
+ * with `close()`; the CLI handles signals and exit codes.
+ */
+import { createServer, type Server } from 'node:http';
+import type { Config } from '../config.js';
+import { createDb, type Db } from '../db/pool.js';
+import { StowageError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import { createMetrics, type Metrics } from '../observability/metrics.js';
+import { JOB_KINDS, isJobKind, type JobKind } from '../queues/index.js';
+import { PROCESSORS } from '../workers/processors.js';
+import { startRuntime, type ProcessorMap, type Runtime } from '../workers/runtime.js';
+import { startScheduler, type Scheduler } from '../workers/scheduler.js';
+
+export interface Closable {
+  close(): Promise<void>;
+}
+
+/** Kinds from `--queues a,b` (default: every kind that has a processor). */
+export function chooseKinds(list: string | undefined, processors: ProcessorMap = PROCESSORS): JobKind[] {
+  const available = JOB_KINDS.filter((k) => processors[k]);
+  if (!list) {
+    if (!available.length) throw new StowageError('STOWAGE_ERR_USAGE', 'no job kind has a processor yet');
+    return available;
+  }
+  const names = list.split(',').map((s) => s.trim()).filter(Boolean);
+  const unknown = names.filter((n) => !isJobKind(n));
+  if (unknown.length) {
+    throw new StowageError('STOWAGE_ERR_USAGE', `--queues: unknown kind(s) ${unknown.join(', ')}; expected some of ${JOB_KINDS.join(', ')}`);
+  }
+  const missing = names.filter((n) => !processors[n as JobKind]);
+  if (missing.length) {
+    throw new StowageError('STOWAGE_ERR_USAGE', `--queues: no processor yet for ${missing.join(', ')}; available: ${available.join(', ') || 'none'}`);
+  }
+  return names as JobKind[];
+}
+
+export interface WorkerRole extends Closable {
+  runtime: Runtime;
+  metricsServer?: Server;
+}
+
+export async function startWorkerRole(
+  config: Config,
+  logger: Logger,
+  options: { kinds: JobKind[]; concurrency?: number; metricsPort?: number; metrics?: Metrics; db?: Db; processors?: ProcessorMap },
+): Promise<WorkerRole> {
+  const metrics = options.metrics ?? createMetrics();
+  const db = options.db ?? createDb(config);
+  const concurrency = options.concurrency ? Object.fromEntries(options.kinds.map((k) => [k, options.concurrency!])) : undefined;
+  const runtime = await startRuntime({
+    config,
+    logger,
+    metrics,
+    db,
+    kinds: options.kinds,
+    processors: options.processors ?? PROCESSORS,
+    ...(concurrency ? { concurrency } : {}),
+  });
+  let metricsServer: Server | undefined;
+  if (options.metricsPort !== undefined) {
+    // Each worker process can be scraped on its own: counters live in the process that ran the job.
+    metricsServer = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+        () => res.writeHead(500).end(),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      metricsServer!.once('error', reject);
+      metricsServer!.listen(options.metricsPort, config.http.host, resolve);
+    });
+    logger.info({ port: options.metricsPort }, 'worker metrics listening');
+  }
+  return {
+    runtime,
+    ...(metricsServer ? { metricsServer } : {}),
+    async close() {
+      await runtime.close();
+      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+      if (!options.db) await db.close();
+    },
+  };
+}
+
+export async function startSchedulerRole(config: Config, logger: Logger): Promise<Scheduler> {
+  return startScheduler(config, logger);
+}
+
+/** Run a long-lived role until SIGTERM/SIGINT, then close it; a second signal exits at once. */
+export async function runUntilSignal(start: () => Promise<Closable>, log: Logger): Promise<void> {
+  const role = await start();
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting now');
+        process.exit(130);
+      }
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      role.close().then(resolve, (err: unknown) => {
+        log.error({ err }, 'shutdown failed');
+        process.exitCode = 1;
+        resolve();
+      });
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
