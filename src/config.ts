@@ -21,7 +21,7 @@ export const scheduleSchema = z.object({
   id: z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, 'letters, digits, _ . - only (1-100)'),
   kind: z.string().min(1),
   /** Cron pattern with 5 or 6 fields. */
-  cron: z.string().min(9),
+  cron: z.string().refine((c) => [5, 6].includes(c.trim().split(/\s+/).length), 'expected a cron pattern with 5 or 6 fields'),
   /** IANA time zone; UTC by default. */
   tz: z.string().default('UTC'),
   data: z.record(z.string(), z.unknown()).default({}),
@@ -101,6 +101,16 @@ export const configSchema = z.object({
     /** Approximate length bound of the domain-event stream. Default 10000. */
     maxLen: int(100, 10_000_000).default(10_000),
   }),
+  /** Build-artifact size policy, on the source's total file size (measured before archiving). */
+  artifact: z
+    .object({
+      /** Over this, an artifact_size_warning event is emitted (the artifact is still stored). Default 100 MiB. */
+      warnBytes: int(0, Number.MAX_SAFE_INTEGER).default(100 * 1024 * 1024),
+      /** Over this, nothing is uploaded: a warning event and status `skipped_too_large`. Default 1 GiB. */
+      limitBytes: int(1, Number.MAX_SAFE_INTEGER).default(1024 * 1024 * 1024),
+    })
+    .refine((a) => a.warnBytes <= a.limitBytes, { message: 'must not exceed the limit', path: ['warnBytes'] })
+    .prefault({}),
   /** Job Schedulers (cron + tz), from the config file. */
   schedules: z.array(scheduleSchema).default([]),
   /** Backup sets (structured; see the backup job). */
@@ -143,6 +153,8 @@ export const ENV_VARS: Record<string, string[]> = {
   STOWAGE_DLQ_RETRY_INTERVAL_MS: ['deadLetter', 'retryIntervalMs'],
   STOWAGE_DLQ_MAX_RETRIES: ['deadLetter', 'maxRetries'],
   STOWAGE_EVENTS_MAXLEN: ['events', 'maxLen'],
+  STOWAGE_ARTIFACT_WARN_BYTES: ['artifact', 'warnBytes'],
+  STOWAGE_ARTIFACT_LIMIT_BYTES: ['artifact', 'limitBytes'],
 };
 
 /** Settings whose values are never printed, even in an error. */
@@ -196,8 +208,9 @@ export function loadConfig(
     if (value !== undefined && value !== '') setPath(raw, path, value);
   }
   const result = configSchema.safeParse(raw);
-  if (!result.success) {
-    const problems = result.error.issues.map((issue) => {
+  const pairing = crossFieldProblems(raw);
+  if (!result.success || pairing.length) {
+    const problems = (result.success ? [] : result.error.issues).map((issue) => {
       const dotted = issue.path.join('.');
       const envName = PATH_TO_ENV.get(dotted);
       const where = envName ?? (file ? `${file}: ${dotted}` : dotted);
@@ -205,25 +218,24 @@ export function loadConfig(
       const message = SECRET_PATHS.has(dotted) ? issue.message.replace(/".*"/, '"…"') : issue.message;
       return `${where}: ${message}`;
     });
-    throw new ConfigError(problems);
+    throw new ConfigError([...problems, ...pairing]);
   }
-  return finish(result.data);
+  return derive(result.data!);
 }
 
-/** Cross-field rules and derived values. */
-function finish(config: Config): Config {
-  const problems: string[] = [];
+/** Rules across settings, checked on the raw values so they are reported with the rest. */
+function crossFieldProblems(raw: Record<string, unknown>): string[] {
+  const s = (raw.storage ?? {}) as Record<string, unknown>;
+  return Boolean(s.accessKeyId) !== Boolean(s.secretAccessKey)
+    ? ['R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together']
+    : [];
+}
+
+/** Values derived from others. */
+function derive(config: Config): Config {
   const s = config.storage;
   if (!s.endpoint && s.accountId) s.endpoint = `https://${s.accountId}.r2.cloudflarestorage.com`;
   if (s.forcePathStyle === undefined && s.endpoint) s.forcePathStyle = !isR2Endpoint(s.endpoint);
-  if ((s.accessKeyId && !s.secretAccessKey) || (!s.accessKeyId && s.secretAccessKey)) {
-    problems.push('R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together');
-  }
-  for (const schedule of config.schedules) {
-    const fields = schedule.cron.trim().split(/\s+/).length;
-    if (fields < 5 || fields > 6) problems.push(`schedules.${schedule.id}.cron: expected 5 or 6 fields, got ${fields}`);
-  }
-  if (problems.length) throw new ConfigError(problems);
   return config;
 }
 

@@ -1,0 +1,82 @@
+/** Configuration: env wins over the file, every bad setting reported at once by name, no secret printed. */
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig, redactConfig } from '../src/config.js';
+import { ConfigError } from '../src/errors.js';
+
+function problems(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it('has working defaults', () => {
+    const c = loadConfig({});
+    expect(c.redisUrl).toBe('redis://127.0.0.1:6379');
+    expect(c.prefix).toBe('stowage');
+    expect(c.http).toEqual({ host: '127.0.0.1', port: 3000 });
+    expect(c.storage.region).toBe('auto');
+  });
+
+  it('reports every bad variable at once, by name', () => {
+    const p = problems({ REDIS_URL: 'not a url', HTTP_PORT: '70000', LOG_LEVEL: 'loud', STOWAGE_PREFIX: 'has space' });
+    expect(p.map((x) => x.split(':')[0])).toEqual(expect.arrayContaining(['REDIS_URL', 'HTTP_PORT', 'LOG_LEVEL', 'STOWAGE_PREFIX']));
+    expect(p).toHaveLength(4);
+  });
+
+  it('never prints a secret value', () => {
+    const secret = 'tooshort-secret-value';
+    const err = (() => {
+      try {
+        loadConfig({ STOWAGE_AUTH_SECRET: secret, R2_ACCESS_KEY_ID: 'AKIAEXAMPLE' });
+      } catch (e) {
+        return e as ConfigError;
+      }
+      throw new Error('expected a ConfigError');
+    })();
+    expect(err.message).toContain('STOWAGE_AUTH_SECRET');
+    expect(err.message).not.toContain(secret);
+    expect(err.message).toContain('R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together');
+    expect(err.message).not.toContain('AKIAEXAMPLE');
+    const ok = loadConfig({ STOWAGE_AUTH_SECRET: 'x'.repeat(40), R2_ACCESS_KEY_ID: 'AKIA', R2_SECRET_ACCESS_KEY: 'shh-its-secret' });
+    const printed = JSON.stringify(redactConfig(ok));
+    expect(printed).not.toContain('shh-its-secret');
+    expect(printed).not.toContain('x'.repeat(40));
+  });
+
+  it('derives the R2 endpoint from the account id, virtual-hosted; path-style for other endpoints', () => {
+    const r2 = loadConfig({ R2_ACCOUNT_ID: 'abc123' });
+    expect(r2.storage.endpoint).toBe('https://abc123.r2.cloudflarestorage.com');
+    expect(r2.storage.forcePathStyle).toBe(false);
+    const minio = loadConfig({ R2_ENDPOINT: 'http://127.0.0.1:9000' });
+    expect(minio.storage.forcePathStyle).toBe(true);
+    const forced = loadConfig({ R2_ENDPOINT: 'http://127.0.0.1:9000', R2_FORCE_PATH_STYLE: 'false' });
+    expect(forced.storage.forcePathStyle).toBe(false);
+  });
+
+  it('reads structured settings from STOWAGE_CONFIG; env wins', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'stowage-config-'));
+    const file = join(dir, 'stowage.json');
+    await writeFile(file, JSON.stringify({ prefix: 'from-file', http: { port: 4000 }, schedules: [{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *' }] }));
+    const c = loadConfig({ STOWAGE_CONFIG: file, HTTP_PORT: '5000' });
+    expect(c.prefix).toBe('from-file');
+    expect(c.http.port).toBe(5000);
+    expect(c.schedules).toEqual([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *', tz: 'UTC', data: {}, enabled: true }]);
+
+    await writeFile(file, JSON.stringify({ schedules: [{ id: 'bad id!', kind: 'x', cron: '* *' }] }));
+    const p = problems({ STOWAGE_CONFIG: file });
+    expect(p.join('\n')).toMatch(/schedules\.0\.id/);
+    expect(p.join('\n')).toMatch(/schedules\.0\.cron/);
+
+    await writeFile(file, '{ not json');
+    expect(problems({ STOWAGE_CONFIG: file })[0]).toMatch(/^STOWAGE_CONFIG: .* is not valid JSON/);
+    expect(problems({ STOWAGE_CONFIG: join(dir, 'missing.json') })[0]).toMatch(/^STOWAGE_CONFIG: cannot read/);
+  });
+});
