@@ -88,6 +88,11 @@ export const configSchema = z.object({
     stalledIntervalMs: int(1000, 3_600_000).default(15_000),
     /** Times a job may stall (its worker died) before it fails. Default 2. */
     maxStalledCount: int(0, 100).default(2),
+    /**
+     * Which jobs get a row in job_receipts: `parked` (final failures only; default) or `all`
+     * (completed too, written behind in batches). Uploads always get their own receipt.
+     */
+    jobReceipts: z.enum(['parked', 'all']).default('parked'),
     /** How often each worker parks final failures the failed event missed (ms). Default 30000. */
     sweepIntervalMs: int(100, 3_600_000).default(30_000),
   }),
@@ -150,6 +155,7 @@ export const ENV_VARS: Record<string, string[]> = {
   STOWAGE_STALLED_INTERVAL_MS: ['worker', 'stalledIntervalMs'],
   STOWAGE_MAX_STALLED_COUNT: ['worker', 'maxStalledCount'],
   STOWAGE_SWEEP_INTERVAL_MS: ['worker', 'sweepIntervalMs'],
+  STOWAGE_JOB_RECEIPTS: ['worker', 'jobReceipts'],
   STOWAGE_DLQ_RETRY_INTERVAL_MS: ['deadLetter', 'retryIntervalMs'],
   STOWAGE_DLQ_MAX_RETRIES: ['deadLetter', 'maxRetries'],
   STOWAGE_EVENTS_MAXLEN: ['events', 'maxLen'],

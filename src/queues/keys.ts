@@ -5,10 +5,8 @@
 export const redisKeys = {
   /** Domain events other services read (XREAD / XREADGROUP). */
   events: (prefix: string) => `${prefix}:stowage:events`,
-  /** How many times a job has been redriven automatically from the dead-letter queue. */
-  redrives: (prefix: string) => `${prefix}:stowage:redrives`,
-  /** Heartbeat of live workers (hash: worker id → last beat ms). */
-  workers: (prefix: string) => `${prefix}:stowage:workers`,
+  /** How many times a parked job has been redriven automatically (expires after 30 days). */
+  redrives: (prefix: string, parkedId: string) => `${prefix}:stowage:redrives:${parkedId}`,
 };
 
 /** The dead-letter job id for a parked job. BullMQ ids may not contain ':'. */

@@ -53,6 +53,8 @@ export interface RedriveOutcome {
 
 const STALLED_REASON = /stalled more than allowable limit/i;
 const PAGE = 500;
+/** How long a job's automatic-redrive count is remembered (it expires on its own: no cleanup). */
+const REDRIVE_MEMORY_SECONDS = 30 * 86_400;
 const PERMANENT_NAMES = new Set(['PermanentError', 'ValidationError', 'UnrecoverableError']);
 
 export class DeadLetter {
@@ -91,7 +93,7 @@ export class DeadLetter {
     if (!jobId) return false;
     if ((await job.getState()) !== 'failed') return false;
     const id = parkedJobId(queueName, jobId);
-    const redrives = Number((await this.deps.connection.hget(redisKeys.redrives(this.deps.prefix), id)) ?? 0);
+    const redrives = Number((await this.deps.connection.get(redisKeys.redrives(this.deps.prefix, id))) ?? 0);
     const [errorName, code] = parseErrorTag(job.failedReason ?? '');
     const reason: ParkedJob['reason'] = STALLED_REASON.test(job.failedReason ?? '')
       ? 'stalled'
@@ -201,7 +203,10 @@ export class DeadLetter {
     if (options.dryRun) return { ...base, action: 'would_redrive' };
     if (state === 'failed') await (await origin.getJob(originJobId))?.remove();
     await origin.add(name, payload, { ...(parked.data.opts as JobsOptions | undefined), jobId: originJobId });
-    if (options.automatic) await this.deps.connection.hincrby(redisKeys.redrives(this.deps.prefix), parked.id!, 1);
+    if (options.automatic) {
+      const key = redisKeys.redrives(this.deps.prefix, parked.id!);
+      await this.deps.connection.multi().incr(key).expire(key, REDRIVE_MEMORY_SECONDS).exec();
+    }
     await parked.remove();
     const mode = options.automatic ? 'automatic' : 'manual';
     this.deps.metrics?.jobsRedriven.inc({ queue: originQueue, mode });
@@ -227,18 +232,13 @@ export class DeadLetter {
     return outcomes;
   }
 
-  /** Forget the redrive budget of a job that finally completed (keeps the hash bounded). */
-  async forget(queueName: string, jobId: string): Promise<void> {
-    await this.deps.connection.hdel(redisKeys.redrives(this.deps.prefix), parkedJobId(queueName, jobId));
-  }
-
   /** Remove parked jobs for good. */
   async purge(selector: RedriveSelector, options: { dryRun?: boolean } = {}): Promise<string[]> {
     const removed: string[] = [];
     for (const parked of await this.select(selector)) {
       if (!options.dryRun) {
         await parked.remove();
-        await this.deps.connection.hdel(redisKeys.redrives(this.deps.prefix), parked.id!);
+        await this.deps.connection.del(redisKeys.redrives(this.deps.prefix, parked.id!));
       }
       removed.push(parked.id!);
     }

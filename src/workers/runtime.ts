@@ -19,7 +19,7 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
-import { insertJobReceipt } from '../db/job-receipts.js';
+import { createReceiptWriter } from '../db/job-receipts.js';
 import { isPermanent, PermanentError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -81,6 +81,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   // One connection for Stowage's own commands; each Worker duplicates it for its blocking reads.
   const connection: Redis = createRedis(config.redisUrl, { connectionName: `stowage:${workerId}` });
   const events = createEventStream(connection, config.prefix, config.events.maxLen);
+  const receipts = createReceiptWriter(db);
   const deadLetter = new DeadLetter({
     connection,
     prefix: config.prefix,
@@ -88,7 +89,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     metrics,
     events,
     onParked: async (record) => {
-      await insertJobReceipt(db, {
+      await receipts.write({
         queue: record.originQueue,
         jobId: record.originJobId,
         name: record.name,
@@ -103,21 +104,30 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   let storage: Storage | undefined;
   const getStorage = () => (storage ??= (options.storage ?? (() => createStorage(config)))());
   const shutdown = new AbortController();
+  const infoEnabled = logger.isLevelEnabled('info');
+  const debugEnabled = logger.isLevelEnabled('debug');
 
   const workers: Worker[] = [];
   for (const kind of options.kinds) {
     const processor = options.processors[kind] as Processor<JobKind>;
+    // Label children bound once: prom-client hashes labels on every unbound call.
+    const durationCompleted = metrics.jobDuration.labels(kind, 'completed');
+    const durationFailed = metrics.jobDuration.labels(kind, 'failed');
     const run = async (job: Job) => {
       const attempt = job.attemptsMade + 1;
-      const log = logger.child({ queue: kind, jobId: job.id, attempt, workerId });
-      const stop = metrics.jobDuration.startTimer({ queue: kind });
+      // The child logger is made on first use: a pino child costs more than a no-op job.
+      let child: Logger | undefined;
+      const log = (): Logger => (child ??= logger.child({ queue: kind, jobId: job.id, attempt, workerId }));
+      const started = performance.now();
       try {
         job.data = parsePayload(kind, job.data);
         let lastProgress = 0;
         let lastStage = '';
         const ctx: ProcessorContext = {
           config,
-          logger: log,
+          get logger() {
+            return log();
+          },
           db,
           storage: getStorage,
           metrics,
@@ -136,18 +146,25 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
             await job.updateProgress({ ...p });
           },
         };
-        log.info('job started');
+        if (debugEnabled) log().debug('job started');
         const result = await processor(job as never, ctx);
-        // The receipt is part of the job: if Postgres is away the attempt fails and retries.
-        await insertJobReceipt(db, { queue: kind, jobId: job.id!, name: job.name, status: 'completed', attempts: attempt, result, error: null });
-        stop({ status: 'completed' });
-        log.info({ durationMs: Date.now() - (job.processedOn ?? Date.now()) }, 'job completed');
+        if (config.worker.jobReceipts === 'all') {
+          // Written behind, batched: the receipts that matter (uploads, project versions) are
+          // written by processors inside the job; this audit row must not add a Postgres round
+          // trip to every job's latency.
+          receipts
+            .write({ queue: kind, jobId: job.id!, name: job.name, status: 'completed', attempts: attempt, result, error: null })
+            .catch((err: unknown) => log().warn({ err }, 'job receipt not written'));
+        }
+        const seconds = (performance.now() - started) / 1000;
+        durationCompleted.observe(seconds);
+        if (infoEnabled) log().info({ durationMs: Math.round(seconds * 1000) }, 'job completed');
         return result;
       } catch (raw) {
-        stop({ status: 'failed' });
+        durationFailed.observe((performance.now() - started) / 1000);
         const err = raw instanceof Error ? raw : new Error(String(raw));
         const permanent = isPermanent(err);
-        log.warn({ err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent }, 'job attempt failed');
+        log().warn({ err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent }, 'job attempt failed');
         if (permanent) {
           const u = new UnrecoverableError(tagError(err));
           if (err.stack) u.stack = err.stack;
@@ -168,10 +185,8 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       name: workerId,
       autorun: true,
     });
-    worker.on('completed', (job) => {
-      metrics.jobsCompleted.inc({ queue: kind });
-      if (job?.id) void deadLetter.forget(kind, job.id).catch(() => {});
-    });
+    const completed = metrics.jobsCompleted.labels(kind);
+    worker.on('completed', () => completed.inc());
     worker.on('failed', (job, err) => {
       metrics.jobsFailed.inc({ queue: kind });
       if (!job) {
@@ -243,6 +258,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           shutdown.abort(new Error('worker shutting down'));
           await Promise.all(workers.map((w) => w.close(true)));
         }
+        await receipts.flush().catch((err: unknown) => logger.warn({ err }, 'job receipts not written'));
         await deadLetter.close();
         storage?.close();
         await connection.quit().catch(() => connection.disconnect());

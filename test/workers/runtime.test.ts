@@ -76,7 +76,7 @@ async function until<T>(fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs =
 }
 
 beforeAll(async () => {
-  config = iso.config({ worker: { sweepIntervalMs: 500 } });
+  config = iso.config({ worker: { sweepIntervalMs: 500, jobReceipts: 'all' } });
   db = await migratedDb(config);
   redis = new Redis(config.redisUrl);
   producer = createProducer(config);
@@ -99,7 +99,8 @@ describe('worker runtime', () => {
     expect(result).toEqual({ tag: 'happy', attempt: 1 });
     const job = await producer.queue('export').getJob(jobId);
     expect(job?.progress).toEqual({ stage: 'working', bytes: 1, totalBytes: 1 });
-    const receipt = await getJobReceipt(db, 'export', jobId);
+    // Completed receipts are written behind the job, in batches.
+    const receipt = await until(() => getJobReceipt(db, 'export', jobId), (r) => r !== null);
     expect(receipt).toMatchObject({ status: 'completed', attempts: 1, result: { tag: 'happy', attempt: 1 } });
   });
 
