@@ -1,0 +1,48 @@
+/**
+ * `npm run bench [-- --quick] [-- --only name]`: every benchmark, each measuring its baseline and
+ * Stowage in the same run, writing bench/results.md (one table) and bench/results.json.
+ */
+import { writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import type { BenchRow } from './lib.js';
+
+type Bench = { name: string; run: (o: { quick: boolean }) => Promise<BenchRow[]> };
+
+const BENCHES: Bench[] = [
+  { name: 'queue-overhead', run: async (o) => (await import('./queue-overhead.js')).runQueueOverheadBench(o) },
+  { name: 'artifact', run: async (o) => (await import('./artifact.js')).runArtifactBench(o) },
+];
+
+const quick = process.argv.includes('--quick');
+const onlyIdx = process.argv.indexOf('--only');
+const only = onlyIdx >= 0 ? process.argv[onlyIdx + 1]?.split(',') : undefined;
+const chosen = BENCHES.filter((b) => !only || only.includes(b.name));
+if (only && chosen.length !== only.length) {
+  console.error(`stowage bench: unknown benchmark in --only ${only.join(',')}; known: ${BENCHES.map((b) => b.name).join(', ')}`);
+  process.exit(64);
+}
+
+const rows: (BenchRow & { bench: string })[] = [];
+for (const bench of chosen) {
+  process.stderr.write(`bench ${bench.name}${quick ? ' (quick)' : ''}…\n`);
+  const started = Date.now();
+  for (const row of await bench.run({ quick })) rows.push({ bench: bench.name, ...row });
+  process.stderr.write(`bench ${bench.name} done in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+}
+
+const mark = (p: boolean | null) => (p === null ? '—' : p ? 'met' : 'MISSED');
+const md = [
+  `# Benchmark results`,
+  '',
+  `${new Date().toISOString()}, ${quick ? 'quick sizes' : 'full sizes'}, Node ${process.version}. Baseline and Stowage measured in the same run.`,
+  '',
+  '| what | baseline | Stowage | ratio | goal | goal met | peak RSS |',
+  '| --- | --- | --- | --- | --- | --- | --- |',
+  ...rows.map((r) => `| ${r.what} | ${r.baseline} | ${r.stowage} | ${r.ratio} | ${r.goal} | ${mark(r.pass)} | ${r.peakRss ?? '—'} |`),
+  '',
+].join('\n');
+const dir = fileURLToPath(new URL('.', import.meta.url));
+await writeFile(`${dir}results.md`, md);
+await writeFile(`${dir}results.json`, JSON.stringify({ at: new Date().toISOString(), quick, rows }, null, 2));
+process.stdout.write(md);
+process.exit(0);
