@@ -19,7 +19,8 @@ export async function startHttpRole(config: Config, logger: Logger, shared: { me
   const redis = createRedis(config.redisUrl, { connectionName: 'stowage:http' });
   const db = shared.db ?? createDb(config);
   const metrics = shared.metrics ?? createMetrics();
-  const producer = createProducer(config, { connection: redis });
+  // Its own fail-fast connection: an enqueue while Redis is away errors instead of hanging a request.
+  const producer = createProducer(config);
   const queues = [...QUEUE_NAMES, MAINTENANCE_QUEUE].map((name) => new Queue(name, { connection: redis, prefix: config.prefix }));
   let storage: Storage | undefined;
   const server = await startServer({

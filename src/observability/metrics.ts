@@ -3,7 +3,8 @@
  * runtimes in one process do not collide. Label values are bounded: queue names and statuses from
  * fixed sets only, never job ids or keys.
  */
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Queue } from 'bullmq';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export interface Metrics {
   registry: Registry;
@@ -20,7 +21,13 @@ export interface Metrics {
 
 export function createMetrics(options: { registry?: Registry; defaults?: boolean } = {}): Metrics {
   const registry = options.registry ?? new Registry();
-  if (options.defaults !== false) collectDefaultMetrics({ register: registry, prefix: 'stowage_' });
+  if (options.defaults !== false) {
+    collectDefaultMetrics({ register: registry, prefix: 'stowage_' });
+    // prom-client names these gauges `*_total`, a suffix Prometheus reserves for counters, so
+    // `promtool check metrics` rejects them. The per-type gauges without the suffix remain;
+    // sum() over them is the same number.
+    for (const name of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`stowage_nodejs_active_${name}_total`);
+  }
   const registers = [registry];
   return {
     registry,
@@ -47,4 +54,74 @@ export function createMetrics(options: { registry?: Registry; defaults?: boolean
     }),
     uploadAttempts: new Counter({ name: 'stowage_upload_attempts_total', help: 'Upload attempts by outcome', labelNames: ['status'], registers }),
   };
+}
+
+/** Job states exported as queue depth. `prioritized` is separate from `waiting` in BullMQ. */
+export const QUEUE_DEPTH_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed'] as const;
+
+export interface QueueMetricsOptions {
+  /** Bound on each queue's reads; a queue that does not answer in time is reported down. Default 2000. */
+  timeoutMs?: number;
+  /** Clock, for the age gauge. */
+  now?: () => number;
+}
+
+/**
+ * Queue gauges read from Redis at scrape time, rendered as Prometheus text.
+ *
+ * They live in a registry made per scrape rather than in `Metrics`: concurrent scrapes then never
+ * see each other's half-set values, and a queue that cannot be read has no samples (absent, not
+ * stale). Redis work per scrape is bounded: per queue one getJobCounts and one peek at the oldest
+ * waiting job (its id, then its hash), all queues in parallel, each queue within `timeoutMs`.
+ */
+export async function renderQueueMetrics(queues: readonly Queue[], options: QueueMetricsOptions = {}): Promise<string> {
+  const timeoutMs = options.timeoutMs ?? 2000;
+  const now = options.now ?? Date.now;
+  const registry = new Registry();
+  const registers = [registry];
+  const jobs = new Gauge({
+    name: 'stowage_queue_jobs',
+    help: 'Jobs in a queue by state, read at scrape time',
+    labelNames: ['queue', 'state'] as const,
+    registers,
+  });
+  const oldest = new Gauge({
+    name: 'stowage_queue_oldest_waiting_age_seconds',
+    help: 'Age of the oldest job in the wait list (0 when empty); excludes prioritized jobs',
+    labelNames: ['queue'] as const,
+    registers,
+  });
+  const up = new Gauge({
+    name: 'stowage_queue_metrics_up',
+    help: 'Whether the queue could be read from Redis during this scrape (1) or not (0)',
+    labelNames: ['queue'] as const,
+    registers,
+  });
+  await Promise.all(
+    queues.map(async (queue) => {
+      try {
+        const [counts, peek] = await withTimeout(
+          Promise.all([queue.getJobCounts(...QUEUE_DEPTH_STATES), queue.getJobs(['wait'], 0, 0, true)]),
+          timeoutMs,
+        );
+        for (const state of QUEUE_DEPTH_STATES) jobs.set({ queue: queue.name, state }, counts[state] ?? 0);
+        const job = peek[0];
+        // A delayed job only starts waiting once its delay is over.
+        const since = job ? job.timestamp + (job.delay ?? 0) : now();
+        oldest.set({ queue: queue.name }, Math.max(0, (now() - since) / 1000));
+        up.set({ queue: queue.name }, 1);
+      } catch {
+        up.set({ queue: queue.name }, 0);
+      }
+    }),
+  );
+  return registry.metrics();
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

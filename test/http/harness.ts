@@ -1,0 +1,89 @@
+/**
+ * Real dependencies for the HTTP server in tests: Redis queues under the file's prefix, a Postgres
+ * pool, an s3rver bucket, a registry, and a logger whose lines the test can read.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { ConfigInput } from '../../src/config.js';
+import { createDb, type Db } from '../../src/db/pool.js';
+import type { ServerDeps } from '../../src/http/server.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { createMetrics } from '../../src/observability/metrics.js';
+import { createProducer, type Producer } from '../../src/producers/index.js';
+import { QUEUE_NAMES, createRedis } from '../../src/queues/index.js';
+import { createStorage, type Storage } from '../../src/storage/client.js';
+import type { Isolation } from '../helpers/isolation.js';
+import { startS3, type TestS3 } from '../helpers/s3.js';
+
+export const BASIC_USER = 'ops';
+export const BASIC_PASSWORD = `pw-${randomBytes(8).toString('hex')}`;
+
+export interface Harness {
+  deps: ServerDeps;
+  secret: string;
+  /** Every line the server logged, raw JSON. */
+  logLines: string[];
+  queue(name: string): Queue;
+  close(): Promise<void>;
+}
+
+export async function harness(
+  iso: Isolation,
+  options: { auth?: boolean; s3?: boolean; databaseUrl?: string; config?: ConfigInput | Record<string, unknown> } = {},
+): Promise<Harness> {
+  const secret = randomBytes(32).toString('hex');
+  const s3: TestS3 | undefined = options.s3 ? await startS3(iso.bucket) : undefined;
+  const config = iso.config({
+    ...(options.auth === false ? {} : { authSecret: secret, basicAuth: `${BASIC_USER}:${BASIC_PASSWORD}` }),
+    ...(s3
+      ? { storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }
+      : {}),
+    ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
+    ...options.config,
+  });
+  const logLines: string[] = [];
+  const logger = createLogger({ level: 'debug' }, { write: (line: string) => void logLines.push(line) });
+  const redis: Redis = createRedis(config.redisUrl);
+  const queues = QUEUE_NAMES.map((name) => new Queue(name, { connection: redis, prefix: config.prefix }));
+  const producer: Producer = createProducer(config);
+  const db: Db = createDb(config, { max: 2 });
+  let storage: Storage | undefined;
+  const deps: ServerDeps = {
+    config,
+    logger,
+    producer,
+    queues,
+    redis,
+    db,
+    storage: () => (storage ??= createStorage(config)),
+    metrics: createMetrics(),
+  };
+  return {
+    deps,
+    secret,
+    logLines,
+    queue: (name) => queues.find((q) => q.name === name)!,
+    async close() {
+      await producer.close();
+      await Promise.all(queues.map((q) => q.close()));
+      await redis.quit().catch(() => redis.disconnect());
+      await db.close();
+      storage?.close();
+      await s3?.close();
+    },
+  };
+}
+
+/** A loopback port nothing listens on. */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+export const basicHeader = (user = BASIC_USER, password = BASIC_PASSWORD) =>
+  `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
