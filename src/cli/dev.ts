@@ -21,8 +21,8 @@ import { chooseKinds, runUntilSignal, startWorkerRole, type Closable } from './r
 const DEV_BUCKET = 'stowage-dev';
 const S3RVER_KEY = 'S3RVER';
 
-export async function runDev(opts: { port: number; s3Port: number; samples: boolean }): Promise<void> {
-  const dataDir = resolve('.stowage');
+export async function runDev(opts: { port: number; s3Port: number; samples: boolean; dataDir: string }): Promise<void> {
+  const dataDir = resolve(opts.dataDir);
   await mkdir(join(dataDir, 's3'), { recursive: true });
   // s3rver is a dev dependency: loaded only here.
   const { default: S3rver } = (await import('s3rver' as string)) as { default: new (o: object) => { run(): Promise<AddressInfo>; close(): Promise<void> } };

@@ -76,7 +76,8 @@ export function buildProgram(): Command {
     .option('--port <port>', 'HTTP port', int('--port'), 3000)
     .option('--s3-port <port>', 'embedded S3 server port', int('--s3-port'), 4568)
     .option('--no-samples', 'do not enqueue sample jobs')
-    .action(async (opts: { port: number; s3Port: number; samples: boolean }) => {
+    .option('--data-dir <dir>', 'where the embedded S3 server and samples keep their files', '.stowage')
+    .action(async (opts: { port: number; s3Port: number; samples: boolean; dataDir: string }) => {
       const { runDev } = await import('./dev.js');
       await runDev(opts);
     });
