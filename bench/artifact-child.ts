@@ -1,0 +1,70 @@
+/**
+ * One measured run for bench/artifact.ts, in its own process so its peak RSS is its own:
+ *   baseline — the seed's way: archiver zip (zlib level 6) to a temp file, SHA-256 of the file,
+ *              then lib-storage Upload of the file;
+ *   stowage  — scanSource → createZipStream → uploadStream (one pass, no temp file; includes the
+ *              HEAD check and the SHA-256 sidecar).
+ * Both use the same S3 client settings (createStorage from the env). Prints one JSON line.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { finished } from 'node:stream/promises';
+import { Upload } from '@aws-sdk/lib-storage';
+import { ZipArchive } from 'archiver';
+import { loadConfig } from '../src/config.js';
+import { createStorage, type Storage } from '../src/storage/client.js';
+import { uploadStream } from '../src/storage/upload.js';
+import { createZipStream, scanSource } from '../src/storage/zip.js';
+
+async function baseline(storage: Storage, source: string, key: string): Promise<{ size: number; sha256: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'stowage-bench-'));
+  try {
+    const zipPath = join(dir, 'artifact.zip');
+    const out = createWriteStream(zipPath);
+    const archive = new ZipArchive({ zlib: { level: 6 } });
+    archive.pipe(out);
+    archive.directory(source, false);
+    await archive.finalize();
+    await finished(out);
+    const hash = createHash('sha256');
+    for await (const chunk of createReadStream(zipPath)) hash.update(chunk as Buffer);
+    const sha256 = hash.digest('hex');
+    await new Upload({
+      client: storage.client,
+      params: { Bucket: storage.bucket, Key: key, Body: createReadStream(zipPath), ContentType: 'application/zip' },
+      partSize: storage.partSize,
+      queueSize: storage.queueSize,
+    }).done();
+    return { size: (await stat(zipPath)).size, sha256 };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function stowage(storage: Storage, source: string, key: string): Promise<{ size: number; sha256: string }> {
+  const scanned = await scanSource(source);
+  const r = await uploadStream(storage, { key, body: createZipStream(scanned), contentType: 'application/zip' });
+  return { size: r.size, sha256: r.sha256 };
+}
+
+async function main(): Promise<void> {
+  const [mode, source, key] = process.argv.slice(2);
+  if ((mode !== 'baseline' && mode !== 'stowage') || !source || !key) throw new Error('usage: artifact-child baseline|stowage <source> <key>');
+  const storage = createStorage(loadConfig());
+  try {
+    const started = performance.now();
+    const r = mode === 'baseline' ? await baseline(storage, source, key) : await stowage(storage, source, key);
+    const ms = performance.now() - started;
+    process.stdout.write(`${JSON.stringify({ mode, ...r, ms, maxRssBytes: process.resourceUsage().maxRSS * 1024 })}\n`);
+  } finally {
+    storage.close();
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,41 @@
+/**
+ * The one place for object key formats. Keys derive from the payload only, so a rerun of the same
+ * job writes the same key (idempotent by construction). The ids are validated upstream (`safeId`:
+ * no `/`, no `..`, no control characters), so they are safe as path segments.
+ */
+
+/** A build's snapshot: `{userId}/{projectId}/snapshots/{versionId}.zip`. */
+export function artifactKey(userId: string, projectId: string, versionId: string): string {
+  return `${userId}/${projectId}/snapshots/${versionId}.zip`;
+}
+
+/** A diff pack between two versions: `{userId}/{projectId}/packs/git_{from}_to_{to}.pack.zip`. */
+export function packKey(userId: string, projectId: string, fromVersionId: string, toVersionId: string): string {
+  return `${userId}/${projectId}/packs/git_${fromVersionId}_to_${toVersionId}.pack.zip`;
+}
+
+/** Matches a pack key and captures userId, projectId, from and to (for the orphaned-pack cleanup). */
+export const PACK_KEY_PATTERN = /^([^/]+)\/([^/]+)\/packs\/git_(.+)_to_(.+)\.pack\.zip$/;
+
+/** Suffix of the SHA-256 sidecar object written next to every uploaded object (see docs/storage.md). */
+export const SHA256_SIDECAR_SUFFIX = '.sha256';
+
+/** `<key>.sha256`: holds `<hex>  <file name>\n`, the format `sha256sum -c` reads. */
+export function sha256SidecarKey(key: string): string {
+  return `${key}${SHA256_SIDECAR_SUFFIX}`;
+}
+
+export function isSha256SidecarKey(key: string): boolean {
+  return key.endsWith(SHA256_SIDECAR_SUFFIX);
+}
+
+/** The URL recorded in Postgres for an object: `s3://{bucket}/{key}`. */
+export function objectUrl(bucket: string, key: string): string {
+  return `s3://${bucket}/${key}`;
+}
+
+/** Inverse of objectUrl; null when `url` is not an `s3://bucket/key` URL. */
+export function parseObjectUrl(url: string): { bucket: string; key: string } | null {
+  const match = /^s3:\/\/([^/]+)\/(.+)$/.exec(url);
+  return match ? { bucket: match[1]!, key: match[2]! } : null;
+}

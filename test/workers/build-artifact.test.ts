@@ -1,0 +1,288 @@
+/**
+ * The build-artifact processor against real services: s3rver, Postgres (migrated into this file's
+ * schema) and Redis (the domain-event stream). The ProcessorContext is built here by hand, as the
+ * runtime would.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { Job, Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Config } from '../../src/config.js';
+import { migrate } from '../../src/db/migrate.js';
+import { createDb, type Db } from '../../src/db/pool.js';
+import { getLatestProjectVersionWithArtifact } from '../../src/db/project-versions.js';
+import { getUploadReceipt } from '../../src/db/upload-receipts.js';
+import { isPermanent } from '../../src/errors.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { createMetrics } from '../../src/observability/metrics.js';
+import {
+  createEventStream,
+  jobIdFor,
+  parsePayload,
+  type BuildArtifactPayload,
+  type DomainEvent,
+  type EventStream,
+  type JobProgress,
+} from '../../src/queues/index.js';
+import { createStorage, type Storage } from '../../src/storage/client.js';
+import { artifactKey, packKey } from '../../src/storage/keys.js';
+import { buildArtifact } from '../../src/workers/build-artifact.js';
+import type { ProcessorContext } from '../../src/workers/context.js';
+import { isolate, REDIS_URL } from '../helpers/isolation.js';
+import { startS3, type TestS3 } from '../helpers/s3.js';
+
+const iso = isolate('buildartifact');
+let s3: TestS3;
+let db: Db;
+let redis: Redis;
+let queue: Queue;
+let events: EventStream;
+let reader: S3Client;
+let work: string;
+let buildDir: string;
+const storages: Storage[] = [];
+
+function configWith(artifact: Partial<Config['artifact']> = {}): Config {
+  return iso.config({
+    storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    artifact,
+  });
+}
+
+/** Run the processor on a payload (validated like the runtime does) with a hand-built context. */
+async function run(data: BuildArtifactPayload, artifact: Partial<Config['artifact']> = {}) {
+  const payload = parsePayload('build-artifact', data);
+  const jobId = jobIdFor('build-artifact', payload);
+  const job = new Job(queue, 'build-artifact', payload, {}, jobId);
+  const config = configWith(artifact);
+  const progress: JobProgress[] = [];
+  const ctx: ProcessorContext = {
+    config,
+    logger: createLogger({ level: 'silent' }),
+    db,
+    storage: () => {
+      const s = createStorage(config);
+      storages.push(s);
+      return s;
+    },
+    metrics: createMetrics({ defaults: false }),
+    emit: async (type, eventData) => {
+      await events.emit(type, eventData, { queue: 'build-artifact', jobId });
+    },
+    progress: async (p) => {
+      progress.push(p);
+    },
+    signal: new AbortController().signal,
+    attempt: 1,
+  };
+  const lastEvent = (await events.read({ count: 10_000 })).at(-1)?.id ?? '0';
+  const started = Date.now();
+  const result = await buildArtifact(job as Parameters<typeof buildArtifact>[0], ctx);
+  const emitted = await events.read({ afterId: lastEvent, count: 10_000 });
+  return { result, progress, emitted, jobId, ms: Date.now() - started };
+}
+
+async function getObject(key: string): Promise<Buffer> {
+  const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+  return Buffer.from(await res.Body!.transformToByteArray());
+}
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+async function objectExists(key: string): Promise<boolean> {
+  try {
+    await reader.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: key }));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function rowCount(userId: string, projectId: string): Promise<number> {
+  const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM project_versions WHERE user_id = $1 AND project_id = $2', [userId, projectId]);
+  return rows[0].n as number;
+}
+
+beforeAll(async () => {
+  s3 = await startS3(iso.bucket);
+  const config = configWith();
+  await migrate(config);
+  db = createDb(config);
+  redis = new Redis(REDIS_URL);
+  events = createEventStream(redis, iso.prefix);
+  queue = new Queue('build-artifact', { connection: redis.duplicate(), prefix: iso.prefix });
+  reader = new S3Client({
+    region: 'us-east-1',
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+  });
+
+  work = await mkdtemp(join(tmpdir(), 'stowage-build-'));
+  buildDir = join(work, 'dist');
+  await mkdir(join(buildDir, 'assets'), { recursive: true });
+  await mkdir(join(buildDir, 'empty'));
+  await writeFile(join(buildDir, 'index.html'), '<!doctype html><script src="app.js"></script>\n'.repeat(100));
+  await writeFile(join(buildDir, 'app.js'), Array.from({ length: 20_000 }, (_, i) => `export const a${i} = ${i};\n`).join(''));
+  await writeFile(join(buildDir, 'assets', 'logo.png'), randomBytes(50_000));
+  await writeFile(join(buildDir, 'serve.sh'), '#!/bin/sh\n');
+  await chmod(join(buildDir, 'serve.sh'), 0o755);
+  await writeFile(join(work, 'outside.txt'), 'outside\n');
+  await symlink(join(work, 'outside.txt'), join(buildDir, 'leak.txt'));
+});
+
+afterAll(async () => {
+  for (const s of storages) s.close();
+  reader?.destroy();
+  await queue?.close();
+  redis?.disconnect();
+  await db?.close();
+  await s3?.close();
+  await iso.cleanup();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('buildArtifact', () => {
+  it('uploads the zip; the object, the receipt, the project_versions row and the event agree on size and SHA-256', async () => {
+    const { result, progress, emitted, jobId } = await run({ userId: 'u1', projectId: 'p1', versionId: 'v1', buildDir, buildId: 'b1' });
+    const key = artifactKey('u1', 'p1', 'v1');
+    expect(result).toMatchObject({ status: 'uploaded', key, packKey: null });
+
+    // A second client downloads the object and hashes it itself.
+    const bytes = await getObject(key);
+    expect(bytes.length).toBe(result.size);
+    expect(sha256(bytes)).toBe(result.sha256);
+    expect((await getObject(`${key}.sha256`)).toString()).toBe(`${result.sha256}  v1.zip\n`);
+
+    const receipt = await getUploadReceipt(db, s3.bucket, key);
+    expect(receipt).toMatchObject({ size: result.size, sha256: result.sha256, status: 'uploaded', queue: 'build-artifact', jobId });
+    const row = await getLatestProjectVersionWithArtifact(db, 'u1', 'p1');
+    expect(row).toMatchObject({
+      versionId: 'v1',
+      artifactUrl: `s3://${s3.bucket}/${key}`,
+      artifactSize: result.size,
+      artifactChecksum: result.sha256,
+    });
+
+    expect(emitted.map((e) => e.type)).toEqual(['artifact_uploaded']);
+    expect(emitted[0]).toMatchObject({
+      queue: 'build-artifact',
+      jobId,
+      data: {
+        key,
+        artifactUrl: `s3://${s3.bucket}/${key}`,
+        size: result.size,
+        sha256: result.sha256,
+        filename: 'p1-v1.zip',
+        downloadReady: true,
+        userId: 'u1',
+        projectId: 'p1',
+        versionId: 'v1',
+        buildId: 'b1',
+      },
+    });
+
+    expect(progress.some((p) => p.stage === 'archiving')).toBe(true);
+    expect(progress.at(-1)).toEqual({ stage: 'uploading', bytes: result.size, totalBytes: result.size });
+
+    // The archive is valid and holds the folder, minus the link that leaves it.
+    const zipFile = join(work, 'v1.zip');
+    await writeFile(zipFile, bytes);
+    expect(execFileSync('unzip', ['-t', zipFile], { encoding: 'utf8' })).toContain('No errors detected');
+    const listing = execFileSync('unzip', ['-Z1', zipFile], { encoding: 'utf8' }).trim().split('\n');
+    expect(listing).toEqual(['app.js', 'assets/', 'assets/logo.png', 'empty/', 'index.html', 'serve.sh']);
+  });
+
+  it('is idempotent: a rerun leaves one object, one row and one receipt with the same checksum', async () => {
+    const first = await run({ userId: 'u2', projectId: 'p2', versionId: 'v1', buildDir });
+    const second = await run({ userId: 'u2', projectId: 'p2', versionId: 'v1', buildDir });
+    expect(second.result).toEqual(first.result);
+    const listed = await reader.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: 'u2/' }));
+    expect(listed.Contents?.map((o) => o.Key).sort()).toEqual(['u2/p2/snapshots/v1.zip', 'u2/p2/snapshots/v1.zip.sha256']);
+    expect(await rowCount('u2', 'p2')).toBe(1);
+    const { rows } = await db.pool.query('SELECT sha256 FROM upload_receipts WHERE key LIKE $1', ['u2/%']);
+    expect(rows).toEqual([{ sha256: first.result.sha256 }]);
+    expect(sha256(await getObject('u2/p2/snapshots/v1.zip'))).toBe(first.result.sha256);
+  });
+
+  it('warns over the warn size and still uploads', async () => {
+    const { result, emitted } = await run({ userId: 'u3', projectId: 'p3', versionId: 'v1', buildDir }, { warnBytes: 1000, limitBytes: 10_000_000 });
+    expect(result.status).toBe('uploaded');
+    expect(emitted.map((e) => e.type)).toEqual(['artifact_size_warning', 'artifact_uploaded']);
+    const warning = emitted[0] as DomainEvent<'artifact_size_warning'>;
+    expect(warning.data).toMatchObject({ key: 'u3/p3/snapshots/v1.zip', limit: 10_000_000, warnAt: 1000, skipped: false });
+    expect(warning.data.size).toBeGreaterThan(1000);
+  });
+
+  it('over the limit uploads nothing, completes as skipped_too_large, and never reads the files', async () => {
+    const big = join(work, 'big');
+    await mkdir(big);
+    await writeFile(join(big, 'index.html'), 'x');
+    // 64 GiB sparse file: no disk used; reading it would take minutes, so finishing fast proves it was not read.
+    await writeFile(join(big, 'huge.bin'), '');
+    await truncate(join(big, 'huge.bin'), 64 * 1024 ** 3);
+    const { result, emitted, ms } = await run({ userId: 'u4', projectId: 'p4', versionId: 'v1', buildDir: big });
+    expect(result).toEqual({
+      status: 'skipped_too_large',
+      key: 'u4/p4/snapshots/v1.zip',
+      size: 64 * 1024 ** 3 + 1,
+      sha256: null,
+      etag: null,
+      packKey: null,
+    });
+    expect(ms).toBeLessThan(5000);
+    expect(emitted.map((e) => e.type)).toEqual(['artifact_size_warning']);
+    expect(emitted[0]!.data).toMatchObject({
+      size: 64 * 1024 ** 3 + 1,
+      limit: 1024 ** 3,
+      warnAt: 100 * 1024 ** 2,
+      skipped: true,
+      suggestion: expect.stringContaining('node_modules'),
+      userId: 'u4',
+    });
+    expect(await objectExists('u4/p4/snapshots/v1.zip')).toBe(false);
+    expect(await rowCount('u4', 'p4')).toBe(0);
+  });
+
+  it('stores a diff pack next to the snapshot when fromVersionId and packPath are given', async () => {
+    const packDir = join(work, 'pack');
+    await mkdir(packDir);
+    await writeFile(join(packDir, 'objects.pack'), randomBytes(10_000));
+    const { result } = await run({ userId: 'u5', projectId: 'p5', versionId: 'v2', fromVersionId: 'v1', packPath: join(packDir, 'objects.pack'), buildDir });
+    const key = packKey('u5', 'p5', 'v1', 'v2');
+    expect(result.packKey).toBe(key);
+    const pack = await getObject(key);
+    const receipt = await getUploadReceipt(db, s3.bucket, key);
+    expect(receipt).toMatchObject({ size: pack.length, sha256: sha256(pack) });
+    const zipFile = join(work, 'pack.zip');
+    await writeFile(zipFile, pack);
+    expect(execFileSync('unzip', ['-Z1', zipFile], { encoding: 'utf8' }).trim()).toBe('objects.pack');
+
+    // A pack that already is a zip is stored as it is.
+    const { result: again } = await run({ userId: 'u5', projectId: 'p5', versionId: 'v3', fromVersionId: 'v2', packPath: zipFile, buildDir });
+    expect(sha256(await getObject(again.packKey!))).toBe(sha256(pack));
+  });
+
+  it('refuses a missing or unusable buildDir or packPath with a permanent error naming it', async () => {
+    const missing = join(work, 'no-such-dir');
+    const fifo = join(work, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const cases: [BuildArtifactPayload, RegExp][] = [
+      [{ userId: 'u6', projectId: 'p6', versionId: 'v1', buildDir: missing }, /^buildDir: .*no-such-dir does not exist/],
+      [{ userId: 'u6', projectId: 'p6', versionId: 'v1', buildDir: fifo }, /^buildDir: .*fifo is neither a directory nor a regular file/],
+      [{ userId: 'u6', projectId: 'p6', versionId: 'v1', buildDir, fromVersionId: 'v0', packPath: missing }, /^packPath: .*does not exist/],
+      [{ userId: 'u6', projectId: 'p6', versionId: 'v1', buildDir, packPath: join(buildDir, 'app.js') }, /^packPath: needs fromVersionId/],
+    ];
+    for (const [payload, message] of cases) {
+      const err = await run(payload).then(() => null, (e: unknown) => e);
+      expect(isPermanent(err), String(err)).toBe(true);
+      expect((err as Error).message).toMatch(message);
+    }
+    expect(await objectExists('u6/p6/snapshots/v1.zip')).toBe(false);
+  });
+});
