@@ -82,3 +82,22 @@ export async function getLatestProjectVersionWithArtifact(
   );
   return rows[0] ? toVersion(rows[0]) : null;
 }
+
+/**
+ * A user's version by id alone (version ids are unique per project, not per user): the newest
+ * match, and how many projects have a version with that id, so a caller can ask to disambiguate.
+ */
+export async function findUserVersion(
+  db: Db,
+  userId: string,
+  versionId: string,
+  projectId?: string,
+): Promise<{ version: ProjectVersion | null; matches: number }> {
+  const { rows } = await db.pool.query(
+    `SELECT ${COLUMNS}, count(*) OVER () AS matches FROM project_versions
+      WHERE user_id = $1 AND version_id = $2 AND ($3::text IS NULL OR project_id = $3)
+      ORDER BY created_at DESC LIMIT 1`,
+    [userId, versionId, projectId ?? null],
+  );
+  return rows[0] ? { version: toVersion(rows[0]), matches: Number(rows[0].matches) } : { version: null, matches: 0 };
+}

@@ -1,0 +1,86 @@
+/**
+ * Artifact downloads: `GET /v1/projects/:projectId/export` (the latest version with an artifact)
+ * and `GET /v1/versions/:versionId/download`. The user comes from the bearer token; another user's
+ * project or version answers 404, never 403, so ids cannot be probed. Links are presigned GET URLs
+ * that download as an attachment, 24 h by default (`?expiresIn=` seconds, at most 7 days).
+ */
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Logger } from '../observability/logger.js';
+import { z } from 'zod';
+import type { Db } from '../db/pool.js';
+import { findUserVersion, getLatestProjectVersionWithArtifact, type ProjectVersion } from '../db/project-versions.js';
+import { StowageError, ValidationError } from '../errors.js';
+import { safeId } from '../queues/ids.js';
+import type { Storage } from '../storage/client.js';
+import { MAX_PRESIGN_SECONDS } from '../storage/client.js';
+import { parseObjectUrl } from '../storage/keys.js';
+import { DEFAULT_PRESIGN_SECONDS, presignDownload } from '../storage/presign.js';
+
+export interface ArtifactRoutesDeps {
+  db: Db;
+  storage: () => Storage;
+  authenticate: (req: FastifyRequest) => Promise<{ userId: string }>;
+}
+
+const query = z.strictObject({
+  expiresIn: z.coerce.number().int().min(1).max(MAX_PRESIGN_SECONDS, `at most ${MAX_PRESIGN_SECONDS} seconds (7 days)`).optional(),
+  projectId: safeId.optional(),
+});
+
+function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new ValidationError(what, r.error.issues.map((i) => `${i.path.join('.') || what}: ${i.message}`));
+  return r.data;
+}
+
+/** 404 with `canRebuild: true`: the version exists (or may), but has no stored artifact. */
+class NoArtifactError extends StowageError {
+  readonly canRebuild = true;
+  constructor(message: string) {
+    super('STOWAGE_ERR_NOT_FOUND', message);
+    this.name = 'NoArtifactError';
+  }
+}
+
+/** The server's instance type (its logger is our pino logger). */
+type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
+
+export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void {
+  const link = async (v: ProjectVersion, filename: string, expiresIn: number | undefined) => {
+    const where = v.artifactUrl ? parseObjectUrl(v.artifactUrl) : null;
+    if (!where) throw new NoArtifactError(`version ${v.versionId} has no artifact`);
+    const storage = deps.storage();
+    if (where.bucket !== storage.bucket) {
+      throw new StowageError('STOWAGE_ERR_STORE', `the artifact of version ${v.versionId} is in bucket ${where.bucket}, not the configured ${storage.bucket}`);
+    }
+    const signed = await presignDownload(storage, { key: where.key, filename, expiresInSeconds: expiresIn ?? DEFAULT_PRESIGN_SECONDS });
+    return { downloadUrl: signed.url, expiresAt: signed.expiresAt.toISOString(), filename: signed.filename, size: v.artifactSize };
+  };
+
+  // The signed URL is a bearer credential until it expires: keep it out of shared caches.
+  const noStore = { 'cache-control': 'no-store' };
+
+  app.get<{ Params: { projectId: string }; Querystring: Record<string, string> }>('/v1/projects/:projectId/export', async (req, reply) => {
+    const caller = await deps.authenticate(req);
+    const projectId = parse(safeId, req.params.projectId, 'projectId');
+    const { expiresIn } = parse(query, req.query, 'query');
+    const latest = await getLatestProjectVersionWithArtifact(deps.db, caller.userId, projectId);
+    if (!latest) throw new NoArtifactError(`project ${projectId} has no version with an artifact`);
+    return reply.headers(noStore).send(await link(latest, `${projectId}-latest.zip`, expiresIn));
+  });
+
+  app.get<{ Params: { versionId: string }; Querystring: Record<string, string> }>('/v1/versions/:versionId/download', async (req, reply) => {
+    const caller = await deps.authenticate(req);
+    const versionId = parse(safeId, req.params.versionId, 'versionId');
+    const { expiresIn, projectId } = parse(query, req.query, 'query');
+    const { version, matches } = await findUserVersion(deps.db, caller.userId, versionId, projectId);
+    if (!version) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `version ${versionId} not found`);
+    if (matches > 1) {
+      throw new StowageError('STOWAGE_ERR_USAGE', `version id ${versionId} exists in ${matches} of your projects: add ?projectId=`);
+    }
+    if (!version.artifactUrl) throw new NoArtifactError(`version ${versionId} has no artifact`);
+    const body = await link(version, `${version.projectId}-${versionId}.zip`, expiresIn);
+    return reply.headers(noStore).send({ ...body, version: { id: version.versionId, projectId: version.projectId, createdAt: version.createdAt.toISOString() } });
+  });
+}
