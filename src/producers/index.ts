@@ -12,12 +12,15 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import { StowageError } from '../errors.js';
 import {
+  DEAD_LETTER_QUEUE,
   DEFAULT_JOB_OPTIONS,
   JOB_KINDS,
   createProducerRedis,
   jobIdFor,
+  parkedJobId,
   parsePayload,
   type JobKind,
+  type ParkedJob,
   type PayloadInput,
   type Result,
 } from '../queues/index.js';
@@ -58,6 +61,8 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
   const connection = options.connection ?? createProducerRedis(config.redisUrl);
   const queues = new Map<JobKind, Queue>();
   const queueEvents = new Map<JobKind, QueueEvents>();
+  let dlq: Queue<ParkedJob> | undefined;
+  const deadLetter = () => (dlq ??= new Queue<ParkedJob>(DEAD_LETTER_QUEUE, { connection, prefix: config.prefix }));
   const queue = (kind: JobKind): Queue => {
     let q = queues.get(kind);
     if (!q) {
@@ -101,17 +106,26 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
         queueEvents.set(kind, qe);
         await qe.waitUntilReady();
       }
+      // A job that failed for good is parked and removed from its queue, possibly before we
+      // look: the dead-letter queue then has the answer.
+      const parked = async (): Promise<ParkedJob | undefined> => (await deadLetter().getJob(parkedJobId(kind, jobId)))?.data;
       const job = await queue(kind).getJob(jobId);
-      if (!job) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
+      if (!job) {
+        const p = await parked();
+        if (p) throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} was parked in the dead-letter queue (${p.reason}): ${p.error.message}`);
+        throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
+      }
       try {
         return (await job.waitUntilFinished(qe, timeoutMs)) as Result<typeof kind>;
       } catch (err) {
-        throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} failed: ${(err as Error).message}`, { cause: err });
+        const p = await parked().catch(() => undefined);
+        const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;
+        throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} ${why}`, { cause: err });
       }
     },
     async close() {
       await Promise.all([...queueEvents.values()].map((qe) => qe.close()));
-      await Promise.all([...queues.values()].map((q) => q.close()));
+      await Promise.all([...queues.values(), ...(dlq ? [dlq] : [])].map((q) => q.close()));
       if (!options.connection) await connection.quit().catch(() => connection.disconnect());
     },
   };

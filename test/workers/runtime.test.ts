@@ -156,6 +156,8 @@ describe('worker runtime', () => {
     // The failed set is emptied only once the park succeeded.
     expect(await producer.queue('export').getJobState(jobId)).toBe('unknown');
     expect((await getJobReceipt(db, 'export', jobId))?.status).toBe('parked');
+    // Waiting on a job that was already parked (and so is gone from its queue) still says why.
+    await expect(producer.waitFor('export', jobId, 5_000)).rejects.toThrow(/parked in the dead-letter queue \(permanent\): .*source for perm does not exist/);
     const events = await createEventStream(redis, iso.prefix).read();
     expect(events.some((e) => e.type === 'job_parked' && e.jobId === jobId)).toBe(true);
   });
