@@ -29,6 +29,40 @@ export const scheduleSchema = z.object({
 });
 export type ScheduleConfig = z.infer<typeof scheduleSchema>;
 
+/**
+ * A retention rule, per prefix. `prefix` is a key prefix in which `*` stands for one whole path
+ * segment (the default snapshots rule uses it for every project's `snapshots/` folder). Stores
+ * filter lifecycle rules by a literal prefix only, so `lifecycle --apply` pushes rules without `*`;
+ * `cleanup --enforce-lifecycle` enforces all of them on any store.
+ */
+export const lifecycleRuleSchema = z
+  .object({
+    /** Stable id (the store's rule ID). */
+    id: z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, 'letters, digits, _ . - only (1-100)'),
+    /** Key prefix; `''` is the whole bucket; `*` matches one path segment. */
+    prefix: z
+      .string()
+      .max(1024)
+      .refine((p) => p.split('/').every((seg) => seg === '*' || !seg.includes('*')), 'a `*` must be a whole path segment'),
+    /** Delete objects (with their `.sha256` sidecars) this many days after they were written. */
+    expireDays: int(1, 36_500).optional(),
+    /** Abort multipart uploads still incomplete this many days after they were started. */
+    abortIncompleteMultipartDays: int(1, 36_500).optional(),
+    enabled: z.boolean().default(true),
+  })
+  .refine((r) => r.expireDays !== undefined || r.abortIncompleteMultipartDays !== undefined, {
+    message: 'needs expireDays or abortIncompleteMultipartDays',
+    path: ['expireDays'],
+  });
+export type LifecycleRule = z.output<typeof lifecycleRuleSchema>;
+
+/** Retention defaults (seeds 000 and 001): snapshots 30 days, failure patterns 90, stale multipart 1. */
+export const DEFAULT_LIFECYCLE_RULES: LifecycleRule[] = [
+  { id: 'snapshots-30d', prefix: '*/*/snapshots/', expireDays: 30, enabled: true },
+  { id: 'failure-patterns-90d', prefix: 'failure_patterns/', expireDays: 90, enabled: true },
+  { id: 'abort-incomplete-multipart-1d', prefix: '', abortIncompleteMultipartDays: 1, enabled: true },
+];
+
 export const configSchema = z.object({
   /** Redis for the BullMQ queues. Default redis://127.0.0.1:6379. */
   redisUrl: z.string().url().default('redis://127.0.0.1:6379'),
@@ -116,12 +150,57 @@ export const configSchema = z.object({
     })
     .refine((a) => a.warnBytes <= a.limitBytes, { message: 'must not exceed the limit', path: ['warnBytes'] })
     .prefault({}),
+  /** Failure catalog: ingestion writer and the aggregation export (see docs/failures.md). */
+  failures: z
+    .object({
+      /** Key prefix of aggregation exports, no leading or trailing `/`. Default `failure_patterns`. */
+      uploadPrefix: z.string().regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /').default('failure_patterns'),
+      /** Upload retries after the first attempt, with exponential backoff. Default 5. */
+      maxRetries: int(0, 20).default(5),
+      /** First backoff delay between upload attempts (ms), doubled each retry. Default 1000. */
+      retryBaseDelayMs: int(0, 600_000).default(1000),
+      /** Where an export goes when the store cannot take it. Default `.stowage/fallback-uploads`. */
+      localFallbackDir: z.string().min(1).default('.stowage/fallback-uploads'),
+      /** Failed re-uploads of one fallback file before its status becomes `failed`. Default 10. */
+      fallbackMaxTries: int(1, 1000).default(10),
+      /** Failures the writer inserts per Postgres transaction. Default 500. */
+      writerBatchSize: int(1, 10_000).default(500),
+      /** Accepted-but-unwritten failures Redis may hold; past this, ingestion refuses more (HTTP 502). Default 1000000. */
+      maxPending: int(1, 100_000_000).default(1_000_000),
+    })
+    .prefault({}),
   /** Job Schedulers (cron + tz), from the config file. */
   schedules: z.array(scheduleSchema).default([]),
   /** Backup sets (structured; see the backup job). */
   backupSets: z.array(z.record(z.string(), z.unknown())).default([]),
-  /** Lifecycle rules (structured; see the cleanup job). */
-  lifecycleRules: z.array(z.record(z.string(), z.unknown())).default([]),
+  /** Lifecycle rules (from the config file); default DEFAULT_LIFECYCLE_RULES. See `stowage lifecycle`. */
+  lifecycleRules: z
+    .array(lifecycleRuleSchema)
+    .refine((rules) => new Set(rules.map((r) => r.id)).size === rules.length, 'rule ids must be unique')
+    .default(() => structuredClone(DEFAULT_LIFECYCLE_RULES)),
+  /** Storage cost estimate (`stowage usage`): Cloudflare R2 list prices by default, in USD. */
+  usage: z
+    .object({
+      /** Storage, per GB-month (GB = 2^30 bytes). Default 0.015. */
+      storagePerGbMonth: z.coerce.number().min(0).default(0.015),
+      /** Class A operations (writes, lists), per million. Default 4.50. */
+      classAPerMillion: z.coerce.number().min(0).default(4.5),
+      /** Class B operations (reads), per million. Default 0.36. */
+      classBPerMillion: z.coerce.number().min(0).default(0.36),
+      /** Expected class A operations per month, for the estimate. Default 0. */
+      classAOpsPerMonth: z.coerce.number().min(0).default(0),
+      /** Expected class B operations per month, for the estimate. Default 0. */
+      classBOpsPerMonth: z.coerce.number().min(0).default(0),
+      /** Free storage per month in GB (R2: 10). Default 10. */
+      freeStorageGb: z.coerce.number().min(0).default(10),
+      /** Free class A operations per month (R2: 1 million). */
+      freeClassAOps: z.coerce.number().min(0).default(1_000_000),
+      /** Free class B operations per month (R2: 10 million). */
+      freeClassBOps: z.coerce.number().min(0).default(10_000_000),
+      /** Monthly budget in USD; an estimate above it is reported (seed 001's cost alert). Unset: no budget. */
+      monthlyBudgetUsd: z.coerce.number().min(0).optional(),
+    })
+    .prefault({}),
 });
 
 export type Config = z.output<typeof configSchema>;
@@ -161,6 +240,17 @@ export const ENV_VARS: Record<string, string[]> = {
   STOWAGE_EVENTS_MAXLEN: ['events', 'maxLen'],
   STOWAGE_ARTIFACT_WARN_BYTES: ['artifact', 'warnBytes'],
   STOWAGE_ARTIFACT_LIMIT_BYTES: ['artifact', 'limitBytes'],
+  STOWAGE_COST_STORAGE_PER_GB_MONTH: ['usage', 'storagePerGbMonth'],
+  STOWAGE_COST_CLASS_A_PER_MILLION: ['usage', 'classAPerMillion'],
+  STOWAGE_COST_CLASS_B_PER_MILLION: ['usage', 'classBPerMillion'],
+  STOWAGE_MONTHLY_BUDGET_USD: ['usage', 'monthlyBudgetUsd'],
+  R2_UPLOAD_PREFIX: ['failures', 'uploadPrefix'],
+  R2_MAX_RETRIES: ['failures', 'maxRetries'],
+  AGG_RETRY_BASE_DELAY_MS: ['failures', 'retryBaseDelayMs'],
+  AGG_LOCAL_FALLBACK: ['failures', 'localFallbackDir'],
+  AGG_FALLBACK_MAX_TRIES: ['failures', 'fallbackMaxTries'],
+  FAILURE_WRITER_BATCH_SIZE: ['failures', 'writerBatchSize'],
+  FAILURE_MAX_PENDING: ['failures', 'maxPending'],
 };
 
 /** Settings whose values are never printed, even in an error. */

@@ -12,6 +12,8 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { createProducer } from '../producers/index.js';
 import { createEventStream, createRedis, isJobKind, JOB_KINDS, type DomainEvent, type JobKind } from '../queues/index.js';
 import { DeadLetter, type RedriveSelector } from '../workers/dead-letter.js';
+import { registerFailureCommands } from './commands/failures.js';
+import { registerStorageCommands } from './commands/storage-ops.js';
 import { chooseKinds, runUntilSignal, startSchedulerRole, startWorkerRole } from './roles.js';
 
 const VERSION = '0.1.0';
@@ -228,11 +230,16 @@ export function buildProgram(): Command {
     .option('--follow', 'keep printing new events')
     .option('--json', 'one JSON object per line')
     .option('--since <id>', 'start after this stream id (default: the start)', '0')
-    .action(async (opts: { follow?: boolean; json?: boolean; since: string }) => {
+    .option('--type <type>', 'only events of this type (repeatable, or comma-separated)', (v: string, acc: string[]) => [...acc, ...v.split(',')], [] as string[])
+    .action(async (opts: { follow?: boolean; json?: boolean; since: string; type: string[] }) => {
       const cfg = config();
       const redis = createRedis(cfg.redisUrl);
       const stream = createEventStream(redis, cfg.prefix, cfg.events.maxLen);
-      const print = (e: DomainEvent) => console.log(opts.json ? JSON.stringify(e) : formatEvent(e));
+      const types = new Set(opts.type.map((t) => t.trim()).filter(Boolean));
+      const print = (e: DomainEvent) => {
+        if (types.size && !types.has(e.type)) return;
+        console.log(opts.json ? JSON.stringify(e) : formatEvent(e));
+      };
       let last = opts.since;
       let stop = false;
       const onSignal = () => {
@@ -274,6 +281,9 @@ export function buildProgram(): Command {
       if (!cfg.authSecret) throw new StowageError('STOWAGE_ERR_CONFIG', 'STOWAGE_AUTH_SECRET is not set');
       console.log(await createToken(cfg.authSecret, { user: opts.user, role: opts.role, ttl: opts.ttl, ...(opts.tenant ? { tenant: opts.tenant } : {}) }));
     });
+
+  registerFailureCommands(program);
+  registerStorageCommands(program);
 
   for (const cmd of [program, ...allCommands(program)]) cmd.exitOverride();
   return program;

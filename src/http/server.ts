@@ -9,6 +9,7 @@
  * | /metrics               | open                     | open (Prometheus; counts and queue names only)         |
  * | POST /v1/jobs/:kind    | open                     | bearer token with role admin; viewer gets 403          |
  * | GET /v1/jobs/:kind/:id | open                     | any valid bearer token                                 |
+ * | GET /v1/…/events (SSE) | open                     | any valid bearer token (events.ts)                     |
  * | /admin/queues          | open                     | basic auth (full access), or a token: admin writes,    |
  * |                        |                          | viewer reads only (writes 403, buttons hidden)         |
  *
@@ -40,6 +41,9 @@ import { renderQueueMetrics, type Metrics } from '../observability/metrics.js';
 import type { Producer } from '../producers/index.js';
 import { DEAD_LETTER_QUEUE, JOB_KINDS, QUEUE_NAMES, isJobKind, type PayloadInput } from '../queues/index.js';
 import type { Storage } from '../storage/client.js';
+import { registerArtifactRoutes } from './artifacts.js';
+import { registerFailureRoutes } from './failures.js';
+import { registerEventRoutes, type EventRoutesOptions } from './events.js';
 
 export const BOARD_PATH = '/admin/queues';
 /** Cookie that carries a board token after `?token=`; scoped to BOARD_PATH. */
@@ -72,11 +76,14 @@ export interface ServerOptions {
   readyTimeoutMs?: number;
   /** Bound on each queue's reads during a /metrics scrape, in ms. Default 2000. */
   metricsTimeoutMs?: number;
+  /** Server-Sent Events streams (heartbeat, slow-client bound); defaults in events.ts. */
+  events?: EventRoutesOptions;
 }
 
 const DEFAULT_OPTIONS = {
   readyTimeoutMs: 2000,
   metricsTimeoutMs: 2000,
+  events: {},
 } satisfies Required<ServerOptions>;
 
 /** Who made a request. `open` is the no-auth dev mode. */
@@ -91,6 +98,8 @@ const OPEN_CALLER: Caller = { userId: 'anonymous', tenant: 'anonymous', role: 'a
 
 export interface ErrorBody {
   error: { code: ErrorCode; message: string; issues?: string[] };
+  /** On a 404 for a missing artifact: the version can be rebuilt. */
+  canRebuild?: true;
 }
 
 type ReadyCheck = { status: 'ok'; ms: number } | { status: 'fail'; ms: number; error: string } | { status: 'skipped'; reason: string };
@@ -229,6 +238,10 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
       finishedAt: iso(job.finishedOn),
     };
   });
+
+  registerEventRoutes(app, { config, logger: deps.logger, queues, redis: deps.redis, authenticate: apiCaller }, opts.events);
+  registerArtifactRoutes(app, { db: deps.db, storage: deps.storage, authenticate: apiCaller });
+  registerFailureRoutes(app, { config, db: deps.db, redis: deps.redis, metrics: deps.metrics, logger: deps.logger, authenticate: apiCaller });
 
   // ---- Bull Board ---------------------------------------------------------------------------
 
@@ -421,7 +434,9 @@ export function errorResponse(err: unknown, requestId: string): { status: number
     const error: ErrorBody['error'] = { code, message: (err as Error).message };
     const issues = (err as { issues?: unknown }).issues;
     if (Array.isArray(issues)) error.issues = issues.map(String);
-    return { status: ERROR_CODES[code].http, body: { error } };
+    // A missing artifact can be rebuilt: say so, as the download endpoints promise.
+    const canRebuild = (err as { canRebuild?: unknown }).canRebuild === true;
+    return { status: ERROR_CODES[code].http, body: canRebuild ? { error, canRebuild: true } : { error } };
   }
   // Fastify's own client errors (bad JSON, wrong content type, body too large) keep their status.
   const statusCode = (err as { statusCode?: unknown } | null)?.statusCode;

@@ -17,6 +17,10 @@ export interface Metrics {
   uploadBytes: Counter<'status'>;
   uploadDuration: Histogram<'status'>;
   uploadAttempts: Counter<'status'>;
+  /** Seed name (failure catalog): accepted failure records that could not be persisted at all. */
+  failurePersistDropped: Counter;
+  /** Seed name (failure catalog): aggregation exports written to the local fallback instead of the store. */
+  failureAggUploadFallback: Counter;
 }
 
 export function createMetrics(options: { registry?: Registry; defaults?: boolean } = {}): Metrics {
@@ -53,6 +57,17 @@ export function createMetrics(options: { registry?: Registry; defaults?: boolean
       registers,
     }),
     uploadAttempts: new Counter({ name: 'stowage_upload_attempts_total', help: 'Upload attempts by outcome', labelNames: ['status'], registers }),
+    // No labels, so every process exports 0 from the start: the alerts see a flat line, not a gap.
+    failurePersistDropped: new Counter({
+      name: 'failure_persist_dropped_total',
+      help: 'Accepted failure records dropped without being persisted',
+      registers,
+    }),
+    failureAggUploadFallback: new Counter({
+      name: 'failure_agg_r2_upload_fallback_total',
+      help: 'Aggregation exports written to the local fallback directory because the store failed',
+      registers,
+    }),
   };
 }
 
@@ -71,8 +86,9 @@ export interface QueueMetricsOptions {
  *
  * They live in a registry made per scrape rather than in `Metrics`: concurrent scrapes then never
  * see each other's half-set values, and a queue that cannot be read has no samples (absent, not
- * stale). Redis work per scrape is bounded: per queue one getJobCounts and one peek at the oldest
- * waiting job (its id, then its hash), all queues in parallel, each queue within `timeoutMs`.
+ * stale). Redis work per scrape is bounded: per queue one getJobCounts, one peek at the oldest
+ * waiting job and one at the newest completed job (an id, then its hash, each), and one CLIENT LIST
+ * for the worker count; all queues in parallel, each queue within `timeoutMs`.
  */
 export async function renderQueueMetrics(queues: readonly Queue[], options: QueueMetricsOptions = {}): Promise<string> {
   const timeoutMs = options.timeoutMs ?? 2000;
@@ -91,6 +107,18 @@ export async function renderQueueMetrics(queues: readonly Queue[], options: Queu
     labelNames: ['queue'] as const,
     registers,
   });
+  const workers = new Gauge({
+    name: 'stowage_queue_workers',
+    help: 'Workers connected to Redis for a queue (BullMQ client names in CLIENT LIST)',
+    labelNames: ['queue'] as const,
+    registers,
+  });
+  const lastCompleted = new Gauge({
+    name: 'stowage_queue_last_completed_timestamp_seconds',
+    help: "Unix time the newest job in the queue's completed set finished; absent when the set is empty",
+    labelNames: ['queue'] as const,
+    registers,
+  });
   const up = new Gauge({
     name: 'stowage_queue_metrics_up',
     help: 'Whether the queue could be read from Redis during this scrape (1) or not (0)',
@@ -100,8 +128,14 @@ export async function renderQueueMetrics(queues: readonly Queue[], options: Queu
   await Promise.all(
     queues.map(async (queue) => {
       try {
-        const [counts, peek] = await withTimeout(
-          Promise.all([queue.getJobCounts(...QUEUE_DEPTH_STATES), queue.getJobs(['wait'], 0, 0, true)]),
+        const [counts, peek, newest] = await withTimeout(
+          Promise.all([
+            queue.getJobCounts(...QUEUE_DEPTH_STATES),
+            queue.getJobs(['wait'], 0, 0, true),
+            // The completed set is scored by finish time; BullMQ trims it only when another job
+            // completes, so the newest entry survives however long the queue stays idle.
+            queue.getJobs(['completed'], 0, 0, false),
+          ]),
           timeoutMs,
         );
         for (const state of QUEUE_DEPTH_STATES) jobs.set({ queue: queue.name, state }, counts[state] ?? 0);
@@ -109,9 +143,20 @@ export async function renderQueueMetrics(queues: readonly Queue[], options: Queu
         // A delayed job only starts waiting once its delay is over.
         const since = job ? job.timestamp + (job.delay ?? 0) : now();
         oldest.set({ queue: queue.name }, Math.max(0, (now() - since) / 1000));
+        const finishedOn = newest[0]?.finishedOn;
+        if (finishedOn) lastCompleted.set({ queue: queue.name }, finishedOn / 1000);
         up.set({ queue: queue.name }, 1);
       } catch {
         up.set({ queue: queue.name }, 0);
+      }
+      // Apart from the rest: CLIENT LIST may be forbidden (ACLs, some managed Redis) while the
+      // queue itself is readable; the worker gauge is then absent and depth is still reported.
+      try {
+        const clients = await withTimeout(queue.getWorkers(), timeoutMs);
+        // Where CLIENT LIST is not supported BullMQ answers with one placeholder entry, no address.
+        if (clients.every((c) => c.addr)) workers.set({ queue: queue.name }, clients.length);
+      } catch {
+        // Absent: "unknown", never a false 0 that would page as "no live worker".
       }
     }),
   );

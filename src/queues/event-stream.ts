@@ -10,8 +10,8 @@ export interface EventOrigin {
 
 export interface EventStream {
   emit<T extends DomainEventType>(type: T, data: DomainEvents[T], origin?: EventOrigin): Promise<string>;
-  /** Events after `afterId` (exclusive; '0' for the start), oldest first. */
-  read(options?: { afterId?: string; count?: number }): Promise<DomainEvent[]>;
+  /** Events after `afterId` (exclusive; '0' for the start) up to `until` (inclusive; default '+'), oldest first. */
+  read(options?: { afterId?: string; until?: string; count?: number }): Promise<DomainEvent[]>;
   /** Block up to `blockMs` for events after `afterId` ('$' for only new ones). */
   follow(afterId: string, blockMs: number): Promise<DomainEvent[]>;
 }
@@ -40,9 +40,9 @@ export function createEventStream(redis: Redis, prefix: string, maxLen = 10_000)
       const id = await redis.xadd(key, 'MAXLEN', '~', String(maxLen), '*', ...fields);
       return id!;
     },
-    async read({ afterId = '0', count = 100 } = {}) {
+    async read({ afterId = '0', until = '+', count = 100 } = {}) {
       const start = afterId === '0' ? '-' : `(${afterId}`;
-      return parse((await redis.xrange(key, start, '+', 'COUNT', count)) as [string, string[]][]);
+      return parse((await redis.xrange(key, start, until, 'COUNT', count)) as [string, string[]][]);
     },
     async follow(afterId, blockMs) {
       const res = (await redis.xread('COUNT', 100, 'BLOCK', blockMs, 'STREAMS', key, afterId)) as

@@ -42,6 +42,12 @@ export const aggregationPayload = z.strictObject({
   minOccurrences: z.number().int().min(1).max(1_000_000).default(3),
   windowEnd: z.iso.datetime().optional(),
   dryRun: z.boolean().optional(),
+  /**
+   * `aggregate` (default): build and upload the export. `retry-fallbacks`: re-upload exports left in
+   * the local fallback directory (the 15-minute schedule), at most `max`.
+   */
+  task: z.enum(['aggregate', 'retry-fallbacks']).default('aggregate'),
+  max: z.number().int().min(1).max(10_000).optional(),
 });
 
 export const exportPayload = z.strictObject({

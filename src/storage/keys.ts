@@ -17,6 +17,21 @@ export function packKey(userId: string, projectId: string, fromVersionId: string
 /** Matches a pack key and captures userId, projectId, from and to (for the orphaned-pack cleanup). */
 export const PACK_KEY_PATTERN = /^([^/]+)\/([^/]+)\/packs\/git_(.+)_to_(.+)\.pack\.zip$/;
 
+/**
+ * A failure-pattern aggregation export:
+ * `{prefix}/YYYY/MM/DD/candidates_{YYYYMMDDTHHMMSSZ}_{sha12}.json`, the date and time in UTC of
+ * `generatedAt`, sha12 the first 12 hex digits of the content's SHA-256.
+ */
+export function aggregationKey(prefix: string, generatedAt: Date, sha256: string): string {
+  const iso = generatedAt.toISOString(); // 2025-12-08T02:30:15.123Z
+  const [y, mo, d] = [iso.slice(0, 4), iso.slice(5, 7), iso.slice(8, 10)];
+  const stamp = `${y}${mo}${d}T${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}Z`;
+  return `${prefix}/${y}/${mo}/${d}/candidates_${stamp}_${sha256.slice(0, 12)}.json`;
+}
+
+/** Matches an aggregation export key; captures prefix, the timestamp and sha12. */
+export const AGGREGATION_KEY_PATTERN = /^(.+)\/(\d{4})\/(\d{2})\/(\d{2})\/candidates_(\d{8}T\d{6}Z)_([0-9a-f]{12})\.json$/;
+
 /** Suffix of the SHA-256 sidecar object written next to every uploaded object (see docs/storage.md). */
 export const SHA256_SIDECAR_SUFFIX = '.sha256';
 

@@ -145,6 +145,10 @@ describe('stowage CLI', () => {
     const events = await stowage(['events', '--json']);
     const types = events.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { type: string }).type);
     expect(types).toContain('job_parked');
+    // --type filters: no export_completed was emitted here, so nothing is printed.
+    const filtered = await stowage(['events', '--json', '--type', 'export_completed,job_redriven']);
+    expect(filtered.code).toBe(0);
+    expect(filtered.stdout).toBe('');
   });
 
   it('token create prints a token the server accepts', async () => {

@@ -3,10 +3,11 @@
  * against a listening server, real Redis and Postgres.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { Worker } from 'bullmq';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
@@ -16,6 +17,8 @@ import { isolate } from '../helpers/isolation.js';
 import { BASIC_PASSWORD, BASIC_USER, harness, type Harness } from './harness.js';
 
 const CHROMIUM = '/usr/bin/chromium';
+/** Kept with the test output (gitignored) for a person to look at. */
+const SCREENSHOT = resolve(import.meta.dirname, '../../test-output/board.png');
 if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get update && apt-get install -y chromium`);
 
 const iso = isolate('httpboard');
@@ -116,6 +119,38 @@ describe('Bull Board in Chromium', () => {
       expect(res?.status()).toBe(200);
       expect(await page.title()).toBe('Stowage');
       for (const name of QUEUE_NAMES) await page.getByText(name, { exact: true }).first().waitFor({ timeout: 10_000 });
+    } finally {
+      await context.close();
+    }
+  });
+
+  it('shows a failed job\'s error on its queue\'s Failed tab, and saves a screenshot', async () => {
+    const reason = `source bucket unreachable (${iso.id})`;
+    // A real BullMQ worker fails one job for good, leaving it in aggregation's failed set (the
+    // Stowage runtime would park it in dead-letter instead).
+    const worker = new Worker(
+      'aggregation',
+      async () => {
+        throw new Error(reason);
+      },
+      { connection: h.deps.redis.duplicate(), prefix: h.deps.config.prefix },
+    );
+    const failed = new Promise<void>((done) => worker.once('failed', () => done()));
+    await h.queue('aggregation').add('nightly', { days: 7 }, { attempts: 1, jobId: 'aggregation.screenshot' });
+    await failed;
+    await worker.close();
+    expect(await h.queue('aggregation').getJobState('aggregation.screenshot')).toBe('failed');
+
+    const context = await browser({ httpCredentials: { username: BASIC_USER, password: BASIC_PASSWORD } });
+    try {
+      const page = await context.newPage();
+      await page.setViewportSize({ width: 1280, height: 900 });
+      const res = await page.goto(`${server.url}/admin/queues/queue/aggregation?status=failed`);
+      expect(res?.status()).toBe(200);
+      await page.getByText(reason).first().waitFor({ timeout: 10_000 });
+      await mkdir(resolve(SCREENSHOT, '..'), { recursive: true });
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
+      expect((await stat(SCREENSHOT)).size).toBeGreaterThan(10_000);
     } finally {
       await context.close();
     }

@@ -37,19 +37,32 @@ describe('scheduler', () => {
     const maint = new Queue(MAINTENANCE_QUEUE, { connection: redis, prefix: iso.prefix });
     try {
       const aggSchedulers = await agg.getJobSchedulers(0, -1);
-      expect(aggSchedulers.map((s) => [s.id ?? s.key, s.pattern, s.tz])).toEqual([['nightly-agg', '0 2 * * *', 'UTC']]);
-      expect((await cleanup.getJobSchedulers(0, -1)).map((s) => [s.id ?? s.key, s.tz])).toEqual([['daily-cleanup', 'Europe/Berlin']]);
+      // The configured one plus the aggregation kind's defaults, each exactly once.
+      expect(aggSchedulers.map((s) => [s.id ?? s.key, s.pattern, s.tz]).sort()).toEqual(
+        [
+          ['failure-aggregation', '0 2 * * *', 'UTC'],
+          ['failure-aggregation-retry', '*/15 * * * *', 'UTC'],
+          ['nightly-agg', '0 2 * * *', 'UTC'],
+        ].sort(),
+      );
+      expect((await cleanup.getJobSchedulers(0, -1)).map((s) => [s.id ?? s.key, s.tz]).sort()).toEqual([['cleanup-daily', 'UTC'], ['daily-cleanup', 'Europe/Berlin']]);
       expect((await maint.getJobSchedulers(0, -1)).map((s) => s.id ?? s.key)).toEqual(['dlq-auto-redrive']);
       // One pending job per schedule, not three.
-      expect(await agg.getDelayedCount()).toBe(1);
-      expect(await cleanup.getDelayedCount()).toBe(1);
-      const [next] = await agg.getDelayed();
-      expect(new Date(next!.timestamp + next!.opts.delay!).getUTCHours()).toBe(2);
+      expect(await agg.getDelayedCount()).toBe(3);
+      expect(await cleanup.getDelayedCount()).toBe(2);
+      const nightly = (await agg.getDelayed()).find((j) => j.repeatJobKey === 'nightly-agg' || j.id?.includes('nightly-agg'));
+      expect(new Date(nightly!.timestamp + nightly!.opts.delay!).getUTCHours()).toBe(2);
 
       // A schedule removed from config is removed from Redis.
       await syncSchedules(iso.config({ schedules: schedules.slice(1) }), redis);
-      expect(await agg.getJobSchedulers(0, -1)).toEqual([]);
-      expect(await agg.getDelayedCount()).toBe(0);
+      expect((await agg.getJobSchedulers(0, -1)).map((s) => s.id ?? s.key).sort()).toEqual(['failure-aggregation', 'failure-aggregation-retry']);
+      expect(await agg.getDelayedCount()).toBe(2);
+      // A default can be switched off from config.
+      await syncSchedules(
+        iso.config({ schedules: [{ id: 'failure-aggregation-retry', kind: 'aggregation', cron: '*/15 * * * *', enabled: false }] }),
+        redis,
+      );
+      expect((await agg.getJobSchedulers(0, -1)).map((s) => s.id ?? s.key)).toEqual(['failure-aggregation']);
     } finally {
       await Promise.all([agg.close(), cleanup.close(), maint.close()]);
     }

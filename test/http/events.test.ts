@@ -1,0 +1,310 @@
+/**
+ * Live events over SSE against a listening server, real Redis and Postgres, and an in-process
+ * worker runtime: a job's progress, domain events and outcome in order; the domain-event feed with
+ * its type filter and reconnect; auth, heartbeats and clean-up.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createToken } from '../../src/auth/tokens.js';
+import type { Db } from '../../src/db/pool.js';
+import { PermanentError } from '../../src/errors.js';
+import { buildServer, startServer, type RunningServer } from '../../src/http/server.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { createEventStream, createRedis, type PayloadInput } from '../../src/queues/index.js';
+import { startRuntime, type Runtime } from '../../src/workers/runtime.js';
+import { migratedDb } from '../helpers/fleet.js';
+import { isolate } from '../helpers/isolation.js';
+import { harness, type Harness } from './harness.js';
+
+const iso = isolate('httpevents');
+const HEARTBEAT_MS = 300;
+let h: Harness;
+let server: RunningServer;
+let db: Db;
+let runtime: Runtime;
+let viewer: string;
+
+/** A job waits on its gate (by record `n`) until the test opens it, so a client can subscribe first. */
+const gates = new Map<number, { open: () => void; opened: Promise<void> }>();
+function gate(n: number): () => void {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  gates.set(n, { open, opened });
+  return open;
+}
+
+const exportJob = (n: number, extra: Record<string, unknown> = {}) =>
+  ({ module: 'reports', userId: 'u1', format: 'json', records: [{ n, ...extra }] }) satisfies PayloadInput<'export'>;
+
+interface SseEvent {
+  event: string;
+  data: unknown;
+  id?: string;
+}
+
+/** A streaming fetch reading the SSE wire format: what a browser's EventSource sees, frame by frame. */
+async function sse(path: string, headers: Record<string, string> = {}) {
+  const controller = new AbortController();
+  const res = await fetch(`${server.url}${path}`, { headers: { accept: 'text/event-stream', ...headers }, signal: controller.signal });
+  const events: SseEvent[] = [];
+  const comments: string[] = [];
+  let ended = false;
+  let wake: (() => void) | undefined;
+  const pump = (async () => {
+    if (!res.body || !res.headers.get('content-type')?.startsWith('text/event-stream')) return;
+    const decoder = new TextDecoder();
+    let buffer = '';
+    try {
+      for await (const chunk of res.body) {
+        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+        let end: number;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const fields: Record<string, string> = {};
+          for (const line of frame.split('\n')) {
+            if (line.startsWith(':')) comments.push(line.slice(1).trim());
+            const colon = line.indexOf(':');
+            if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 1).trimStart();
+          }
+          if (fields.data !== undefined) events.push({ event: fields.event ?? 'message', data: JSON.parse(fields.data), ...(fields.id ? { id: fields.id } : {}) });
+          wake?.();
+        }
+      }
+    } catch {
+      // aborted by the test
+    } finally {
+      ended = true;
+      wake?.();
+    }
+  })();
+  /** Resolves once `ready()` holds, re-checked after every frame; fails after `ms`. */
+  const until = async (ready: () => boolean, what: string, ms = 10_000) => {
+    const deadline = Date.now() + ms;
+    while (!ready()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(events.map((e) => e.event))}`);
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 50);
+      });
+    }
+  };
+  return {
+    res,
+    events,
+    comments,
+    get ended() {
+      return ended;
+    },
+    until,
+    /** Waits for the server to end the stream. */
+    finished: () => until(() => ended, 'the end of the stream').then(() => pump),
+    close: async () => {
+      controller.abort();
+      await pump;
+    },
+  };
+}
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+
+/** CLIENT KILL every Redis connection whose name matches; returns how many. */
+async function killClients(match: (name: string) => boolean): Promise<number> {
+  const list = (await h.deps.redis.client('LIST')) as string;
+  const ids = [...list.matchAll(/^id=(\d+) .*\bname=(\S*)/gm)].filter((m) => match(m[2]!)).map((m) => m[1]!);
+  for (const id of ids) await h.deps.redis.client('KILL', 'ID', id);
+  return ids.length;
+}
+const errorCode = async (res: Response) => ((await res.json()) as { error: { code: string } }).error.code;
+
+/** Enqueue a gated job and wait until a worker holds it, so the client's snapshot says `active`. */
+async function activeJob(n: number, extra: Record<string, unknown> = {}): Promise<{ jobId: string; open: () => void }> {
+  const open = gate(n);
+  const { jobId } = await h.deps.producer.enqueue('export', exportJob(n, extra));
+  const deadline = Date.now() + 10_000;
+  while ((await h.queue('export').getJobState(jobId)) !== 'active') {
+    if (Date.now() > deadline) throw new Error(`job ${jobId} never became active`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return { jobId, open };
+}
+
+beforeAll(async () => {
+  h = await harness(iso, { config: { http: { host: '127.0.0.1', port: 0 } } });
+  server = await startServer(h.deps, { events: { heartbeatMs: HEARTBEAT_MS } });
+  db = await migratedDb(h.deps.config);
+  runtime = await startRuntime({
+    config: h.deps.config,
+    db,
+    kinds: ['export'],
+    maintenance: false,
+    logger: createLogger({ level: 'silent' }),
+    metrics: h.deps.metrics,
+    processors: {
+      export: async (job, ctx) => {
+        const first = job.data.records[0] as { n: number; fail?: boolean };
+        await gates.get(first.n)?.opened;
+        // Two stages: the runtime's throttle always lets a stage change through.
+        await ctx.progress({ stage: 'read', bytes: 0, totalBytes: 100 });
+        await ctx.progress({ stage: 'write', bytes: 100, totalBytes: 100 });
+        if (first.fail) throw new PermanentError(`record ${first.n} is refused`);
+        const key = `exports/reports/${first.n}.json`;
+        await ctx.emit('export_completed', { module: job.data.module, userId: job.data.userId, key, records: job.data.records.length });
+        return { key, records: job.data.records.length };
+      },
+    },
+  });
+  viewer = await createToken(h.secret, { user: 'victor', role: 'viewer' });
+});
+
+afterAll(async () => {
+  await runtime?.close(2000);
+  await server?.close();
+  await db?.close();
+  await h?.close();
+  await iso.cleanup();
+});
+
+describe('GET /v1/jobs/:kind/:id/events', () => {
+  it('streams progress, the job\'s domain event and completed, in order, then ends', async () => {
+    const { jobId, open } = await activeJob(1);
+    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    expect(client.res.status).toBe(200);
+    expect(client.res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
+    // The snapshot comes first; from then on nothing is missed.
+    await client.until(() => client.events.length > 0, 'the state snapshot');
+    expect(client.events[0]).toMatchObject({ event: 'state', data: { jobId, state: 'active' } });
+    open();
+    await client.finished();
+    expect(client.events.map((e) => e.event), JSON.stringify(client.events)).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
+    const [, read, write, domain, completed] = client.events;
+    expect(read!.data).toEqual({ jobId, progress: { stage: 'read', bytes: 0, totalBytes: 100 } });
+    expect(write!.data).toEqual({ jobId, progress: { stage: 'write', bytes: 100, totalBytes: 100 } });
+    expect(domain).toMatchObject({
+      id: expect.stringMatching(/^\d+-\d+$/),
+      data: { type: 'export_completed', queue: 'export', jobId, data: { key: 'exports/reports/1.json', records: 1 } },
+    });
+    expect(completed).toEqual({ event: 'completed', id: 'done', data: { jobId, result: { key: 'exports/reports/1.json', records: 1 } } });
+  });
+
+  it('still sends the domain event before completed when the shared domain reader lags', async () => {
+    const { jobId, open } = await activeJob(4);
+    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    await client.until(() => client.events.length > 0, 'the state snapshot');
+    // Cut the reader's connection: it reconnects after a back-off, well after the job finished, so
+    // the event can only come from the read of the domain stream made on completed.
+    expect(await killClients((name) => name === `stowage:http:events:${h.deps.config.prefix}`)).toBe(1);
+    open();
+    await client.finished();
+    expect(client.events.map((e) => e.event), JSON.stringify(client.events)).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
+  });
+
+  it('still sends progress before the domain event when the job-lifecycle reader lags', async () => {
+    const { jobId, open } = await activeJob(5);
+    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    await client.until(() => client.events.length > 0, 'the state snapshot');
+    // The QueueEvents reader's blocking connection (BullMQ names it `<prefix>:<base64 queue>:qe`):
+    // the domain event now arrives first, and progress must be read from BullMQ's stream before it.
+    const qe = `${h.deps.config.prefix}:${Buffer.from('export').toString('base64')}:qe`;
+    expect(await killClients((name) => name === qe)).toBeGreaterThanOrEqual(1);
+    open();
+    await client.finished();
+    expect(client.events.map((e) => e.event), JSON.stringify(client.events)).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
+  });
+
+  it('streams failed with the reason for a job that fails for good', async () => {
+    const { jobId, open } = await activeJob(2, { fail: true });
+    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    await client.until(() => client.events.length > 0, 'the state snapshot');
+    open();
+    await client.finished();
+    expect(client.events.map((e) => e.event)).toEqual(['state', 'progress', 'progress', 'failed']);
+    expect(client.events[3]).toMatchObject({ id: 'done', data: { jobId, failedReason: expect.stringContaining('record 2 is refused') } });
+  });
+
+  it('for a finished job: its earlier domain events, the final state, the result; 204 once the client saw the end', async () => {
+    const { jobId } = await h.deps.producer.enqueue('export', exportJob(3));
+    await h.deps.producer.waitFor('export', jobId, 10_000);
+    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    await client.finished();
+    expect(client.events.map((e) => e.event)).toEqual(['export_completed', 'state', 'completed']);
+    expect(client.events[1]!.data).toMatchObject({ state: 'completed', progress: { stage: 'write', bytes: 100 } });
+    expect(client.events[2]!.data).toEqual({ jobId, result: { key: 'exports/reports/3.json', records: 1 } });
+
+    // EventSource reconnects after a stream ends, sending the last id it saw: 204 stops it.
+    const again = await fetch(`${server.url}/v1/jobs/export/${jobId}/events`, { headers: { ...bearer(viewer), 'last-event-id': 'done' } });
+    expect(again.status).toBe(204);
+  });
+
+  it('401 without a token; 404 for an unknown kind or job', async () => {
+    const none = await fetch(`${server.url}/v1/jobs/export/export.x/events`);
+    expect(none.status).toBe(401);
+    expect(none.headers.get('www-authenticate')).toMatch(/^Bearer/);
+    expect(await errorCode(none)).toBe('STOWAGE_ERR_UNAUTHORIZED');
+    const kind = await fetch(`${server.url}/v1/jobs/nope/1/events`, { headers: bearer(viewer) });
+    expect(kind.status).toBe(404);
+    expect(await errorCode(kind)).toBe('STOWAGE_ERR_UNKNOWN_KIND');
+    const job = await fetch(`${server.url}/v1/jobs/export/export.nope/events`, { headers: bearer(viewer) });
+    expect(job.status).toBe(404);
+    expect(await errorCode(job)).toBe('STOWAGE_ERR_NOT_FOUND');
+  });
+});
+
+describe('GET /v1/events', () => {
+  it('follows domain events live, filtered by type, with heartbeats; resumes after Last-Event-ID', async () => {
+    const redis = createRedis(h.deps.config.redisUrl);
+    const stream = createEventStream(redis, h.deps.config.prefix);
+    try {
+      const client = await sse('/v1/events?type=export_completed,backup_completed', bearer(viewer));
+      expect(client.res.status).toBe(200);
+      // Headers mean subscribed: everything emitted from now on arrives.
+      const first = await stream.emit('export_completed', { module: 'm', userId: 'u', key: 'k1', records: 1 });
+      await stream.emit('job_parked', { queue: 'export', jobId: 'j', name: 'n', reason: 'r', attempts: 1 });
+      const second = await stream.emit('backup_completed', { set: 's', key: 'k2', size: 1, sha256: 'x', databases: 1 });
+      await client.until(() => client.events.length >= 2, 'two events');
+      expect(client.events).toEqual([
+        { event: 'export_completed', id: first, data: expect.objectContaining({ id: first, type: 'export_completed', data: expect.objectContaining({ key: 'k1' }) }) },
+        { event: 'backup_completed', id: second, data: expect.objectContaining({ id: second, type: 'backup_completed' }) },
+      ]);
+      await client.until(() => client.comments.includes('heartbeat'), 'a heartbeat', HEARTBEAT_MS * 10);
+      await client.close();
+
+      // A reconnect after `first` gets what came since (filter still applied), then goes on live.
+      const resumed = await sse('/v1/events?type=backup_completed', { ...bearer(viewer), 'last-event-id': first });
+      await resumed.until(() => resumed.events.length >= 1, 'the missed event');
+      const third = await stream.emit('backup_completed', { set: 's', key: 'k3', size: 1, sha256: 'x', databases: 1 });
+      await resumed.until(() => resumed.events.length >= 2, 'the live event');
+      expect(resumed.events.map((e) => e.id)).toEqual([second, third]);
+      await resumed.close();
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it('401 without a token; 400 for a malformed type', async () => {
+    const none = await fetch(`${server.url}/v1/events`);
+    expect(none.status).toBe(401);
+    const bad = await fetch(`${server.url}/v1/events?type=DROP%20TABLE`, { headers: bearer(viewer) });
+    expect(bad.status).toBe(400);
+    expect(await errorCode(bad)).toBe('STOWAGE_ERR_USAGE');
+  });
+
+  it('forgets a client that disconnects, and server close ends open streams', async () => {
+    const before = h.logLines.filter((l) => l.includes('"event stream closed"')).length;
+    const client = await sse('/v1/events', bearer(viewer));
+    await client.close();
+    await client.until(() => h.logLines.filter((l) => l.includes('"event stream closed"')).length > before, 'the server to notice');
+
+    // A second server on the same deps: closing it must not wait for its open streams.
+    const other = buildServer(h.deps);
+    await other.listen({ host: '127.0.0.1', port: 0 });
+    const { port } = other.server.address() as { port: number };
+    const res = await fetch(`http://127.0.0.1:${port}/v1/events`, { headers: bearer(viewer) });
+    expect(res.status).toBe(200);
+    const started = Date.now();
+    await other.close();
+    expect(Date.now() - started).toBeLessThan(3000);
+    // The client sees the end of the stream.
+    const reader = res.body!.getReader();
+    for (;;) if ((await reader.read()).done) break;
+  });
+});
