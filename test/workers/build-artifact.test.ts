@@ -9,7 +9,7 @@ import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { Job, Queue } from 'bullmq';
+import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
@@ -18,21 +18,11 @@ import { createDb, type Db } from '../../src/db/pool.js';
 import { getLatestProjectVersionWithArtifact } from '../../src/db/project-versions.js';
 import { getUploadReceipt } from '../../src/db/upload-receipts.js';
 import { isPermanent } from '../../src/errors.js';
-import { createLogger } from '../../src/observability/logger.js';
-import { createMetrics } from '../../src/observability/metrics.js';
-import {
-  createEventStream,
-  jobIdFor,
-  parsePayload,
-  type BuildArtifactPayload,
-  type DomainEvent,
-  type EventStream,
-  type JobProgress,
-} from '../../src/queues/index.js';
-import { createStorage, type Storage } from '../../src/storage/client.js';
+import { createEventStream, type BuildArtifactPayload, type DomainEvent, type EventStream } from '../../src/queues/index.js';
+import type { Storage } from '../../src/storage/client.js';
 import { artifactKey, packKey } from '../../src/storage/keys.js';
 import { buildArtifact } from '../../src/workers/build-artifact.js';
-import type { ProcessorContext } from '../../src/workers/context.js';
+import { runProcessor } from '../helpers/fleet.js';
 import { isolate, REDIS_URL } from '../helpers/isolation.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
@@ -54,37 +44,9 @@ function configWith(artifact: Partial<Config['artifact']> = {}): Config {
   });
 }
 
-/** Run the processor on a payload (validated like the runtime does) with a hand-built context. */
-async function run(data: BuildArtifactPayload, artifact: Partial<Config['artifact']> = {}) {
-  const payload = parsePayload('build-artifact', data);
-  const jobId = jobIdFor('build-artifact', payload);
-  const job = new Job(queue, 'build-artifact', payload, {}, jobId);
-  const config = configWith(artifact);
-  const progress: JobProgress[] = [];
-  const ctx: ProcessorContext = {
-    config,
-    logger: createLogger({ level: 'silent' }),
-    db,
-    storage: () => {
-      const s = createStorage(config);
-      storages.push(s);
-      return s;
-    },
-    metrics: createMetrics({ defaults: false }),
-    emit: async (type, eventData) => {
-      await events.emit(type, eventData, { queue: 'build-artifact', jobId });
-    },
-    progress: async (p) => {
-      progress.push(p);
-    },
-    signal: new AbortController().signal,
-    attempt: 1,
-  };
-  const lastEvent = (await events.read({ count: 10_000 })).at(-1)?.id ?? '0';
-  const started = Date.now();
-  const result = await buildArtifact(job as Parameters<typeof buildArtifact>[0], ctx);
-  const emitted = await events.read({ afterId: lastEvent, count: 10_000 });
-  return { result, progress, emitted, jobId, ms: Date.now() - started };
+/** Run the processor on a payload with a hand-built context (test/helpers/fleet.ts). */
+function run(data: BuildArtifactPayload, artifact: Partial<Config['artifact']> = {}) {
+  return runProcessor('build-artifact', buildArtifact, data, { config: configWith(artifact), db, events, queue, storages });
 }
 
 async function getObject(key: string): Promise<Buffer> {

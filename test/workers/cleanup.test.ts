@@ -3,7 +3,7 @@
  * (the domain-event stream). The ProcessorContext is built by hand, as the runtime would.
  */
 import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { Job, Queue } from 'bullmq';
+import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
@@ -11,13 +11,11 @@ import { listCleanupLogs } from '../../src/db/cleanup-logs.js';
 import { migrate } from '../../src/db/migrate.js';
 import { createDb, type Db } from '../../src/db/pool.js';
 import { isPermanent } from '../../src/errors.js';
-import { createLogger } from '../../src/observability/logger.js';
-import { createMetrics } from '../../src/observability/metrics.js';
-import { createEventStream, jobIdFor, parsePayload, type CleanupPayload, type EventStream } from '../../src/queues/index.js';
-import { createStorage, type Storage } from '../../src/storage/client.js';
+import { createEventStream, type CleanupPayload, type EventStream } from '../../src/queues/index.js';
+import type { Storage } from '../../src/storage/client.js';
 import { sha256SidecarKey } from '../../src/storage/keys.js';
 import { cleanup } from '../../src/workers/cleanup.js';
-import type { ProcessorContext } from '../../src/workers/context.js';
+import { runProcessor } from '../helpers/fleet.js';
 import { isolate, REDIS_URL } from '../helpers/isolation.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
@@ -31,31 +29,8 @@ let client: S3Client;
 let config: Config;
 const storages: Storage[] = [];
 
-async function run(data: CleanupPayload) {
-  const payload = parsePayload('cleanup', data);
-  const jobId = jobIdFor('cleanup', payload);
-  const job = new Job(queue, 'cleanup', payload, {}, jobId);
-  const ctx: ProcessorContext = {
-    config,
-    logger: createLogger({ level: 'silent' }),
-    db,
-    storage: () => {
-      const s = createStorage(config);
-      storages.push(s);
-      return s;
-    },
-    metrics: createMetrics({ defaults: false }),
-    emit: async (type, eventData) => {
-      await events.emit(type, eventData, { queue: 'cleanup', jobId });
-    },
-    progress: async () => {},
-    signal: new AbortController().signal,
-    attempt: 1,
-  };
-  const lastEvent = (await events.read({ count: 10_000 })).at(-1)?.id ?? '0';
-  const result = await cleanup(job as Parameters<typeof cleanup>[0], ctx);
-  const emitted = await events.read({ afterId: lastEvent, count: 10_000 });
-  return { result, emitted, jobId };
+function run(data: CleanupPayload) {
+  return runProcessor('cleanup', cleanup, data, { config, db, events, queue, storages });
 }
 
 async function exists(key: string): Promise<boolean> {
