@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
-# One image for every role: `worker`, `scheduler`, `http`, `migrate` (the command picks it).
+# One image for every role: `worker`, `scheduler`, `http`, `migrate` (the command picks it):
+#   docker run stowage worker --metrics-port 9464 | scheduler | http | migrate
+# Build stage: dev dependencies, TypeScript build, then `npm prune --omit=dev`; the run stage
+# copies only the pruned node_modules and dist/, so no dev dependency reaches it.
 
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
@@ -10,20 +13,31 @@ COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS run
-ENV NODE_ENV=production HTTP_HOST=0.0.0.0 HTTP_PORT=3000
+# HTTP_HOST=0.0.0.0: the http role is reached from outside the container, so it refuses to start
+# without STOWAGE_AUTH_SECRET or STOWAGE_BASIC_AUTH (intended). Workers serve /metrics on the same host.
+# AGG_LOCAL_FALLBACK: a directory the non-root user owns; mount a persistent volume there.
+ENV NODE_ENV=production HTTP_HOST=0.0.0.0 HTTP_PORT=3000 \
+    AGG_LOCAL_FALLBACK=/var/lib/stowage/fallback-uploads
 # postgresql-client: pg_dump for PostgreSQL backups; tini: signals reach node, zombies are reaped.
 RUN apt-get update \
   && apt-get install -y --no-install-recommends tini postgresql-client \
-  && rm -rf /var/lib/apt/lists/*
+  && rm -rf /var/lib/apt/lists/* \
+  && mkdir -p /var/lib/stowage/fallback-uploads \
+  && chown -R node:node /var/lib/stowage
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
 COPY migrations ./migrations
+COPY deploy/docker/healthcheck.mjs ./deploy/docker/healthcheck.mjs
+# The image's `node` user (uid 1000): never root at run time.
 USER node
+VOLUME ["/var/lib/stowage"]
 EXPOSE 3000 9464
+# Role-aware: http → GET /healthz; worker --metrics-port P → GET /metrics on P (workers have no
+# /healthz); scheduler, migrate and a worker without a metrics port → healthy while running.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD node -e "fetch('http://127.0.0.1:'+(process.env.HTTP_PORT||3000)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+  CMD ["node", "deploy/docker/healthcheck.mjs"]
 ENTRYPOINT ["tini", "--", "node", "bin/stowage.js"]
 CMD ["worker"]
