@@ -14,6 +14,7 @@ import { startRuntime, type Runtime } from '../../src/workers/runtime.js';
 import { migratedDb } from '../helpers/fleet.js';
 import { isolate } from '../helpers/isolation.js';
 import { harness, type Harness } from './harness.js';
+import { sseClient } from './sse-client.js';
 
 const iso = isolate('httpevents');
 const HEARTBEAT_MS = 300;
@@ -34,76 +35,6 @@ function gate(n: number): () => void {
 
 const exportJob = (n: number, extra: Record<string, unknown> = {}) =>
   ({ module: 'reports', userId: 'u1', format: 'json', records: [{ n, ...extra }] }) satisfies PayloadInput<'export'>;
-
-interface SseEvent {
-  event: string;
-  data: unknown;
-  id?: string;
-}
-
-/** A streaming fetch reading the SSE wire format: what a browser's EventSource sees, frame by frame. */
-async function sse(path: string, headers: Record<string, string> = {}) {
-  const controller = new AbortController();
-  const res = await fetch(`${server.url}${path}`, { headers: { accept: 'text/event-stream', ...headers }, signal: controller.signal });
-  const events: SseEvent[] = [];
-  const comments: string[] = [];
-  let ended = false;
-  let wake: (() => void) | undefined;
-  const pump = (async () => {
-    if (!res.body || !res.headers.get('content-type')?.startsWith('text/event-stream')) return;
-    const decoder = new TextDecoder();
-    let buffer = '';
-    try {
-      for await (const chunk of res.body) {
-        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const frame = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const fields: Record<string, string> = {};
-          for (const line of frame.split('\n')) {
-            if (line.startsWith(':')) comments.push(line.slice(1).trim());
-            const colon = line.indexOf(':');
-            if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 1).trimStart();
-          }
-          if (fields.data !== undefined) events.push({ event: fields.event ?? 'message', data: JSON.parse(fields.data), ...(fields.id ? { id: fields.id } : {}) });
-          wake?.();
-        }
-      }
-    } catch {
-      // aborted by the test
-    } finally {
-      ended = true;
-      wake?.();
-    }
-  })();
-  /** Resolves once `ready()` holds, re-checked after every frame; fails after `ms`. */
-  const until = async (ready: () => boolean, what: string, ms = 10_000) => {
-    const deadline = Date.now() + ms;
-    while (!ready()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(events.map((e) => e.event))}`);
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, 50);
-      });
-    }
-  };
-  return {
-    res,
-    events,
-    comments,
-    get ended() {
-      return ended;
-    },
-    until,
-    /** Waits for the server to end the stream. */
-    finished: () => until(() => ended, 'the end of the stream').then(() => pump),
-    close: async () => {
-      controller.abort();
-      await pump;
-    },
-  };
-}
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 
@@ -167,7 +98,7 @@ afterAll(async () => {
 describe('GET /v1/jobs/:kind/:id/events', () => {
   it('streams progress, the job\'s domain event and completed, in order, then ends', async () => {
     const { jobId, open } = await activeJob(1);
-    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     expect(client.res.status).toBe(200);
     expect(client.res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
     // The snapshot comes first; from then on nothing is missed.
@@ -188,7 +119,7 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
 
   it('still sends the domain event before completed when the shared domain reader lags', async () => {
     const { jobId, open } = await activeJob(4);
-    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     await client.until(() => client.events.length > 0, 'the state snapshot');
     // Cut the reader's connection: it reconnects after a back-off, well after the job finished, so
     // the event can only come from the read of the domain stream made on completed.
@@ -200,7 +131,7 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
 
   it('still sends progress before the domain event when the job-lifecycle reader lags', async () => {
     const { jobId, open } = await activeJob(5);
-    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     await client.until(() => client.events.length > 0, 'the state snapshot');
     // The QueueEvents reader's blocking connection (BullMQ names it `<prefix>:<base64 queue>:qe`):
     // the domain event now arrives first, and progress must be read from BullMQ's stream before it.
@@ -213,7 +144,7 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
 
   it('streams failed with the reason for a job that fails for good', async () => {
     const { jobId, open } = await activeJob(2, { fail: true });
-    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     await client.until(() => client.events.length > 0, 'the state snapshot');
     open();
     await client.finished();
@@ -224,7 +155,7 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
   it('for a finished job: its earlier domain events, the final state, the result; 204 once the client saw the end', async () => {
     const { jobId } = await h.deps.producer.enqueue('export', exportJob(3));
     await h.deps.producer.waitFor('export', jobId, 10_000);
-    const client = await sse(`/v1/jobs/export/${jobId}/events`, bearer(viewer));
+    const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     await client.finished();
     expect(client.events.map((e) => e.event)).toEqual(['export_completed', 'state', 'completed']);
     expect(client.events[1]!.data).toMatchObject({ state: 'completed', progress: { stage: 'write', bytes: 100 } });
@@ -254,7 +185,7 @@ describe('GET /v1/events', () => {
     const redis = createRedis(h.deps.config.redisUrl);
     const stream = createEventStream(redis, h.deps.config.prefix);
     try {
-      const client = await sse('/v1/events?type=export_completed,backup_completed', bearer(viewer));
+      const client = await sseClient(server.url, '/v1/events?type=export_completed,backup_completed', bearer(viewer));
       expect(client.res.status).toBe(200);
       // Headers mean subscribed: everything emitted from now on arrives.
       const first = await stream.emit('export_completed', { module: 'm', userId: 'u', key: 'k1', records: 1 });
@@ -269,7 +200,7 @@ describe('GET /v1/events', () => {
       await client.close();
 
       // A reconnect after `first` gets what came since (filter still applied), then goes on live.
-      const resumed = await sse('/v1/events?type=backup_completed', { ...bearer(viewer), 'last-event-id': first });
+      const resumed = await sseClient(server.url, '/v1/events?type=backup_completed', { ...bearer(viewer), 'last-event-id': first });
       await resumed.until(() => resumed.events.length >= 1, 'the missed event');
       const third = await stream.emit('backup_completed', { set: 's', key: 'k3', size: 1, sha256: 'x', databases: 1 });
       await resumed.until(() => resumed.events.length >= 2, 'the live event');
@@ -290,7 +221,7 @@ describe('GET /v1/events', () => {
 
   it('forgets a client that disconnects, and server close ends open streams', async () => {
     const before = h.logLines.filter((l) => l.includes('"event stream closed"')).length;
-    const client = await sse('/v1/events', bearer(viewer));
+    const client = await sseClient(server.url, '/v1/events', bearer(viewer));
     await client.close();
     await client.until(() => h.logLines.filter((l) => l.includes('"event stream closed"')).length > before, 'the server to notice');
 
