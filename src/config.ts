@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { safeId } from './queues/ids.js';
 
 const bool = z
   .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
@@ -62,6 +63,34 @@ export const DEFAULT_LIFECYCLE_RULES: LifecycleRule[] = [
   { id: 'failure-patterns-90d', prefix: 'failure_patterns/', expireDays: 90, enabled: true },
   { id: 'abort-incomplete-multipart-1d', prefix: '', abortIncompleteMultipartDays: 1, enabled: true },
 ];
+
+const backupAbsolutePath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\u0000'), 'must be an absolute path');
+/** A backup set: its SQLite (and PostgreSQL) databases and its retention policy (restic's keep-* rules). */
+export const backupSetSchema = z
+  .strictObject({
+    name: safeId,
+    sqlite: z.array(z.strictObject({ name: safeId, path: backupAbsolutePath })).default([]),
+    postgres: z.array(z.strictObject({ name: safeId, url: z.string().min(1) })).default([]),
+    /** When the scheduler runs it (UTC): daily, weekly (Sunday) or monthly (the 1st), at `at` (HH:MM). Absent: on demand only. */
+    schedule: z
+      .strictObject({
+        every: z.enum(['daily', 'weekly', 'monthly']),
+        at: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'HH:MM, 24-hour').default('03:00'),
+      })
+      .optional(),
+    retention: z
+      .strictObject({
+        keepLast: z.number().int().min(0).default(3),
+        keepDaily: z.number().int().min(0).optional(),
+        keepWeekly: z.number().int().min(0).optional(),
+        keepMonthly: z.number().int().min(0).optional(),
+        /** Keep every backup this many days older than the newest; 0 = keep forever. */
+        keepWithinDays: z.number().min(0).optional(),
+      })
+      .prefault({}),
+  })
+  .refine((s) => s.sqlite.length + s.postgres.length > 0, { message: 'a backup set needs at least one database', path: ['sqlite'] });
+export type BackupSet = z.output<typeof backupSetSchema>;
 
 export const configSchema = z.object({
   /** Redis for the BullMQ queues. Default redis://127.0.0.1:6379. */
@@ -171,8 +200,8 @@ export const configSchema = z.object({
     .prefault({}),
   /** Job Schedulers (cron + tz), from the config file. */
   schedules: z.array(scheduleSchema).default([]),
-  /** Backup sets (structured; see the backup job). */
-  backupSets: z.array(z.record(z.string(), z.unknown())).default([]),
+  /** Backup sets (see the backup job): names are unique; each set has at least one database. */
+  backupSets: z.array(backupSetSchema).refine((sets) => new Set(sets.map((s) => s.name)).size === sets.length, 'set names must be unique').default([]),
   /** Lifecycle rules (from the config file); default DEFAULT_LIFECYCLE_RULES. See `stowage lifecycle`. */
   lifecycleRules: z
     .array(lifecycleRuleSchema)
@@ -363,5 +392,22 @@ export function redactConfig(config: Config): Record<string, unknown> {
     const last = path[path.length - 1]!;
     if (node && node[last] !== undefined) node[last] = '[redacted]';
   }
+  // Connection URLs may carry a password.
+  copy.redisUrl = withoutPassword(config.redisUrl);
+  copy.databaseUrl = withoutPassword(config.databaseUrl);
+  for (const set of (copy.backupSets ?? []) as { postgres?: { url: string }[] }[]) {
+    for (const db of set.postgres ?? []) db.url = withoutPassword(db.url);
+  }
   return copy;
+}
+
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.password) return url;
+    u.password = 'redacted';
+    return u.toString();
+  } catch {
+    return '[redacted]';
+  }
 }

@@ -46,6 +46,11 @@ describe('loadConfig', () => {
     expect(err.message).toContain('R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together');
     expect(err.message).not.toContain('AKIAEXAMPLE');
     const ok = loadConfig({ STOWAGE_AUTH_SECRET: 'x'.repeat(40), R2_ACCESS_KEY_ID: 'AKIA', R2_SECRET_ACCESS_KEY: 'shh-its-secret' });
+    const withUrls = loadConfig({ DATABASE_URL: 'postgres://app:db-pass-123@db:5432/x', REDIS_URL: 'redis://:redis-pass-9@cache:6379' });
+    const urls = JSON.stringify(redactConfig(withUrls));
+    expect(urls).not.toContain('db-pass-123');
+    expect(urls).not.toContain('redis-pass-9');
+    expect(urls).toContain('postgres://app:redacted@db:5432/x');
     const printed = JSON.stringify(redactConfig(ok));
     expect(printed).not.toContain('shh-its-secret');
     expect(printed).not.toContain('x'.repeat(40));

@@ -43,6 +43,7 @@ import { DEAD_LETTER_QUEUE, JOB_KINDS, QUEUE_NAMES, isJobKind, type PayloadInput
 import type { Storage } from '../storage/client.js';
 import { registerArtifactRoutes } from './artifacts.js';
 import { registerFailureRoutes } from './failures.js';
+import { registerRecordRoutes } from './records.js';
 import { registerEventRoutes, type EventRoutesOptions } from './events.js';
 
 export const BOARD_PATH = '/admin/queues';
@@ -242,6 +243,7 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
   registerEventRoutes(app, { config, logger: deps.logger, queues, redis: deps.redis, authenticate: apiCaller }, opts.events);
   registerArtifactRoutes(app, { db: deps.db, storage: deps.storage, authenticate: apiCaller });
   registerFailureRoutes(app, { config, db: deps.db, redis: deps.redis, metrics: deps.metrics, logger: deps.logger, authenticate: apiCaller });
+  registerRecordRoutes(app, { storage: deps.storage, producer: deps.producer, authenticate: apiCaller });
 
   // ---- Bull Board ---------------------------------------------------------------------------
 

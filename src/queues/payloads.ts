@@ -70,11 +70,16 @@ export const backupPayload = z
     name: safeId.optional(),
     sqlite: z.array(sqliteSource).optional(),
     postgres: z.array(postgresSource).optional(),
+    /** `backup` (default) takes a backup; `prune` applies the set's retention policy. */
+    task: z.enum(['backup', 'prune']).default('backup'),
+    /** prune only: decide and report, delete nothing. */
+    dryRun: z.boolean().optional(),
   })
   .refine((p) => Boolean(p.set) !== Boolean(p.name), {
     message: 'give either set or name (with sqlite/postgres databases), not both',
     path: ['set'],
   })
+  .refine((p) => p.task !== 'prune' || Boolean(p.set), { message: 'prune needs a configured set', path: ['set'] })
   .refine((p) => !p.name || (p.sqlite?.length ?? 0) + (p.postgres?.length ?? 0) > 0, {
     message: 'an ad hoc backup needs at least one database',
     path: ['sqlite'],

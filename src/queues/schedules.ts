@@ -41,6 +41,8 @@ export function desiredSchedules(config: Config): DesiredSchedule[] {
       data: {},
     });
   }
+  // Each configured backup set's own schedule and its 03:30 UTC retention run.
+  for (const s of backupSchedules(config)) byId.set(s.id, s);
   for (const s of config.schedules) {
     if (!isJobKind(s.kind)) {
       problems.push(`schedules.${s.id}.kind: "${s.kind}" is not a job kind (${JOB_KINDS.join(', ')})`);
@@ -66,4 +68,42 @@ export function scheduleJobOptions(queue: DesiredSchedule['queue']) {
   if (queue === MAINTENANCE_QUEUE) return { attempts: 1, removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } };
   const { attempts, backoff, removeOnComplete, removeOnFail } = DEFAULT_JOB_OPTIONS[queue];
   return { attempts, backoff, removeOnComplete, removeOnFail };
+}
+
+/**
+ * Job Schedulers for the configured backup sets: each set with a `schedule` gets `backup-{set}`
+ * (daily / weekly on Sunday / monthly on the 1st, at `at` UTC), and every set gets
+ * `backup-prune-{set}`, its retention, daily at 03:30 UTC. Two backups of one set never overlap:
+ * the processor holds a per-set lock (src/workers/backup.ts).
+ */
+export const BACKUP_PRUNE_CRON = '30 3 * * *';
+
+export function backupCron(every: 'daily' | 'weekly' | 'monthly', at: string): string {
+  const [hh, mm] = at.split(':').map(Number) as [number, number];
+  const day = every === 'monthly' ? '1' : '*';
+  const weekday = every === 'weekly' ? '0' : '*';
+  return `${mm} ${hh} ${day} * ${weekday}`;
+}
+
+export function backupSchedules(config: Pick<Config, 'backupSets'>): DesiredSchedule[] {
+  const out: DesiredSchedule[] = [];
+  for (const set of config.backupSets) {
+    if (set.schedule) {
+      out.push({
+        id: `backup-${set.name}`,
+        queue: 'backup',
+        jobName: 'backup',
+        repeat: { pattern: backupCron(set.schedule.every, set.schedule.at), tz: 'UTC' },
+        data: { set: set.name },
+      });
+    }
+    out.push({
+      id: `backup-prune-${set.name}`,
+      queue: 'backup',
+      jobName: 'backup-prune',
+      repeat: { pattern: BACKUP_PRUNE_CRON, tz: 'UTC' },
+      data: { set: set.name, task: 'prune' },
+    });
+  }
+  return out;
 }

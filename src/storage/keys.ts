@@ -54,3 +54,36 @@ export function parseObjectUrl(url: string): { bucket: string; key: string } | n
   const match = /^s3:\/\/([^/]+)\/(.+)$/.exec(url);
   return match ? { bucket: match[1]!, key: match[2]! } : null;
 }
+
+/** Formats of record exports and their file extensions. */
+export type RecordFormat = 'json' | 'jsonl' | 'parquet';
+
+/**
+ * A record export: `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, the date in UTC of `at` (the job's
+ * creation time, so a retry of the same job writes the same key).
+ */
+export function recordKey(module: string, userId: string, at: Date, id: string, format: RecordFormat): string {
+  const iso = at.toISOString();
+  return `${module}/${userId}/${iso.slice(0, 4)}/${iso.slice(5, 7)}/${iso.slice(8, 10)}/${id}.${format}`;
+}
+
+/** The manifest of one module and user: `manifests/{module}/{userId}/manifest.jsonl`. */
+export function manifestKey(module: string, userId: string): string {
+  return `manifests/${module}/${userId}/manifest.jsonl`;
+}
+
+/** Prefix of the probe objects written to detect conditional-write support. */
+export const CONDITIONAL_PROBE_PREFIX = 'manifests/.probe/';
+
+/**
+ * A backup archive: `backups/{set}/{set}-backup-YYYY-MM-DD-HHMMSS.tar.gz`, the date and time in UTC
+ * of the run. `set` is a safeId.
+ */
+export function backupKey(set: string, takenAt: Date): string {
+  const iso = takenAt.toISOString(); // 2026-01-08T14:30:22.123Z
+  const stamp = `${iso.slice(0, 10)}-${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}`;
+  return `backups/${set}/${set}-backup-${stamp}.tar.gz`;
+}
+
+/** Matches a backup key; captures set and the `YYYY-MM-DD-HHMMSS` stamp. */
+export const BACKUP_KEY_PATTERN = /^backups\/([^/]+)\/\1-backup-(\d{4}-\d{2}-\d{2}-\d{6})\.tar\.gz$/;

@@ -3,6 +3,7 @@
  * for no global, so each one is testable against real services with its own prefix, schema, bucket.
  */
 import type { Job } from 'bullmq';
+import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
 import type { Logger } from '../observability/logger.js';
@@ -15,6 +16,8 @@ export interface ProcessorContext {
   /** A child logger carrying queue, jobId and attempt. */
   logger: Logger;
   db: Db;
+  /** The runtime's Redis connection (locks, counters). Shared: never close it. */
+  redis: Redis;
   /** Lazily created: a kind that never touches the store needs no storage config. */
   storage(): Storage;
   metrics: Metrics;

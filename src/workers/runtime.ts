@@ -129,6 +129,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
             return log();
           },
           db,
+          redis: connection,
           storage: getStorage,
           metrics,
           attempt,

@@ -6,6 +6,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { startRuntime, type ProcessorMap, type Runtime } from '../../src/workers/runtime.js';
 import { Job, type Queue } from 'bullmq';
+import { Redis } from 'ioredis';
 import { jobIdFor, parsePayload, type EventStream, type JobKind, type JobProgress, type PayloadInput } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import type { Processor, ProcessorContext } from '../../src/workers/context.js';
@@ -35,8 +36,9 @@ export async function runProcessor<K extends JobKind>(
   kind: K,
   processor: Processor<K>,
   data: PayloadInput<K>,
-  deps: { config: Config; db: Db; events: EventStream; queue: Queue; storages: Storage[] },
+  deps: { config: Config; db: Db; events: EventStream; queue: Queue; storages: Storage[]; redis?: Redis },
 ) {
+  const redis = deps.redis ?? new Redis(deps.config.redisUrl);
   const payload = parsePayload(kind, data);
   const jobId = jobIdFor(kind, payload);
   const job = new Job(deps.queue, kind, payload, {}, jobId);
@@ -45,6 +47,7 @@ export async function runProcessor<K extends JobKind>(
     config: deps.config,
     logger: createLogger({ level: 'silent' }),
     db: deps.db,
+    redis,
     storage: () => {
       const s = createStorage(deps.config);
       deps.storages.push(s);
@@ -62,7 +65,9 @@ export async function runProcessor<K extends JobKind>(
   };
   const lastEvent = (await deps.events.read({ count: 10_000 })).at(-1)?.id ?? '0';
   const started = Date.now();
-  const result = await processor(job as Parameters<Processor<K>>[0], ctx);
+  const result = await processor(job as Parameters<Processor<K>>[0], ctx).finally(() => {
+    if (!deps.redis) redis.disconnect();
+  });
   const emitted = await deps.events.read({ afterId: lastEvent, count: 10_000 });
   return { result, progress, emitted, jobId, ms: Date.now() - started };
 }

@@ -1,0 +1,202 @@
+/**
+ * Manifest updates under concurrency, against s3rver. s3rver ignores If-Match / If-None-Match, so
+ * detection picks the Redis-lock path there. The conditional (ETag) path is exercised through
+ * `conditionalProxy` below: a test double in front of s3rver that enforces If-Match /
+ * If-None-Match on PUT (atomically per key, from the ETags it has seen). It is not a real R2, S3
+ * or MinIO; those remain untested here.
+ */
+import { createServer, request as httpRequest, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Config } from '../../src/config.js';
+import { migrate } from '../../src/db/migrate.js';
+import { createDb, type Db } from '../../src/db/pool.js';
+import { createEventStream, type EventStream } from '../../src/queues/index.js';
+import { createStorage, type Storage } from '../../src/storage/client.js';
+import {
+  manifestLockKey,
+  readManifest,
+  resetConditionalWriteDetection,
+  storeEnforcesConditionalWrites,
+  upsertManifestEntry,
+  type ManifestEntry,
+} from '../../src/storage/manifest.js';
+import { exportRecords } from '../../src/workers/export.js';
+import { runProcessor } from '../helpers/fleet.js';
+import { isolate, REDIS_URL } from '../helpers/isolation.js';
+import { startS3, type TestS3 } from '../helpers/s3.js';
+
+const iso = isolate('manifest');
+
+/** A proxy that enforces conditional PUTs, serialized per path (see the file comment). */
+async function conditionalProxy(upstream: string) {
+  const target = new URL(upstream);
+  const etags = new Map<string, string>();
+  const locks = new Map<string, Promise<void>>();
+  const stats = { preconditionFailed: 0 };
+  const readBody = async (req: IncomingMessage) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  };
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const previous = locks.get(path) ?? Promise.resolve();
+    const done = previous.then(async () => {
+      const body = await readBody(req);
+      const ifMatch = req.headers['if-match'];
+      const ifNoneMatch = req.headers['if-none-match'];
+      if (req.method === 'PUT' && ((ifNoneMatch === '*' && etags.has(path)) || (ifMatch !== undefined && etags.get(path) !== ifMatch))) {
+        stats.preconditionFailed++;
+        res.writeHead(412, { 'content-type': 'application/xml' });
+        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>');
+        return;
+      }
+      await new Promise<void>((resolve, reject) => {
+        const up = httpRequest(
+          { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+          (upRes) => {
+            const status = upRes.statusCode ?? 500;
+            const etag = upRes.headers.etag;
+            if (req.method === 'PUT' && status < 300 && etag) etags.set(path, etag);
+            if ((req.method === 'GET' || req.method === 'HEAD') && status < 300 && etag) etags.set(path, etag);
+            if (req.method === 'DELETE' && status < 300) etags.delete(path);
+            res.writeHead(status, upRes.headers);
+            upRes.pipe(res);
+            upRes.on('end', resolve);
+            upRes.on('error', reject);
+          },
+        );
+        up.on('error', reject);
+        up.end(body);
+      });
+    });
+    locks.set(path, done.catch(() => {}));
+    done.catch(() => res.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    stats,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+let s3: TestS3;
+let db: Db;
+let redis: Redis;
+let queue: Queue;
+let events: EventStream;
+let config: Config;
+let storage: Storage;
+const storages: Storage[] = [];
+
+beforeAll(async () => {
+  s3 = await startS3(iso.bucket);
+  config = iso.config({ storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
+  await migrate(config);
+  db = createDb(config, { max: 2 });
+  redis = new Redis(REDIS_URL);
+  events = createEventStream(redis, iso.prefix);
+  queue = new Queue('export', { connection: redis.duplicate(), prefix: iso.prefix });
+  storage = createStorage(config);
+});
+
+afterAll(async () => {
+  for (const s of storages) s.close();
+  storage?.close();
+  await queue?.close();
+  redis?.disconnect();
+  await db?.close();
+  await s3?.close();
+  await iso.cleanup();
+});
+
+const entry = (id: string): ManifestEntry => ({
+  id,
+  key: `m/u/2026/01/01/${id}.json`,
+  format: 'json',
+  record_count: 1,
+  size: 10,
+  sha256: '0'.repeat(64),
+  created_at: new Date().toISOString(),
+});
+
+describe('manifest', () => {
+  it('detects that s3rver does not enforce conditional writes (once per process and store)', async () => {
+    resetConditionalWriteDetection();
+    const first = storeEnforcesConditionalWrites(storage);
+    expect(storeEnforcesConditionalWrites(storage)).toBe(first);
+    expect(await first).toBe(false);
+  });
+
+  it('50 concurrent exports into one manifest leave 50 entries, no duplicates (lock path)', { timeout: 25_000 }, async () => {
+    const runs = Array.from({ length: 50 }, (_, i) =>
+      runProcessor('export', exportRecords, { module: 'finance', userId: 'busy', format: 'jsonl', records: [{ n: i }], id: `e${i}` }, { config, db, events, queue, storages }),
+    );
+    await Promise.all(runs);
+    const { entries } = await readManifest(storage, 'finance', 'busy');
+    expect(entries).toHaveLength(50);
+    expect(new Set(entries.map((e) => e.id)).size).toBe(50);
+    // The lock is released after every update.
+    expect(await redis.exists(manifestLockKey(config.prefix, 'finance', 'busy'))).toBe(0);
+  });
+
+  it('an update replaces an entry with the same id', async () => {
+    const deps = { storage, redis: () => redis, prefix: iso.prefix };
+    await upsertManifestEntry(deps, 'm', 'u', entry('a'));
+    await upsertManifestEntry(deps, 'm', 'u', entry('b'));
+    const update = await upsertManifestEntry(deps, 'm', 'u', { ...entry('a'), record_count: 7 });
+    expect(update).toMatchObject({ entries: 2, mode: 'lock' });
+    const { entries } = await readManifest(storage, 'm', 'u');
+    expect(entries.map((e) => [e.id, e.record_count])).toEqual([
+      ['b', 1],
+      ['a', 7],
+    ]);
+  });
+
+  it('waits for a held lock, and gives up at its timeout without writing', async () => {
+    const lockKey = manifestLockKey(iso.prefix, 'm', 'held');
+    await redis.set(lockKey, 'someone-else', 'PX', 10_000);
+    const deps = { storage, redis: () => redis, prefix: iso.prefix, timeoutMs: 300 };
+    await expect(upsertManifestEntry(deps, 'm', 'held', entry('x'))).rejects.toThrow(/lock not acquired/);
+    // The other holder's lock is untouched (release only deletes our own token).
+    expect(await redis.get(lockKey)).toBe('someone-else');
+    expect((await readManifest(storage, 'm', 'held')).entries).toEqual([]);
+    await redis.del(lockKey);
+    await upsertManifestEntry({ ...deps, timeoutMs: 5_000 }, 'm', 'held', entry('x'));
+    expect((await readManifest(storage, 'm', 'held')).entries.map((e) => e.id)).toEqual(['x']);
+  });
+});
+
+describe('manifest on a store that enforces conditional writes (test proxy)', () => {
+  let proxy: Awaited<ReturnType<typeof conditionalProxy>>;
+  let guarded: Storage;
+  beforeAll(async () => {
+    proxy = await conditionalProxy(s3.endpoint);
+    guarded = createStorage(iso.config({ storage: { endpoint: proxy.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }));
+  });
+  afterAll(async () => {
+    guarded?.close();
+    await proxy?.close();
+  });
+
+  it('detects enforcement, and 50 concurrent updates via If-Match / If-None-Match retries leave 50 entries without Redis', { timeout: 25_000 }, async () => {
+    expect(await storeEnforcesConditionalWrites(guarded)).toBe(true);
+    const deps = {
+      storage: guarded,
+      redis: (): Redis => {
+        throw new Error('the conditional path must not take the lock');
+      },
+      prefix: iso.prefix,
+    };
+    const updates = await Promise.all(Array.from({ length: 50 }, (_, i) => upsertManifestEntry(deps, 'cond', 'busy', entry(`c${i}`))));
+    expect(updates.every((u) => u.mode === 'conditional')).toBe(true);
+    expect(proxy.stats.preconditionFailed).toBeGreaterThan(0);
+    expect(updates.some((u) => u.attempts > 1)).toBe(true);
+    const { entries } = await readManifest(storage, 'cond', 'busy');
+    expect(entries).toHaveLength(50);
+    expect(new Set(entries.map((e) => e.id)).size).toBe(50);
+  });
+});
