@@ -5,9 +5,12 @@
  * `exp`. Every token expires; there is no way to mint one that does not.
  *
  * Roles, as the HTTP server enforces them:
- * - `admin`: enqueue (POST /v1/jobs/:kind), read jobs, and a writable Bull Board.
- * - `viewer`: read jobs (GET /v1/jobs/:kind/:id) and a read-only Bull Board; enqueueing is refused
- *   with 403. Least privilege, so it is the default role.
+ * - `admin`: enqueue (POST /v1/jobs/:kind), read every job and event, and a writable Bull Board.
+ * - `viewer`: an operator who looks: every job and event, and a read-only Bull Board; enqueueing
+ *   is refused with 403.
+ * - `user`: an application's end user: their own records, artifacts, jobs and events only (a job
+ *   or event of another user answers 404 / is not sent), no Bull Board. Least privilege, so it is
+ *   the default role.
  */
 import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
 import { z } from 'zod';
@@ -16,7 +19,7 @@ import { safeId } from '../queues/ids.js';
 
 export const TOKEN_ISSUER = 'stowage';
 export const TOKEN_ALGORITHM = 'HS256';
-export const ROLES = ['admin', 'viewer'] as const;
+export const ROLES = ['admin', 'viewer', 'user'] as const;
 export type Role = (typeof ROLES)[number];
 
 /** Longest lifetime a token may have: a year. Longer-lived credentials should be rotated secrets. */
@@ -30,7 +33,7 @@ export interface TokenOptions {
   user: string;
   /** Tenant; defaults to the user id. */
   tenant?: string;
-  /** Default `viewer` (least privilege). */
+  /** Default `user` (least privilege). */
   role?: Role;
   /** `30m`, `1h`, `7d`, `45s`, or a number of seconds. Default `1h`; at most 366 days. */
   ttl?: string | number;
@@ -42,6 +45,14 @@ export interface Principal {
   role: Role;
   /** Expiry, seconds since the epoch. */
   expiresAt: number;
+}
+
+/**
+ * Whether a caller may see a job or event owned by `owner` (its payload's / data's `userId`).
+ * Operators (admin, viewer) see everything; a `user` sees only what carries their own user id.
+ */
+export function mayRead(caller: { userId: string; role: Role }, owner: unknown): boolean {
+  return caller.role !== 'user' || (typeof owner === 'string' && owner === caller.userId);
 }
 
 const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86_400 } as const;
@@ -89,9 +100,9 @@ export async function createToken(secret: string, options: TokenOptions): Promis
   const key = keyFrom(secret);
   const user = checkId('user', options.user);
   const tenant = checkId('tenant', options.tenant ?? user);
-  const role = options.role ?? 'viewer';
+  const role = options.role ?? 'user';
   if (!(ROLES as readonly string[]).includes(role)) {
-    throw new StowageError('STOWAGE_ERR_USAGE', `invalid role ${JSON.stringify(role)}: expected ${ROLES.join(' or ')}`);
+    throw new StowageError('STOWAGE_ERR_USAGE', `invalid role ${JSON.stringify(role)}: expected one of ${ROLES.join(', ')}`);
   }
   const ttl = parseTtl(options.ttl ?? '1h');
   const now = Math.floor(Date.now() / 1000);

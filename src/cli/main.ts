@@ -274,7 +274,7 @@ export function buildProgram(): Command {
     .description('print a signed token (needs STOWAGE_AUTH_SECRET)')
     .requiredOption('--user <id>', 'user id')
     .option('--tenant <id>', 'tenant (default: the user id)')
-    .addOption(new Option('--role <role>', 'role').choices([...ROLES]).default('viewer'))
+    .addOption(new Option('--role <role>', 'role').choices([...ROLES]).default('user'))
     .option('--ttl <ttl>', 'lifetime: 30m, 1h, 7d or seconds', '1h')
     .action(async (opts: { user: string; tenant?: string; role: Role; ttl: string }) => {
       const cfg = config();

@@ -6,7 +6,8 @@
  *   the job's domain events, and finally `completed` (with the result) or `failed` (with the
  *   reason), after which the stream ends.
  * - `GET /v1/events[?type=a,b]`: every domain event (or those types), live. A reconnecting client
- *   (`Last-Event-ID`) first gets what it missed.
+ *   (`Last-Event-ID`) first gets what it missed. A `user` token gets only events whose data carry
+ *   its own `userId` (operators see all; see mayRead), and a job stream of its own jobs only.
  *
  * Domain events go out as `event: <type>` with `id: <stream id>` and the DomainEvent as data.
  *
@@ -28,6 +29,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { QueueEvents, type Queue } from 'bullmq';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
+import { mayRead, type Role } from '../auth/tokens.js';
 import type { Config } from '../config.js';
 import { NotFoundError, StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -41,7 +43,7 @@ export interface EventRoutesDeps {
   /** For short reads; duplicated for the blocking readers. */
   redis: Redis;
   /** Resolves for an allowed caller, throws AuthError otherwise. Runs before the stream opens. */
-  authenticate(req: FastifyRequest): Promise<unknown>;
+  authenticate(req: FastifyRequest): Promise<{ userId: string; role: Role }>;
 }
 
 export interface EventRoutesOptions {
@@ -96,7 +98,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
   };
 
   app.get<{ Querystring: { type?: string | string[] } }>('/v1/events', async (req, reply) => {
-    await deps.authenticate(req);
+    const caller = await deps.authenticate(req);
     const types = parseTypes(req.query.type);
     const since = lastEventId(req);
     await hub.ready();
@@ -106,7 +108,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     const deliver = (e: DomainEvent) => {
       if (compareIds(e.id, cursor) <= 0) return;
       cursor = e.id;
-      if (!types || types.has(e.type)) client!.send(e.type, e, e.id);
+      if ((!types || types.has(e.type)) && mayRead(caller, (e.data as { userId?: unknown }).userId)) client!.send(e.type, e, e.id);
     };
     // Subscribed, then the starting point read, then the headers sent: the shared reader is never
     // ahead of that point, so from the moment a client sees the headers every entry reaches it,
@@ -128,13 +130,14 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
   });
 
   app.get<{ Params: { kind: string; id: string } }>('/v1/jobs/:kind/:id/events', async (req, reply) => {
-    await deps.authenticate(req);
+    const caller = await deps.authenticate(req);
     const { kind, id } = req.params;
     const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
     if (!queue) throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${QUEUE_NAMES.join(', ')}`);
     if (lastEventId(req) === DONE_ID) return reply.code(204).send();
     const known = await queue.getJob(id);
-    if (!known) throw new NotFoundError(`job ${id} not found in queue ${kind}`);
+    // Another user's job answers like a missing one (GET /v1/jobs/:kind/:id does the same).
+    if (!known || !mayRead(caller, (known.data as { userId?: unknown } | undefined)?.userId)) throw new NotFoundError(`job ${id} not found in queue ${kind}`);
     const events = await queueEvents.get(queue);
     await hub.ready();
 

@@ -8,10 +8,10 @@
  * | /healthz /readyz       | open                     | open (probes; they say ok/fail and an error code only) |
  * | /metrics               | open                     | open (Prometheus; counts and queue names only)         |
  * | POST /v1/jobs/:kind    | open                     | bearer token with role admin; viewer gets 403          |
- * | GET /v1/jobs/:kind/:id | open                     | any valid bearer token                                 |
- * | GET /v1/…/events (SSE) | open                     | any valid bearer token (events.ts)                     |
+ * | GET /v1/jobs/:kind/:id | open                     | any valid bearer token; role user: own jobs only (404) |
+ * | GET /v1/…/events (SSE) | open                     | any valid bearer token; role user: own only (events.ts) |
  * | /admin/queues          | open                     | basic auth (full access), or a token: admin writes,    |
- * |                        |                          | viewer reads only (writes 403, buttons hidden)         |
+ * |                        |                          | viewer reads only (writes 403, buttons hidden), user 403 |
  *
  * Basic auth is for people at the board; /v1 takes bearer tokens only. `startServer` refuses to
  * listen beyond loopback when no auth is configured, so "open" only ever means a developer's machine;
@@ -32,7 +32,7 @@ import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { verifyToken, type Role } from '../auth/tokens.js';
+import { mayRead, verifyToken, type Role } from '../auth/tokens.js';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
 import { AuthError, ERROR_CODES, NotFoundError, StowageError, codeOf, type ErrorCode } from '../errors.js';
@@ -219,12 +219,13 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
   });
 
   app.get<{ Params: { kind: string; id: string } }>('/v1/jobs/:kind/:id', async (req) => {
-    await apiCaller(req);
+    const caller = await apiCaller(req);
     const { kind, id } = req.params;
     const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? queues.find((q) => q.name === kind) : undefined;
     if (!queue) throw unknownKind(kind, QUEUE_NAMES);
     const job = await queue.getJob(id);
-    if (!job) throw new NotFoundError(`job ${id} not found in queue ${kind}`);
+    // Another user's job answers exactly like a missing one, so ids cannot be probed.
+    if (!job || !mayRead(caller, (job.data as { userId?: unknown } | undefined)?.userId)) throw new NotFoundError(`job ${id} not found in queue ${kind}`);
     const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : null);
     return {
       jobId: job.id ?? id,
@@ -327,6 +328,9 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
           // A stale or tampered cookie would otherwise fail every request until it expires.
           if (readCookie(req.headers.cookie, BOARD_COOKIE)) reply.header('set-cookie', boardCookie('', 0, req.protocol === 'https'));
           return boardDeny(reply, err);
+        }
+        if (caller.role === 'user') {
+          return boardDeny(reply, new AuthError('the board is for operators; a user token may not open it (use an admin or viewer token)', 'STOWAGE_ERR_FORBIDDEN'));
         }
         if (caller.fromQuery) {
           const maxAge = caller.fromQuery.expiresAt - Math.floor(Date.now() / 1000);

@@ -211,6 +211,47 @@ describe('GET /v1/events', () => {
     }
   });
 
+  it('a user token sees only its own user\'s events, jobs and job streams; another user\'s job is 404', async () => {
+    const redis = createRedis(h.deps.config.redisUrl);
+    const stream = createEventStream(redis, h.deps.config.prefix);
+    const u1 = await createToken(h.secret, { user: 'u1', role: 'user' });
+    const u2 = await createToken(h.secret, { user: 'u2', role: 'user' });
+    try {
+      const mine = await sseClient(server.url, '/v1/events', bearer(u1));
+      const operator = await sseClient(server.url, '/v1/events', bearer(viewer));
+      await stream.emit('export_completed', { module: 'm', userId: 'u2', key: 'theirs', records: 1 });
+      await stream.emit('job_parked', { queue: 'export', jobId: 'j', name: 'n', reason: 'r', attempts: 1 });
+      const own = await stream.emit('export_completed', { module: 'm', userId: 'u1', key: 'mine', records: 1 });
+      await operator.until(() => operator.events.length >= 3, 'all three events for the operator');
+      await mine.until(() => mine.events.some((e) => e.id === own), 'the user\'s own event');
+      // Emitted in order on one stream: had the others been sent, they would have come first.
+      expect(mine.events.map((e) => e.id)).toEqual([own]);
+      await mine.close();
+      await operator.close();
+
+      // Jobs of exportJob belong to u1: u2 gets 404 for the job and its stream, u1 gets both.
+      const { jobId } = await h.deps.producer.enqueue('export', exportJob(40));
+      await h.deps.producer.waitFor('export', jobId, 10_000);
+      for (const path of [`/v1/jobs/export/${jobId}`, `/v1/jobs/export/${jobId}/events`]) {
+        const other = await fetch(`${server.url}${path}`, { headers: bearer(u2) });
+        expect(other.status, path).toBe(404);
+        expect(await errorCode(other)).toBe('STOWAGE_ERR_NOT_FOUND');
+      }
+      const status = await fetch(`${server.url}/v1/jobs/export/${jobId}`, { headers: bearer(u1) });
+      expect(status.status).toBe(200);
+      expect(await status.json()).toMatchObject({ jobId, state: 'completed' });
+      const own2 = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(u1));
+      await own2.finished();
+      expect(own2.events.map((e) => e.event)).toEqual(['export_completed', 'state', 'completed']);
+
+      // Users don't get the operators' board.
+      const board = await fetch(`${server.url}/admin/queues`, { headers: bearer(u1), redirect: 'manual' });
+      expect(board.status).toBe(403);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   it('401 without a token; 400 for a malformed type', async () => {
     const none = await fetch(`${server.url}/v1/events`);
     expect(none.status).toBe(401);

@@ -26,8 +26,9 @@ describe('tokens', () => {
     expect(admin.expiresAt).toBeGreaterThan(nowSeconds + 29 * 60);
     expect(admin.expiresAt).toBeLessThanOrEqual(nowSeconds + 30 * 60 + 1);
 
-    const viewer = await verifyToken(secret, await createToken(secret, { user: 'bob' }));
-    expect(viewer).toMatchObject({ userId: 'bob', tenant: 'bob', role: 'viewer' });
+    // Least privilege by default: an end user, not an operator.
+    const user = await verifyToken(secret, await createToken(secret, { user: 'bob' }));
+    expect(user).toMatchObject({ userId: 'bob', tenant: 'bob', role: 'user' });
   });
 
   it('rejects a tampered payload and a token signed with another secret', async () => {
