@@ -5,11 +5,14 @@ import { createDb, type Db } from '../../src/db/pool.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { startRuntime, type ProcessorMap, type Runtime } from '../../src/workers/runtime.js';
-import { Job, type Queue } from 'bullmq';
+import { GetObjectCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { jobIdFor, parsePayload, type EventStream, type JobKind, type JobProgress, type PayloadInput } from '../../src/queues/index.js';
+import { createEventStream, jobIdFor, parsePayload, type EventStream, type JobKind, type JobProgress, type PayloadInput } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import type { Processor, ProcessorContext } from '../../src/workers/context.js';
+import type { Isolation } from './isolation.js';
+import { startS3, type TestS3 } from './s3.js';
 
 export async function migratedDb(config: Config): Promise<Db> {
   await migrate(config);
@@ -70,4 +73,83 @@ export async function runProcessor<K extends JobKind>(
   });
   const emitted = await deps.events.read({ afterId: lastEvent, count: 10_000 });
   return { result, progress, emitted, jobId, ms: Date.now() - started };
+}
+
+/**
+ * What a processor test needs, set up once per file: an s3rver with the file's bucket, a config
+ * pointing at it, the file's Postgres schema migrated, Redis with the domain-event stream, the
+ * kind's queue (for Job objects) and a plain S3 client to read back what the processor wrote.
+ * `close()` tears it all down, storages the processor opened included.
+ */
+export interface ProcessorTestEnv<K extends JobKind> {
+  s3: TestS3;
+  config: Config;
+  db: Db;
+  redis: Redis;
+  events: EventStream;
+  queue: Queue;
+  /** An independent S3 client (not Stowage's) for reading back. */
+  reader: S3Client;
+  /** The file's config with `overrides` applied on top (storage stays the test store). */
+  configWith(overrides?: Record<string, unknown>): Config;
+  /** Run the kind's processor on a payload; `config` defaults to the env's. */
+  run(data: PayloadInput<K>, config?: Config): ReturnType<typeof runProcessor<K>>;
+  getObject(key: string): Promise<Buffer>;
+  exists(key: string): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export async function processorTestEnv<K extends JobKind>(
+  iso: Isolation,
+  kind: K,
+  processor: Processor<K>,
+  overrides: Record<string, unknown> = {},
+): Promise<ProcessorTestEnv<K>> {
+  const s3 = await startS3(iso.bucket);
+  const storageConfig = { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey };
+  const configWith = (more: Record<string, unknown> = {}) => iso.config({ ...overrides, ...more, storage: storageConfig });
+  const config = configWith();
+  const db = await migratedDb(config);
+  const redis = new Redis(config.redisUrl);
+  const events = createEventStream(redis, iso.prefix);
+  const queue = new Queue(kind, { connection: redis.duplicate(), prefix: iso.prefix });
+  const reader = new S3Client({
+    region: 'us-east-1',
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+  });
+  const storages: Storage[] = [];
+  return {
+    s3,
+    config,
+    db,
+    redis,
+    events,
+    queue,
+    reader,
+    configWith,
+    run: (data, cfg = config) => runProcessor(kind, processor, data, { config: cfg, db, events, queue, storages }),
+    async getObject(key) {
+      const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+      return Buffer.from(await res.Body!.transformToByteArray());
+    },
+    async exists(key) {
+      try {
+        await reader.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: key }));
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    async close() {
+      for (const s of storages) s.close();
+      reader.destroy();
+      await queue.close();
+      redis.disconnect();
+      await db.close();
+      await s3.close();
+      await iso.cleanup();
+    },
+  };
 }

@@ -8,82 +8,39 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
-import { migrate } from '../../src/db/migrate.js';
-import { createDb, type Db } from '../../src/db/pool.js';
 import { getLatestProjectVersionWithArtifact } from '../../src/db/project-versions.js';
 import { getUploadReceipt } from '../../src/db/upload-receipts.js';
 import { isPermanent } from '../../src/errors.js';
-import { createEventStream, type BuildArtifactPayload, type DomainEvent, type EventStream } from '../../src/queues/index.js';
-import type { Storage } from '../../src/storage/client.js';
+import type { BuildArtifactPayload, DomainEvent } from '../../src/queues/index.js';
 import { artifactKey, packKey } from '../../src/storage/keys.js';
 import { buildArtifact } from '../../src/workers/build-artifact.js';
-import { runProcessor } from '../helpers/fleet.js';
-import { isolate, REDIS_URL } from '../helpers/isolation.js';
-import { startS3, type TestS3 } from '../helpers/s3.js';
+import { processorTestEnv, type ProcessorTestEnv } from '../helpers/fleet.js';
+import { isolate } from '../helpers/isolation.js';
 
 const iso = isolate('buildartifact');
-let s3: TestS3;
-let db: Db;
-let redis: Redis;
-let queue: Queue;
-let events: EventStream;
-let reader: S3Client;
+let env: ProcessorTestEnv<'build-artifact'>;
 let work: string;
 let buildDir: string;
-const storages: Storage[] = [];
-
-function configWith(artifact: Partial<Config['artifact']> = {}): Config {
-  return iso.config({
-    storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    artifact,
-  });
-}
 
 /** Run the processor on a payload with a hand-built context (test/helpers/fleet.ts). */
 function run(data: BuildArtifactPayload, artifact: Partial<Config['artifact']> = {}) {
-  return runProcessor('build-artifact', buildArtifact, data, { config: configWith(artifact), db, events, queue, storages });
+  return env.run(data, env.configWith({ artifact }));
 }
 
-async function getObject(key: string): Promise<Buffer> {
-  const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
-  return Buffer.from(await res.Body!.transformToByteArray());
-}
-
+const getObject = (key: string) => env.getObject(key);
+const objectExists = (key: string) => env.exists(key);
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-async function objectExists(key: string): Promise<boolean> {
-  try {
-    await reader.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: key }));
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function rowCount(userId: string, projectId: string): Promise<number> {
-  const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM project_versions WHERE user_id = $1 AND project_id = $2', [userId, projectId]);
+  const { rows } = await env.db.pool.query('SELECT count(*)::int AS n FROM project_versions WHERE user_id = $1 AND project_id = $2', [userId, projectId]);
   return rows[0].n as number;
 }
 
 beforeAll(async () => {
-  s3 = await startS3(iso.bucket);
-  const config = configWith();
-  await migrate(config);
-  db = createDb(config);
-  redis = new Redis(REDIS_URL);
-  events = createEventStream(redis, iso.prefix);
-  queue = new Queue('build-artifact', { connection: redis.duplicate(), prefix: iso.prefix });
-  reader = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-  });
+  env = await processorTestEnv(iso, 'build-artifact', buildArtifact);
 
   work = await mkdtemp(join(tmpdir(), 'stowage-build-'));
   buildDir = join(work, 'dist');
@@ -99,13 +56,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const s of storages) s.close();
-  reader?.destroy();
-  await queue?.close();
-  redis?.disconnect();
-  await db?.close();
-  await s3?.close();
-  await iso.cleanup();
+  await env?.close();
   if (work) await rm(work, { recursive: true, force: true });
 });
 
@@ -121,12 +72,12 @@ describe('buildArtifact', () => {
     expect(sha256(bytes)).toBe(result.sha256);
     expect((await getObject(`${key}.sha256`)).toString()).toBe(`${result.sha256}  v1.zip\n`);
 
-    const receipt = await getUploadReceipt(db, s3.bucket, key);
+    const receipt = await getUploadReceipt(env.db, env.s3.bucket, key);
     expect(receipt).toMatchObject({ size: result.size, sha256: result.sha256, status: 'uploaded', queue: 'build-artifact', jobId });
-    const row = await getLatestProjectVersionWithArtifact(db, 'u1', 'p1');
+    const row = await getLatestProjectVersionWithArtifact(env.db, 'u1', 'p1');
     expect(row).toMatchObject({
       versionId: 'v1',
-      artifactUrl: `s3://${s3.bucket}/${key}`,
+      artifactUrl: `s3://${env.s3.bucket}/${key}`,
       artifactSize: result.size,
       artifactChecksum: result.sha256,
     });
@@ -137,7 +88,7 @@ describe('buildArtifact', () => {
       jobId,
       data: {
         key,
-        artifactUrl: `s3://${s3.bucket}/${key}`,
+        artifactUrl: `s3://${env.s3.bucket}/${key}`,
         size: result.size,
         sha256: result.sha256,
         filename: 'p1-v1.zip',
@@ -164,10 +115,10 @@ describe('buildArtifact', () => {
     const first = await run({ userId: 'u2', projectId: 'p2', versionId: 'v1', buildDir });
     const second = await run({ userId: 'u2', projectId: 'p2', versionId: 'v1', buildDir });
     expect(second.result).toEqual(first.result);
-    const listed = await reader.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: 'u2/' }));
+    const listed = await env.reader.send(new ListObjectsV2Command({ Bucket: env.s3.bucket, Prefix: 'u2/' }));
     expect(listed.Contents?.map((o) => o.Key).sort()).toEqual(['u2/p2/snapshots/v1.zip', 'u2/p2/snapshots/v1.zip.sha256']);
     expect(await rowCount('u2', 'p2')).toBe(1);
-    const { rows } = await db.pool.query('SELECT sha256 FROM upload_receipts WHERE key LIKE $1', ['u2/%']);
+    const { rows } = await env.db.pool.query('SELECT sha256 FROM upload_receipts WHERE key LIKE $1', ['u2/%']);
     expect(rows).toEqual([{ sha256: first.result.sha256 }]);
     expect(sha256(await getObject('u2/p2/snapshots/v1.zip'))).toBe(first.result.sha256);
   });
@@ -219,7 +170,7 @@ describe('buildArtifact', () => {
     const key = packKey('u5', 'p5', 'v1', 'v2');
     expect(result.packKey).toBe(key);
     const pack = await getObject(key);
-    const receipt = await getUploadReceipt(db, s3.bucket, key);
+    const receipt = await getUploadReceipt(env.db, env.s3.bucket, key);
     expect(receipt).toMatchObject({ size: pack.length, sha256: sha256(pack) });
     const zipFile = join(work, 'pack.zip');
     await writeFile(zipFile, pack);
