@@ -198,6 +198,26 @@ export const configSchema = z.object({
       maxPending: int(1, 100_000_000).default(1_000_000),
     })
     .prefault({}),
+  /** Record exports (see docs/exports.md). */
+  exports: z
+    .object({
+      /**
+       * Per module, record fields whose values are copied into each manifest entry, so a search
+       * can match them without reading the object (the only way Parquet objects are searched
+       * cheaply). Env form: `module:field,field;module2:field`.
+       */
+      searchableFields: z.preprocess(
+        (v) => (typeof v === 'string' ? parseSearchableFields(v) : v),
+        z.record(safeId, z.array(z.string().min(1).max(128)).max(32, 'at most 32 fields per module')),
+      ).default({}),
+      /** Distinct values kept per searchable field and object (the first seen). Default 20. */
+      searchableMaxValues: int(1, 1000).default(20),
+      /** Characters kept of each searchable string value. Default 200. */
+      searchableMaxChars: int(1, 10_000).default(200),
+      /** Once the head manifest's entries pass this many bytes, they roll into a segment. Default 256 KiB. */
+      manifestCompactBytes: int(256, 64 * 1024 * 1024).default(256 * 1024),
+    })
+    .prefault({}),
   /** Job Schedulers (cron + tz), from the config file. */
   schedules: z.array(scheduleSchema).default([]),
   /** Backup sets (see the backup job): names are unique; each set has at least one database. */
@@ -280,7 +300,20 @@ export const ENV_VARS: Record<string, string[]> = {
   AGG_FALLBACK_MAX_TRIES: ['failures', 'fallbackMaxTries'],
   FAILURE_WRITER_BATCH_SIZE: ['failures', 'writerBatchSize'],
   FAILURE_MAX_PENDING: ['failures', 'maxPending'],
+  STOWAGE_EXPORT_SEARCHABLE_FIELDS: ['exports', 'searchableFields'],
+  STOWAGE_MANIFEST_COMPACT_BYTES: ['exports', 'manifestCompactBytes'],
 };
+
+/** `module:field,field;module2:field` → `{module: [field, field], module2: [field]}`; bad parts are left for zod to name. */
+function parseSearchableFields(text: string): unknown {
+  const out: Record<string, string[]> = {};
+  for (const part of text.split(';').map((p) => p.trim()).filter(Boolean)) {
+    const colon = part.indexOf(':');
+    if (colon < 1) return text; // not `module:fields`: zod reports "expected record"
+    out[part.slice(0, colon).trim()] = part.slice(colon + 1).split(',').map((f) => f.trim()).filter(Boolean);
+  }
+  return out;
+}
 
 /** Settings whose values are never printed, even in an error. */
 const SECRET_PATHS = new Set(['storage.secretAccessKey', 'authSecret', 'basicAuth', 'storage.accessKeyId']);

@@ -3,7 +3,7 @@
  *
  *   import { createProducer } from 'stowage';
  */
-export { createProducer, type Producer, type EnqueueOptions, type Enqueued } from './producers/index.js';
+export { createProducer, type Producer, type EnqueueOptions, type Enqueued, type StoreOptions, type StoreEnqueued } from './producers/index.js';
 export {
   JOB_KINDS,
   DEAD_LETTER_QUEUE,
@@ -17,6 +17,9 @@ export {
   type BuildArtifactResult,
   type AggregationPayload,
   type ExportPayload,
+  type ExportRecordsPayload,
+  type ExportResult,
+  type JsonBlobResult,
   type BackupPayload,
   type CleanupPayload,
   type DomainEvent,
@@ -28,3 +31,28 @@ export {
 export { loadConfig, type Config } from './config.js';
 export { StowageError, PermanentError, ValidationError, ConfigError, ERROR_CODES, type ErrorCode } from './errors.js';
 export { createToken, verifyToken, type Principal, type Role } from './auth/tokens.js';
+
+export type { ApplyOptions, ApplyResult } from './workers/backup-restore.js';
+/**
+ * Call at start-up, before opening the databases in `dir`: applies a restore staged there by
+ * `stowage backup restore` (safety copy, swap, quick_check, rollback on failure) and returns what
+ * it did, or null when none is pending. Loaded on demand so the entry stays light.
+ */
+export async function applyPendingRestore(
+  dir: string,
+  options?: import('./workers/backup-restore.js').ApplyOptions,
+): Promise<import('./workers/backup-restore.js').ApplyResult | null> {
+  const { applyPendingRestore: apply } = await import('./workers/backup-restore.js');
+  return apply(dir, options);
+}
+
+export type { RecordReader } from './storage/records.js';
+/**
+ * The read side of record exports and JSON blobs for a service: get, list, search and presign its
+ * users' records, read blobs. Loaded on demand (it brings the S3 SDK and the Parquet reader).
+ * Call `close()` when done.
+ */
+export async function createRecordReader(config: Pick<import('./config.js').Config, 'storage'>): Promise<import('./storage/records.js').RecordReader> {
+  const [{ createStorage }, { recordReader }] = await Promise.all([import('./storage/client.js'), import('./storage/records.js')]);
+  return recordReader(createStorage(config));
+}

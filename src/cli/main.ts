@@ -12,6 +12,7 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { createProducer } from '../producers/index.js';
 import { createEventStream, createRedis, isJobKind, JOB_KINDS, type DomainEvent, type JobKind } from '../queues/index.js';
 import { DeadLetter, type RedriveSelector } from '../workers/dead-letter.js';
+import { registerBackupCommands } from './commands/backup.js';
 import { registerFailureCommands } from './commands/failures.js';
 import { registerStorageCommands } from './commands/storage-ops.js';
 import { chooseKinds, runUntilSignal, startSchedulerRole, startWorkerRole } from './roles.js';
@@ -284,6 +285,7 @@ export function buildProgram(): Command {
 
   registerFailureCommands(program);
   registerStorageCommands(program);
+  registerBackupCommands(program);
 
   for (const cmd of [program, ...allCommands(program)]) cmd.exitOverride();
   return program;

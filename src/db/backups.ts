@@ -7,7 +7,12 @@ export interface BackupDatabaseEntry {
   filename: string;
   size_bytes: number;
   checksum: string;
-  source_path: string;
+  /** `postgres` for a pg_dump (custom format); absent or `sqlite` for a SQLite snapshot. */
+  kind?: 'sqlite' | 'postgres';
+  /** SQLite: the live database's absolute path (where a restore puts the file back). */
+  source_path?: string;
+  /** PostgreSQL: the database URL with any password removed. */
+  source?: string;
 }
 
 export interface BackupRow {
@@ -74,6 +79,15 @@ function toRow(r: Record<string, unknown>): BackupRow {
     deletedAt: (r.deleted_at as Date | null) ?? null,
     deletedReason: (r.deleted_reason as string | null) ?? null,
   };
+}
+
+/** Every set's backups (or one set's), newest first, without deleted ones. */
+export async function listAllBackups(db: Db | Queryable, options: { set?: string } = {}): Promise<BackupRow[]> {
+  const { rows } = await q(db).query(
+    `SELECT * FROM backups WHERE status <> 'deleted' AND ($1::text IS NULL OR set_name = $1) ORDER BY taken_at DESC, key DESC`,
+    [options.set ?? null],
+  );
+  return rows.map(toRow);
 }
 
 /** A set's backups, newest first; deleted ones only with `includeDeleted`. */

@@ -1,17 +1,21 @@
 /**
- * Record exports over HTTP. The user comes from the bearer token and every lookup goes through
- * that user's manifest, so another user's ids answer 404 (never 403).
+ * Record exports over HTTP, under both `/api/v1/records` (the issue's paths) and `/v1/records`
+ * (next to the rest of the /v1 API): one plugin registered at each prefix. The user comes from the
+ * bearer token and every lookup goes through that user's manifest, so another user's ids answer
+ * 404 (never 403).
  *
- * - `POST /api/v1/records/:module` `{format, records, id?}`: enqueue an export job (202).
- * - `GET  /api/v1/records/:module?q=&from=&to=`: the manifest entries (from inclusive, to
- *   exclusive, ISO 8601), or with `q` the matching records.
- * - `GET  /api/v1/records/:module/:id`: one object's entry and records.
- * - `GET  /api/v1/records/:module/:id/url?expiresIn=`: a presigned GET URL (at most 7 days).
+ * - `POST {prefix}/:module` `{format, records, id?}` (admin token): enqueue an export job;
+ *   202 `{jobId, kind, created, id}`.
+ * - `GET  {prefix}/:module?q=&from=&to=&limit=&read=`: the manifest entries (from inclusive, to
+ *   exclusive, ISO 8601), or with `q` the search hits (`read`: all | text | none, see
+ *   searchRecords).
+ * - `GET  {prefix}/:module/:id`: one object's entry and records.
+ * - `GET  {prefix}/:module/:id/url?expiresIn=`: a presigned GET URL (at most 7 days).
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { StowageError, ValidationError } from '../errors.js';
+import { AuthError, StowageError, ValidationError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
 import { safeId } from '../queues/ids.js';
@@ -21,9 +25,13 @@ import { getRecord, listRecords, recordUrl, searchRecords } from '../storage/rec
 
 export interface RecordRoutesDeps {
   storage: () => Storage;
-  producer: Pick<Producer, 'export'>;
-  authenticate: (req: FastifyRequest) => Promise<{ userId: string }>;
+  producer: Pick<Producer, 'storeRecords'>;
+  /** The caller; `role` absent means it may write (test harnesses without roles). */
+  authenticate: (req: FastifyRequest) => Promise<{ userId: string; role?: string }>;
 }
+
+/** Where the routes are mounted. */
+export const RECORD_ROUTE_PREFIXES = ['/api/v1/records', '/v1/records'] as const;
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
@@ -38,6 +46,7 @@ const listQuery = z.strictObject({
   from: z.iso.datetime({ offset: true }).optional(),
   to: z.iso.datetime({ offset: true }).optional(),
   limit: z.coerce.number().int().min(1).max(1000).optional(),
+  read: z.enum(['all', 'text', 'none']).optional(),
 });
 
 const urlQuery = z.strictObject({
@@ -53,30 +62,44 @@ const body = z.object({
 const notFound = (module: string, id: string) => new StowageError('STOWAGE_ERR_NOT_FOUND', `record ${id} not found in ${module}`);
 
 export function registerRecordRoutes(app: App, deps: RecordRoutesDeps): void {
+  for (const prefix of RECORD_ROUTE_PREFIXES) {
+    app.register(async (scope) => recordRoutes(scope, deps), { prefix });
+  }
+}
+
+function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
   const noStore = { 'cache-control': 'no-store' };
 
-  app.post<{ Params: { module: string } }>('/api/v1/records/:module', async (req, reply) => {
+  app.post<{ Params: { module: string } }>('/:module', async (req, reply) => {
     const caller = await deps.authenticate(req);
+    if (caller.role !== undefined && caller.role !== 'admin') {
+      throw new AuthError(`role "${caller.role}" may not store records; an admin token is required`, 'STOWAGE_ERR_FORBIDDEN');
+    }
     const module = parse(safeId, req.params.module, 'module');
     const b = parse(body, req.body, 'body');
-    const enqueued = await deps.producer.export({ module, userId: caller.userId, format: b.format, records: b.records, ...(b.id ? { id: b.id } : {}) });
+    // The answer carries the object's id (derived from the records when not given) for the GETs.
+    const enqueued = await deps.producer.storeRecords({ module, userId: caller.userId, format: b.format, records: b.records, ...(b.id ? { id: b.id } : {}) });
     return reply.code(202).send(enqueued);
   });
 
-  app.get<{ Params: { module: string }; Querystring: Record<string, string> }>('/api/v1/records/:module', async (req, reply) => {
+  app.get<{ Params: { module: string }; Querystring: Record<string, string> }>('/:module', async (req, reply) => {
     const caller = await deps.authenticate(req);
     const module = parse(safeId, req.params.module, 'module');
     const q = parse(listQuery, req.query, 'query');
     const range = { ...(q.from ? { from: new Date(q.from) } : {}), ...(q.to ? { to: new Date(q.to) } : {}) };
     if (q.q) {
-      const hits = await searchRecords(deps.storage(), module, caller.userId, q.q, { ...range, ...(q.limit ? { limit: q.limit } : {}) });
+      const hits = await searchRecords(deps.storage(), module, caller.userId, q.q, {
+        ...range,
+        ...(q.limit ? { limit: q.limit } : {}),
+        ...(q.read ? { read: q.read } : {}),
+      });
       return reply.headers(noStore).send({ module, q: q.q, hits });
     }
     const entries = await listRecords(deps.storage(), module, caller.userId, range);
     return reply.headers(noStore).send({ module, entries });
   });
 
-  app.get<{ Params: { module: string; id: string } }>('/api/v1/records/:module/:id', async (req, reply) => {
+  app.get<{ Params: { module: string; id: string } }>('/:module/:id', async (req, reply) => {
     const caller = await deps.authenticate(req);
     const module = parse(safeId, req.params.module, 'module');
     const id = parse(safeId, req.params.id, 'id');
@@ -85,7 +108,7 @@ export function registerRecordRoutes(app: App, deps: RecordRoutesDeps): void {
     return reply.headers(noStore).send(found);
   });
 
-  app.get<{ Params: { module: string; id: string }; Querystring: Record<string, string> }>('/api/v1/records/:module/:id/url', async (req, reply) => {
+  app.get<{ Params: { module: string; id: string }; Querystring: Record<string, string> }>('/:module/:id/url', async (req, reply) => {
     const caller = await deps.authenticate(req);
     const module = parse(safeId, req.params.module, 'module');
     const id = parse(safeId, req.params.id, 'id');

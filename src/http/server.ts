@@ -10,6 +10,7 @@
  * | POST /v1/jobs/:kind    | open                     | bearer token with role admin; viewer gets 403          |
  * | GET /v1/jobs/:kind/:id | open                     | any valid bearer token; role user: own jobs only (404) |
  * | GET /v1/…/events (SSE) | open                     | any valid bearer token; role user: own only (events.ts) |
+ * | /api/backups…          | open                     | bearer token with role admin, else 403 (backups.ts)    |
  * | /admin/queues          | open                     | basic auth (full access), or a token: admin writes,    |
  * |                        |                          | viewer reads only (writes 403, buttons hidden), user 403 |
  *
@@ -42,6 +43,7 @@ import type { Producer } from '../producers/index.js';
 import { DEAD_LETTER_QUEUE, JOB_KINDS, QUEUE_NAMES, isJobKind, type PayloadInput } from '../queues/index.js';
 import type { Storage } from '../storage/client.js';
 import { registerArtifactRoutes } from './artifacts.js';
+import { registerBackupRoutes } from './backups.js';
 import { registerFailureRoutes } from './failures.js';
 import { registerRecordRoutes } from './records.js';
 import { registerEventRoutes, type EventRoutesOptions } from './events.js';
@@ -245,6 +247,7 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
   registerArtifactRoutes(app, { db: deps.db, storage: deps.storage, authenticate: apiCaller });
   registerFailureRoutes(app, { config, db: deps.db, redis: deps.redis, metrics: deps.metrics, logger: deps.logger, authenticate: apiCaller });
   registerRecordRoutes(app, { storage: deps.storage, producer: deps.producer, authenticate: apiCaller });
+  registerBackupRoutes(app, { db: deps.db, storage: deps.storage, producer: deps.producer, authenticate: apiCaller });
 
   // ---- Bull Board ---------------------------------------------------------------------------
 

@@ -3,10 +3,12 @@
  *
  *   const stowage = createProducer({ redisUrl, prefix });
  *   const { jobId } = await stowage.buildArtifact({ userId, projectId, versionId, buildDir });
+ *   const stored = await stowage.storeRecords({ module, userId, format: 'jsonl', records }, { wait: true });
  *   await stowage.close();
  *
  * A bad payload throws ValidationError naming each bad field, before anything reaches Redis.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import { Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
@@ -15,11 +17,16 @@ import {
   DEAD_LETTER_QUEUE,
   DEFAULT_JOB_OPTIONS,
   JOB_KINDS,
+  canonicalJson,
   createProducerRedis,
+  deriveExportId,
   jobIdFor,
   parkedJobId,
   parsePayload,
   type JobKind,
+  type ExportRecordsPayload,
+  type ExportResult,
+  type JsonBlobResult,
   type ParkedJob,
   type PayloadInput,
   type Result,
@@ -43,7 +50,33 @@ export interface Enqueued {
   created: boolean;
 }
 
+/** Options of storeRecords / storeJsonBlob: enqueue options, and whether to wait for the result. */
+export interface StoreOptions extends EnqueueOptions {
+  /** Wait until the object is stored and return its result (throws if the job fails or is parked). */
+  wait?: boolean;
+  /** With wait: give up waiting after this long (the job keeps going). Default 10 minutes. */
+  timeoutMs?: number;
+}
+
+/** What storeRecords answers without `wait`: the job, and the id the object will have. */
+export interface StoreEnqueued extends Enqueued {
+  id: string;
+}
+
 export interface Producer {
+  /**
+   * Store records as one JSON, JSONL or Parquet object under `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`
+   * and list it in the manifest. With `{wait: true}` the ExportResult, else the enqueued job and id.
+   */
+  storeRecords(input: Omit<ExportRecordsPayload, 'op'>, options: StoreOptions & { wait: true }): Promise<ExportResult>;
+  storeRecords(input: Omit<ExportRecordsPayload, 'op'>, options?: StoreOptions & { wait?: false }): Promise<StoreEnqueued>;
+  /**
+   * Store one JSON value under `json_blobs/{key}.json` (a later write replaces it). Every call is a
+   * write of its own (its job id is unique), so storing A, then B, then A again ends with A.
+   */
+  storeJsonBlob(key: string, value: unknown, options: StoreOptions & { wait: true }): Promise<JsonBlobResult>;
+  storeJsonBlob(key: string, value: unknown, options?: StoreOptions & { wait?: false }): Promise<Enqueued>;
+
   enqueue<K extends JobKind>(kind: K, payload: PayloadInput<K>, options?: EnqueueOptions): Promise<Enqueued>;
   buildArtifact(payload: PayloadInput<'build-artifact'>, options?: EnqueueOptions): Promise<Enqueued>;
   aggregation(payload: PayloadInput<'aggregation'>, options?: EnqueueOptions): Promise<Enqueued>;
@@ -91,38 +124,65 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     return { jobId: job.id ?? jobId, kind, created: !existed };
   };
 
+  const waitFor = async <K extends JobKind>(kind: K, jobId: string, timeoutMs = 10 * 60_000): Promise<Result<K>> => {
+    let qe = queueEvents.get(kind);
+    if (!qe) {
+      qe = new QueueEvents(kind, { connection: connection.duplicate({ maxRetriesPerRequest: null }), prefix: config.prefix });
+      queueEvents.set(kind, qe);
+      await qe.waitUntilReady();
+    }
+    // A job that failed for good is parked and removed from its queue, possibly before we
+    // look: the dead-letter queue then has the answer.
+    const parked = async (): Promise<ParkedJob | undefined> => (await deadLetter().getJob(parkedJobId(kind, jobId)))?.data;
+    const job = await queue(kind).getJob(jobId);
+    if (!job) {
+      const p = await parked();
+      if (p) throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} was parked in the dead-letter queue (${p.reason}): ${p.error.message}`);
+      throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
+    }
+    try {
+      return (await job.waitUntilFinished(qe, timeoutMs)) as Result<K>;
+    } catch (err) {
+      const p = await parked().catch(() => undefined);
+      const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;
+      throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} ${why}`, { cause: err });
+    }
+  };
+
+  const split = ({ wait, timeoutMs, ...enqueueOptions }: StoreOptions = {}) => ({ wait, timeoutMs, enqueueOptions });
+
+  async function storeRecords(input: Omit<ExportRecordsPayload, 'op'>, options?: StoreOptions): Promise<ExportResult | StoreEnqueued> {
+    const { wait, timeoutMs, enqueueOptions } = split(options);
+    const enqueued = await enqueue('export', input, enqueueOptions);
+    // Validated by enqueue, so records is an array here.
+    const id = input.id ?? deriveExportId(input.format, input.records);
+    if (!wait) return { ...enqueued, id };
+    return (await waitFor('export', enqueued.jobId, timeoutMs)) as ExportResult;
+  }
+
+  async function storeJsonBlob(key: string, value: unknown, options?: StoreOptions): Promise<JsonBlobResult | Enqueued> {
+    const { wait, timeoutMs, enqueueOptions } = split(options);
+    // The payload-derived id would make a repeat of an earlier value within the dedupe window a
+    // no-op even after another value replaced it; a unique id per call keeps "last write wins".
+    const digest = createHash('sha256').update(canonicalJson({ key, value })).digest('hex').slice(0, 16);
+    const jobId = enqueueOptions.jobId ?? `export.blob.${digest}.${Date.now()}${randomBytes(4).toString('hex')}`;
+    // enqueue validates the value as JSON (and its size) before anything reaches Redis.
+    const enqueued = await enqueue('export', { op: 'blob', key, value } as PayloadInput<'export'>, { ...enqueueOptions, jobId });
+    if (!wait) return enqueued;
+    return (await waitFor('export', enqueued.jobId, timeoutMs)) as JsonBlobResult;
+  }
+
   return {
     enqueue,
+    storeRecords: storeRecords as Producer['storeRecords'],
+    storeJsonBlob: storeJsonBlob as Producer['storeJsonBlob'],
     buildArtifact: (p, o) => enqueue('build-artifact', p, o),
     aggregation: (p, o) => enqueue('aggregation', p, o),
     export: (p, o) => enqueue('export', p, o),
     backup: (p, o) => enqueue('backup', p, o),
     cleanup: (p, o) => enqueue('cleanup', p, o),
     queue,
-    async waitFor(kind, jobId, timeoutMs = 10 * 60_000) {
-      let qe = queueEvents.get(kind);
-      if (!qe) {
-        qe = new QueueEvents(kind, { connection: connection.duplicate({ maxRetriesPerRequest: null }), prefix: config.prefix });
-        queueEvents.set(kind, qe);
-        await qe.waitUntilReady();
-      }
-      // A job that failed for good is parked and removed from its queue, possibly before we
-      // look: the dead-letter queue then has the answer.
-      const parked = async (): Promise<ParkedJob | undefined> => (await deadLetter().getJob(parkedJobId(kind, jobId)))?.data;
-      const job = await queue(kind).getJob(jobId);
-      if (!job) {
-        const p = await parked();
-        if (p) throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} was parked in the dead-letter queue (${p.reason}): ${p.error.message}`);
-        throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
-      }
-      try {
-        return (await job.waitUntilFinished(qe, timeoutMs)) as Result<typeof kind>;
-      } catch (err) {
-        const p = await parked().catch(() => undefined);
-        const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;
-        throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} ${why}`, { cause: err });
-      }
-    },
+    waitFor,
     async close() {
       await Promise.all([...queueEvents.values()].map((qe) => qe.close()));
       await Promise.all([...queues.values(), ...(dlq ? [dlq] : [])].map((q) => q.close()));

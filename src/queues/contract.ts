@@ -41,6 +41,7 @@ export type Payload<K extends JobKind> = z.output<(typeof PAYLOAD_SCHEMAS)[K]>;
 export interface JobResults {
   'build-artifact': BuildArtifactResult;
   aggregation: Record<string, unknown>;
+  /** ExportResult | JsonBlobResult (kept wide so stand-in processors in benches still type-check). */
   export: Record<string, unknown>;
   backup: Record<string, unknown>;
   cleanup: Record<string, unknown>;
@@ -98,6 +99,7 @@ const IDENTITY_FIELDS: Record<JobKind, string[] | null> = {
   'build-artifact': ['userId', 'projectId', 'versionId', 'fromVersionId'],
   aggregation: null,
   export: null,
+  // The whole payload: ad hoc runs carry `requestedAt`, so each `backup now` is its own job.
   backup: null,
   cleanup: null,
 };
@@ -112,6 +114,14 @@ export function canonicalJson(value: unknown): string {
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
   }
   return JSON.stringify(value) ?? 'null';
+}
+
+/**
+ * The id of a records export without an explicit one: the first 32 hex digits of the SHA-256 of
+ * the canonical JSON of its format and records (so equal exports share an id, hence a key).
+ */
+export function deriveExportId(format: string, records: unknown[]): string {
+  return createHash('sha256').update(canonicalJson({ format, records })).digest('hex').slice(0, 32);
 }
 
 /** The job id for a validated payload: `<kind>.<sha256 of the identity fields, 32 hex>`. */

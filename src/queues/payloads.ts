@@ -50,14 +50,54 @@ export const aggregationPayload = z.strictObject({
   max: z.number().int().min(1).max(10_000).optional(),
 });
 
-export const exportPayload = z.strictObject({
-  module: safeId,
+/** Store records as one object (the default op; payloads without `op` are this). */
+export const exportRecordsPayload = z.strictObject({
+  op: z.literal('records').optional(),
+  /** Not `manifests` or `json_blobs`: those top-level prefixes hold manifests and blobs. */
+  module: safeId.refine((m) => m !== 'manifests' && m !== 'json_blobs', 'manifests and json_blobs are reserved'),
   userId: safeId,
   format: z.enum(['json', 'jsonl', 'parquet']),
   records: z.array(z.record(z.string(), z.unknown())).min(1, 'at least one record').max(100_000),
   /** Object id; derived from the records when absent. */
   id: safeId.optional(),
 });
+
+/** Store one JSON value under `json_blobs/{key}.json` (key-value; a later write replaces it). */
+export const exportBlobPayload = z.strictObject({
+  op: z.literal('blob'),
+  key: safeId,
+  /** Any JSON value; at most 16 MiB serialized (it travels through Redis in the job). */
+  value: z.json().refine((v) => JSON.stringify(v).length <= 16 * 1024 * 1024, 'at most 16 MiB of JSON'),
+});
+
+export const exportPayload = z.discriminatedUnion('op', [exportRecordsPayload, exportBlobPayload]);
+
+/** What an export job returns for a records export (a type alias: assignable to a JSON record). */
+export type ExportResult = {
+  op: 'records';
+  id: string;
+  key: string;
+  format: 'json' | 'jsonl' | 'parquet';
+  record_count: number;
+  size: number;
+  sha256: string;
+  /** ISO 8601: the job's creation time (the date in the key). */
+  created_at: string;
+  /** `s3://{bucket}/{key}`. */
+  url?: string;
+};
+
+/** What an export job returns for a JSON blob. */
+export type JsonBlobResult = {
+  op: 'blob';
+  /** The blob's key as given. */
+  blobKey: string;
+  /** The object key, `json_blobs/{key}.json`. */
+  key: string;
+  size: number;
+  sha256: string;
+  url?: string;
+};
 
 const sqliteSource = z.strictObject({ name: safeId, path: absolutePath });
 const postgresSource = z.strictObject({ name: safeId, url: z.string().min(1) });
@@ -70,8 +110,13 @@ export const backupPayload = z
     name: safeId.optional(),
     sqlite: z.array(sqliteSource).optional(),
     postgres: z.array(postgresSource).optional(),
-    /** `backup` (default) takes a backup; `prune` applies the set's retention policy. */
-    task: z.enum(['backup', 'prune']).default('backup'),
+    /** `backup` (default) takes a backup; `prune` applies the set's retention policy; `drill` restores the newest backup into a scratch folder and verifies it. */
+    task: z.enum(['backup', 'prune', 'drill']).default('backup'),
+    /**
+     * When an ad hoc run was asked for (`backup now`, POST /api/backups/now). It is part of the job
+     * id, so two runs of one set never dedupe; scheduled runs leave it out and get one job per tick.
+     */
+    requestedAt: z.iso.datetime().optional(),
     /** prune only: decide and report, delete nothing. */
     dryRun: z.boolean().optional(),
   })
@@ -79,7 +124,7 @@ export const backupPayload = z
     message: 'give either set or name (with sqlite/postgres databases), not both',
     path: ['set'],
   })
-  .refine((p) => p.task !== 'prune' || Boolean(p.set), { message: 'prune needs a configured set', path: ['set'] })
+  .refine((p) => p.task === 'backup' || Boolean(p.set), { message: 'prune and drill need a configured set', path: ['set'] })
   .refine((p) => !p.name || (p.sqlite?.length ?? 0) + (p.postgres?.length ?? 0) > 0, {
     message: 'an ad hoc backup needs at least one database',
     path: ['sqlite'],
@@ -100,5 +145,6 @@ export type BuildArtifactPayload = z.input<typeof buildArtifactPayload>;
 export type BuildArtifactResult = z.infer<typeof buildArtifactResult>;
 export type AggregationPayload = z.input<typeof aggregationPayload>;
 export type ExportPayload = z.input<typeof exportPayload>;
+export type ExportRecordsPayload = z.input<typeof exportRecordsPayload>;
 export type BackupPayload = z.input<typeof backupPayload>;
 export type CleanupPayload = z.input<typeof cleanupPayload>;

@@ -72,6 +72,22 @@ export function manifestKey(module: string, userId: string): string {
   return `manifests/${module}/${userId}/manifest.jsonl`;
 }
 
+/**
+ * A compacted manifest segment: `manifests/{module}/{userId}/segments/YYYY-MM-DD-{seq}-{sha12}.jsonl`,
+ * the date in UTC of its oldest entry, `seq` its 1-based sequence number (6 digits), sha12 the
+ * first 12 hex digits of its content's SHA-256. Content-addressed: concurrent compactions of one
+ * head state write the same key with the same bytes, and no write ever replaces a segment with
+ * other bytes.
+ */
+export function manifestSegmentKey(module: string, userId: string, oldest: Date, seq: number, sha256: string): string {
+  return `manifests/${module}/${userId}/segments/${oldest.toISOString().slice(0, 10)}-${String(seq).padStart(6, '0')}-${sha256.slice(0, 12)}.jsonl`;
+}
+
+/** A key-value JSON blob: `json_blobs/{key}.json`. `key` is a safeId. */
+export function jsonBlobKey(key: string): string {
+  return `json_blobs/${key}.json`;
+}
+
 /** Prefix of the probe objects written to detect conditional-write support. */
 export const CONDITIONAL_PROBE_PREFIX = 'manifests/.probe/';
 

@@ -3,6 +3,18 @@
  * per stored record object. Entries are keyed by id: writing an entry whose id is already present
  * replaces it (a rerun of an export leaves one entry).
  *
+ * Compaction. Once the head's entries pass `compactBytes` (config `exports.manifestCompactBytes`),
+ * the next update first writes those entries, unchanged, to a segment
+ * (`manifests/{module}/{userId}/segments/YYYY-MM-DD-{seq}-{sha12}.jsonl`, src/storage/keys.ts) and
+ * then swaps in a head that holds one pointer line per segment (`{"type":"segment",…}`) and the new
+ * entry only. So an update rewrites at most about `compactBytes` plus the pointer lines (~200 bytes
+ * per segment), however long the history. Readers take segments in sequence order, then the head;
+ * a later line for an id replaces an earlier one.
+ * The segment's content is a function of the head state it came from, and its name is derived
+ * from that content, so two writers compacting the same state write the same bytes to the same
+ * key, and a segment is never overwritten with other bytes. The head swap is the same guarded
+ * write as any update (below), which keeps the 50-concurrent-writers guarantee.
+ *
  * Concurrency. Updates are read-modify-write, made safe one of two ways, chosen once per process
  * and store (endpoint + bucket):
  * - the store enforces conditional writes (R2, S3, MinIO): GET with its ETag, PUT with `If-Match`
@@ -15,13 +27,13 @@
  * Detection: create a probe object, then PUT it again with a wrong `If-Match`; 412 means enforced,
  * a 2xx means the header was ignored.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Redis } from 'ioredis';
 import { StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Storage } from './client.js';
-import { CONDITIONAL_PROBE_PREFIX, manifestKey, type RecordFormat } from './keys.js';
+import { CONDITIONAL_PROBE_PREFIX, manifestKey, manifestSegmentKey, type RecordFormat } from './keys.js';
 import { storeError } from './upload.js';
 
 export interface ManifestEntry {
@@ -33,7 +45,39 @@ export interface ManifestEntry {
   sha256: string;
   /** ISO 8601. */
   created_at: string;
+  /**
+   * Values of the module's searchable fields (config `exports.searchableFields`) found in the
+   * object's records: per field, the first distinct values (bounded), strings cut short.
+   */
+  searchable?: Record<string, SearchableValue[]>;
 }
+
+export type SearchableValue = string | number | boolean;
+
+/** A head line that points at a compacted segment. */
+export interface SegmentPointer {
+  type: 'segment';
+  key: string;
+  /** 1-based, in compaction order. */
+  seq: number;
+  entries: number;
+  bytes: number;
+  sha256: string;
+  /** Smallest and largest created_at of its entries. */
+  oldest: string;
+  newest: string;
+}
+
+/** The head object: pointers to segments (oldest first) and the entries not yet compacted. */
+export interface ManifestHead {
+  segments: SegmentPointer[];
+  entries: ManifestEntry[];
+  etag: string | null;
+  /** Size of the head object in bytes (0 when absent). */
+  bytes: number;
+}
+
+export const DEFAULT_COMPACT_BYTES = 256 * 1024;
 
 export interface ManifestDeps {
   storage: Storage;
@@ -44,10 +88,16 @@ export interface ManifestDeps {
   logger?: Logger;
   /** Give up after this long (lock wait or 412 retries). Default 60 s. */
   timeoutMs?: number;
+  /** Compact once the head's entries reach this many bytes. Default 256 KiB. */
+  compactBytes?: number;
 }
 
 export interface ManifestUpdate {
+  /** Entries in the head after the update (compacted ones are in segments). */
   entries: number;
+  segments: number;
+  /** The segment this update wrote, if it compacted. */
+  compacted?: string;
   attempts: number;
   mode: 'conditional' | 'lock';
 }
@@ -71,34 +121,131 @@ function isNotFound(err: unknown): boolean {
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const backoff = (attempt: number, base = 20, cap = 1_000) => Math.min(cap, base * 2 ** Math.min(attempt, 10)) * (0.5 + Math.random() / 2);
 
+/** The entry lines of a manifest or segment text (pointer lines are skipped). */
 export function parseManifest(text: string): ManifestEntry[] {
+  return parseHead(text).entries;
+}
+
+function parseHead(text: string): { segments: SegmentPointer[]; entries: ManifestEntry[] } {
+  const segments: SegmentPointer[] = [];
   const entries: ManifestEntry[] = [];
   for (const line of text.split('\n')) {
     if (!line.trim()) continue;
-    entries.push(JSON.parse(line) as ManifestEntry);
+    const value = JSON.parse(line) as ManifestEntry | SegmentPointer;
+    if ((value as SegmentPointer).type === 'segment') segments.push(value as SegmentPointer);
+    else entries.push(value as ManifestEntry);
   }
-  return entries;
+  return { segments, entries };
 }
 
-export function serializeManifest(entries: ManifestEntry[]): string {
-  return entries.map((e) => `${JSON.stringify(e)}\n`).join('');
+export function serializeManifest(entries: ManifestEntry[], segments: SegmentPointer[] = []): string {
+  return [...segments, ...entries].map((e) => `${JSON.stringify(e)}\n`).join('');
 }
 
-/** The manifest's entries and ETag; no entries and a null ETag when it does not exist yet. */
-export async function readManifest(storage: Storage, module: string, userId: string): Promise<{ entries: ManifestEntry[]; etag: string | null }> {
+/** The head object as stored: its segment pointers, its own entries, ETag and size. */
+export async function readManifestHead(storage: Storage, module: string, userId: string): Promise<ManifestHead> {
   const key = manifestKey(module, userId);
   try {
     const res = await storage.client.send(new GetObjectCommand({ Bucket: storage.bucket, Key: key }));
     const text = await res.Body!.transformToString('utf-8');
-    return { entries: parseManifest(text), etag: res.ETag ?? null };
+    return { ...parseHead(text), etag: res.ETag ?? null, bytes: Buffer.byteLength(text) };
   } catch (err) {
-    if (isNotFound(err)) return { entries: [], etag: null };
+    if (isNotFound(err)) return { segments: [], entries: [], etag: null, bytes: 0 };
     throw storeError(err, `reading manifest ${key}`);
   }
 }
 
+/** The entries of one segment. A listed segment that is missing is an error, never "no entries". */
+export async function readSegment(storage: Storage, pointer: SegmentPointer): Promise<ManifestEntry[]> {
+  try {
+    const res = await storage.client.send(new GetObjectCommand({ Bucket: storage.bucket, Key: pointer.key }));
+    return parseManifest(await res.Body!.transformToString('utf-8'));
+  } catch (err) {
+    throw storeError(err, `reading manifest segment ${pointer.key}`);
+  }
+}
+
+/** Run `fn` over `items` with at most `limit` in flight; results in input order. */
+async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  });
+  await Promise.all(lanes);
+  return out;
+}
+
 function merge(entries: ManifestEntry[], entry: ManifestEntry): ManifestEntry[] {
   return [...entries.filter((e) => e.id !== entry.id), entry];
+}
+
+/** Last line wins per id; the survivors keep the position of their last line. */
+function dedupe(entries: ManifestEntry[]): ManifestEntry[] {
+  const last = new Map<string, number>();
+  entries.forEach((e, i) => last.set(e.id, i));
+  return entries.filter((e, i) => last.get(e.id) === i);
+}
+
+/**
+ * Every entry of the manifest, across its segments and head (a later line for an id replaces an
+ * earlier one), with the head's ETag; no entries and a null ETag when it does not exist yet.
+ */
+export async function readManifest(
+  storage: Storage,
+  module: string,
+  userId: string,
+): Promise<{ entries: ManifestEntry[]; etag: string | null; segments: SegmentPointer[] }> {
+  const head = await readManifestHead(storage, module, userId);
+  const segmented = await mapLimit(head.segments, 8, (p) => readSegment(storage, p));
+  return { entries: dedupe([...segmented.flat(), ...head.entries]), etag: head.etag, segments: head.segments };
+}
+
+/**
+ * One entry by id without reading more than needed: the head first, then segments newest first
+ * (the first hit is the latest line for that id).
+ */
+export async function findManifestEntry(storage: Storage, module: string, userId: string, id: string): Promise<ManifestEntry | null> {
+  const head = await readManifestHead(storage, module, userId);
+  const inHead = head.entries.findLast((e) => e.id === id);
+  if (inHead) return inHead;
+  for (const pointer of [...head.segments].reverse()) {
+    const found = (await readSegment(storage, pointer)).findLast((e) => e.id === id);
+    if (found) return found;
+  }
+  return null;
+}
+
+/**
+ * The manifest entry fields for `records`: per searchable field, the first `maxValues` distinct
+ * scalar values (array elements count one by one), strings cut to `maxChars`. Undefined when none.
+ */
+export function searchableValues(
+  records: Record<string, unknown>[],
+  fields: readonly string[],
+  options: { maxValues?: number; maxChars?: number } = {},
+): Record<string, SearchableValue[]> | undefined {
+  const maxValues = options.maxValues ?? 20;
+  const maxChars = options.maxChars ?? 200;
+  const out: Record<string, SearchableValue[]> = {};
+  for (const field of fields) {
+    const seen = new Set<SearchableValue>();
+    const add = (v: unknown) => {
+      if (seen.size >= maxValues) return;
+      if (typeof v === 'string') seen.add(v.length > maxChars ? v.slice(0, maxChars) : v);
+      else if (typeof v === 'number' || typeof v === 'boolean') seen.add(v);
+      else if (Array.isArray(v)) v.forEach(add);
+    };
+    for (const record of records) {
+      if (seen.size >= maxValues) break;
+      add(record[field]);
+    }
+    if (seen.size) out[field] = [...seen];
+  }
+  return Object.keys(out).length ? out : undefined;
 }
 
 const conditionalSupport = new Map<string, Promise<boolean>>();
@@ -161,15 +308,63 @@ export async function upsertManifestEntry(deps: ManifestDeps, module: string, us
   return conditional ? updateConditionally(deps, module, userId, entry) : updateUnderLock(deps, module, userId, entry);
 }
 
+interface NextHead {
+  body: string;
+  entries: number;
+  segments: number;
+  compacted?: string;
+}
+
+/**
+ * The head that follows `current` once `entry` is added. When `current`'s entries reached the
+ * threshold, they are first written to their segment (idempotent: same state, same key, same bytes).
+ */
+async function nextHead(deps: ManifestDeps, module: string, userId: string, current: ManifestHead, entry: ManifestEntry): Promise<NextHead> {
+  const headEntriesText = serializeManifest(current.entries);
+  const threshold = deps.compactBytes ?? DEFAULT_COMPACT_BYTES;
+  if (current.entries.length === 0 || Buffer.byteLength(headEntriesText) < threshold) {
+    const entries = merge(current.entries, entry);
+    return { body: serializeManifest(entries, current.segments), entries: entries.length, segments: current.segments.length };
+  }
+  const sha256 = createHash('sha256').update(headEntriesText).digest('hex');
+  const times = current.entries.map((e) => e.created_at).sort();
+  const seq = (current.segments.at(-1)?.seq ?? 0) + 1;
+  const key = manifestSegmentKey(module, userId, new Date(times[0]!), seq, sha256);
+  try {
+    await deps.storage.client.send(
+      new PutObjectCommand({ Bucket: deps.storage.bucket, Key: key, Body: headEntriesText, ContentType: 'application/x-ndjson; charset=utf-8' }),
+    );
+  } catch (err) {
+    throw storeError(err, `writing manifest segment ${key}`);
+  }
+  const pointer: SegmentPointer = {
+    type: 'segment',
+    key,
+    seq,
+    entries: current.entries.length,
+    bytes: Buffer.byteLength(headEntriesText),
+    sha256,
+    oldest: times[0]!,
+    newest: times.at(-1)!,
+  };
+  const segments = [...current.segments, pointer];
+  deps.logger?.info({ key, entries: pointer.entries, bytes: pointer.bytes }, 'manifest compacted into a segment');
+  return { body: serializeManifest([entry], segments), entries: 1, segments: segments.length, compacted: key };
+}
+
+function outcome(next: NextHead, attempts: number, mode: ManifestUpdate['mode']): ManifestUpdate {
+  return { entries: next.entries, segments: next.segments, ...(next.compacted ? { compacted: next.compacted } : {}), attempts, mode };
+}
+
 async function updateConditionally(deps: ManifestDeps, module: string, userId: string, entry: ManifestEntry): Promise<ManifestUpdate> {
   const key = manifestKey(module, userId);
   const deadline = Date.now() + (deps.timeoutMs ?? 60_000);
   for (let attempt = 1; ; attempt++) {
-    const current = await readManifest(deps.storage, module, userId);
-    const entries = merge(current.entries, entry);
+    const current = await readManifestHead(deps.storage, module, userId);
+    const next = await nextHead(deps, module, userId, current, entry);
     try {
-      await putManifest(deps.storage, key, serializeManifest(entries), current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' });
-      return { entries: entries.length, attempts: attempt, mode: 'conditional' };
+      await putManifest(deps.storage, key, next.body, current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' });
+      return outcome(next, attempt, 'conditional');
     } catch (err) {
       if (!isPreconditionFailed(err)) throw storeError(err, `writing manifest ${key}`);
       if (Date.now() > deadline) {
@@ -204,18 +399,18 @@ async function updateUnderLock(deps: ManifestDeps, module: string, userId: strin
     await sleep(backoff(attempt, 10, 200));
   }
   try {
-    const current = await readManifest(deps.storage, module, userId);
-    const entries = merge(current.entries, entry);
+    const current = await readManifestHead(deps.storage, module, userId);
+    const next = await nextHead(deps, module, userId, current, entry);
     // Fencing: do not write if the lock expired and someone else holds it now.
     if ((await redis.get(lockKey)) !== token) {
       throw new StowageError('STOWAGE_ERR_STORE', `manifest ${key}: lock lost before writing (token ${token})`);
     }
     try {
-      await putManifest(deps.storage, key, serializeManifest(entries), {});
+      await putManifest(deps.storage, key, next.body, {});
     } catch (err) {
       throw storeError(err, `writing manifest ${key}`);
     }
-    return { entries: entries.length, attempts: attempt, mode: 'lock' };
+    return outcome(next, attempt, 'lock');
   } finally {
     await redis.eval(RELEASE, 1, lockKey, token).catch((err: unknown) => deps.logger?.warn({ err, key }, 'releasing manifest lock failed'));
   }

@@ -1,12 +1,16 @@
 /**
- * Read side of record exports: look objects up in the manifest of a module and user, read the
- * records of JSON, JSONL and Parquet objects, search them, and presign a download. Every lookup goes through
- * the caller's own manifest (`manifests/{module}/{userId}/…`), so a user only ever reaches keys
- * listed for that user: another user's id answers null (404 upstream).
+ * Read side of record exports: look objects up in the manifest of a module and user (its head and
+ * compacted segments), read the records of JSON, JSONL and Parquet objects, search them, presign a
+ * download, and read JSON blobs. Every record lookup goes through the caller's own manifest
+ * (`manifests/{module}/{userId}/…`), so a user only ever reaches keys listed for that user:
+ * another user's id answers null (404 upstream).
  */
 import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { ValidationError } from '../errors.js';
+import { safeId } from '../queues/ids.js';
 import type { Storage } from './client.js';
-import { readManifest, type ManifestEntry } from './manifest.js';
+import { jsonBlobKey } from './keys.js';
+import { findManifestEntry, readManifest, type ManifestEntry } from './manifest.js';
 import { readParquetRows } from './parquet.js';
 import { presignDownload, type PresignedUrl } from './presign.js';
 import { storeError } from './upload.js';
@@ -19,14 +23,14 @@ export interface RecordObject {
   records: StoredRecord[];
 }
 
-export interface SearchHit {
-  id: string;
-  key: string;
-  created_at: string;
-  /** Index of the record within its object. */
-  index: number;
-  record: StoredRecord;
-}
+/**
+ * A search result: a record that matched (`source: 'record'`, with its index in the object), or a
+ * manifest entry whose id or searchable field values matched while its object was not read
+ * (`source: 'manifest'`, with the matching values per field).
+ */
+export type SearchHit =
+  | { source: 'record'; id: string; key: string; format: string; created_at: string; index: number; record: StoredRecord }
+  | { source: 'manifest'; id: string; key: string; format: string; created_at: string; matched: Record<string, unknown[]> };
 
 /** Parse an object's bytes by its format (json: an array or a single object; jsonl: lines). */
 export function parseRecords(format: string, text: string): StoredRecord[] {
@@ -59,14 +63,20 @@ async function readRecords(storage: Storage, entry: ManifestEntry): Promise<Stor
   return parseRecords(entry.format, bytes.toString('utf-8'));
 }
 
-async function findEntry(storage: Storage, module: string, userId: string, id: string): Promise<ManifestEntry | null> {
-  const { entries } = await readManifest(storage, module, userId);
-  return entries.find((e) => e.id === id) ?? null;
+/** module, userId (and id) end up in keys: refuse anything that is not a safeId, naming it. */
+function checkIds(ids: Record<string, string>): void {
+  const problems: string[] = [];
+  for (const [name, value] of Object.entries(ids)) {
+    const r = safeId.safeParse(value);
+    if (!r.success) problems.push(...r.error.issues.map((i) => `${name}: ${i.message}`));
+  }
+  if (problems.length) throw new ValidationError('record lookup', problems);
 }
 
 /** One stored object of `userId` with its records; null when the manifest does not list it. */
 export async function getRecord(storage: Storage, module: string, userId: string, id: string): Promise<RecordObject | null> {
-  const entry = await findEntry(storage, module, userId, id);
+  checkIds({ module, userId, id });
+  const entry = await findManifestEntry(storage, module, userId, id);
   if (!entry) return null;
   return { entry, records: await readRecords(storage, entry) };
 }
@@ -78,8 +88,9 @@ export interface ListOptions {
   to?: Date;
 }
 
-/** The manifest entries of a module and user, oldest first, optionally within [from, to). */
+/** The manifest entries of a module and user (segments included), oldest first, optionally within [from, to). */
 export async function listRecords(storage: Storage, module: string, userId: string, options: ListOptions = {}): Promise<ManifestEntry[]> {
+  checkIds({ module, userId });
   const { entries } = await readManifest(storage, module, userId);
   const from = options.from?.getTime() ?? -Infinity;
   const to = options.to?.getTime() ?? Infinity;
@@ -103,22 +114,54 @@ function matches(value: unknown, needle: string): boolean {
 export interface SearchOptions extends ListOptions {
   /** At most this many hits. Default 100. */
   limit?: number;
+  /**
+   * Which objects are read to match their records: `all` (default; JSON, JSONL and Parquet),
+   * `text` (JSON and JSONL only; Parquet objects match through their manifest entry) or `none`
+   * (the manifest alone: ids and searchable field values, no object read).
+   */
+  read?: 'all' | 'text' | 'none';
+}
+
+/** The values of an entry that match `needle`, per field (`id` and each searchable field). */
+function manifestMatches(entry: ManifestEntry, needle: string): Record<string, unknown[]> | null {
+  const matched: Record<string, unknown[]> = {};
+  if (entry.id.toLowerCase().includes(needle)) matched.id = [entry.id];
+  for (const [field, values] of Object.entries(entry.searchable ?? {})) {
+    const hit = values.filter((v) => matches(v, needle));
+    if (hit.length) matched[field] = hit;
+  }
+  return Object.keys(matched).length ? matched : null;
 }
 
 /**
- * Records (of every format) whose field values contain `text` (case-insensitive substring),
- * newest objects first. Reads each listed object in turn: meant for per-user volumes.
+ * Records whose field values contain `text` (case-insensitive substring), newest objects first,
+ * plus manifest entries that match by id or searchable field values where the object was not read
+ * or none of its records matched. Reads each object it searches in turn: meant for per-user volumes;
+ * `read: 'none'` answers from the manifest alone.
  */
 export async function searchRecords(storage: Storage, module: string, userId: string, text: string, options: SearchOptions = {}): Promise<SearchHit[]> {
   const needle = text.toLowerCase();
   const limit = options.limit ?? 100;
+  const read = options.read ?? 'all';
   const hits: SearchHit[] = [];
   const entries = (await listRecords(storage, module, userId, options)).reverse();
   for (const entry of entries) {
-    const records = await readRecords(storage, entry);
-    for (let i = 0; i < records.length; i++) {
-      if (!matches(records[i], needle)) continue;
-      hits.push({ id: entry.id, key: entry.key, created_at: entry.created_at, index: i, record: records[i]! });
+    const base = { id: entry.id, key: entry.key, format: entry.format, created_at: entry.created_at };
+    const readIt = read === 'all' || (read === 'text' && entry.format !== 'parquet');
+    let found = false;
+    if (readIt) {
+      const records = await readRecords(storage, entry);
+      for (let i = 0; i < records.length; i++) {
+        if (!matches(records[i], needle)) continue;
+        found = true;
+        hits.push({ source: 'record', ...base, index: i, record: records[i]! });
+        if (hits.length >= limit) return hits;
+      }
+    }
+    if (found) continue;
+    const matched = manifestMatches(entry, needle);
+    if (matched) {
+      hits.push({ source: 'manifest', ...base, matched });
       if (hits.length >= limit) return hits;
     }
   }
@@ -133,8 +176,45 @@ export async function recordUrl(
   id: string,
   expiresInSeconds?: number,
 ): Promise<(PresignedUrl & { entry: ManifestEntry }) | null> {
-  const entry = await findEntry(storage, module, userId, id);
+  checkIds({ module, userId, id });
+  const entry = await findManifestEntry(storage, module, userId, id);
   if (!entry) return null;
   const signed = await presignDownload(storage, { key: entry.key, ...(expiresInSeconds ? { expiresInSeconds } : {}) });
   return { ...signed, entry };
+}
+
+/** The JSON value stored under `json_blobs/{key}.json`; null when there is none. */
+export async function getJsonBlob<T = unknown>(storage: Storage, key: string): Promise<T | null> {
+  const valid = safeId.safeParse(key);
+  if (!valid.success) throw new ValidationError('json blob key', valid.error.issues.map((i) => `key: ${i.message}`));
+  const objectKey = jsonBlobKey(key);
+  try {
+    const res = await storage.client.send(new GetObjectCommand({ Bucket: storage.bucket, Key: objectKey }));
+    return JSON.parse(await res.Body!.transformToString('utf-8')) as T;
+  } catch (err) {
+    const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+    if (status === 404 || (err as Error).name === 'NoSuchKey') return null;
+    throw storeError(err, `reading ${objectKey}`);
+  }
+}
+
+/** The read functions bound to one Storage (what `createRecordReader` in src/index.ts returns). */
+export interface RecordReader {
+  getRecord(module: string, userId: string, id: string): Promise<RecordObject | null>;
+  listRecords(module: string, userId: string, options?: ListOptions): Promise<ManifestEntry[]>;
+  searchRecords(module: string, userId: string, text: string, options?: SearchOptions): Promise<SearchHit[]>;
+  recordUrl(module: string, userId: string, id: string, expiresInSeconds?: number): Promise<(PresignedUrl & { entry: ManifestEntry }) | null>;
+  getJsonBlob<T = unknown>(key: string): Promise<T | null>;
+  close(): void;
+}
+
+export function recordReader(storage: Storage): RecordReader {
+  return {
+    getRecord: (m, u, id) => getRecord(storage, m, u, id),
+    listRecords: (m, u, o) => listRecords(storage, m, u, o),
+    searchRecords: (m, u, t, o) => searchRecords(storage, m, u, t, o),
+    recordUrl: (m, u, id, e) => recordUrl(storage, m, u, id, e),
+    getJsonBlob: (key) => getJsonBlob(storage, key),
+    close: () => storage.close(),
+  };
 }

@@ -1,7 +1,9 @@
 /**
  * backup: consistent snapshots of a set's SQLite databases, one tar.gz per run in the store.
  *
- * 1. Resolve the set (config `backupSets` by `set`, or ad hoc from the payload).
+ * 1. Resolve the set (config `backupSets` by `set`, or ad hoc from the payload). `task: prune`
+ *    applies the set's retention instead; `task: drill` restores its newest backup into a scratch
+ *    folder (and a scratch PostgreSQL database) and verifies it.
  * 2. Take the set's lock: a session-level Postgres advisory lock keyed by the set name, held on one
  *    pooled connection for the whole run, so two backups of one set never run at once anywhere in
  *    the fleet (a second one fails retryably and backs off). The lock dies with the connection, so
@@ -11,6 +13,8 @@
  *    are not blocked; the online backup API would restart on every foreign write). Never a file copy.
  *    It runs in a worker thread, so a large database does not block the event loop (lock renewal).
  * 4. `PRAGMA quick_check` on each snapshot; any problem fails the job before anything is uploaded.
+ *    PostgreSQL databases: `pg_dump --format=custom` streamed into the same temp dir, then
+ *    `pg_restore --list` on the dump; the metadata's `source` is the URL without its password.
  * 5. Stream metadata + snapshots through tar → gzip → uploadStream (one-pass SHA-256, multipart,
  *    sidecar `<key>.sha256`), then a `backups` row, an upload receipt and `backup_completed`.
  * The temp dir is removed whatever happens.
@@ -18,14 +22,11 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
-import Database from 'better-sqlite3';
 import type { BackupSet, Config } from '../config.js';
-import { listBackups, markBackupDeleted, recordBackup, type BackupDatabaseEntry, type BackupRow } from '../db/backups.js';
+import { getBackupByKey, listBackups, markBackupDeleted, recordBackup, type BackupDatabaseEntry, type BackupRow } from '../db/backups.js';
 import type { Db } from '../db/pool.js';
 import { upsertUploadReceipt } from '../db/upload-receipts.js';
-import { PermanentError, StowageError } from '../errors.js';
+import { NotFoundError, PermanentError, StowageError, ValidationError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import {
   BACKUP_FORMAT_VERSION,
@@ -37,10 +38,13 @@ import {
 } from '../storage/backup-archive.js';
 import type { Storage } from '../storage/client.js';
 import { DeleteObjectsCommand } from '@aws-sdk/client-s3';
-import { backupKey, objectUrl, sha256SidecarKey } from '../storage/keys.js';
+import { BACKUP_KEY_PATTERN, backupKey, objectUrl, sha256SidecarKey } from '../storage/keys.js';
 import { applyRetentionPolicy, type RetentionDecision, type RetentionPolicy } from '../storage/retention.js';
 import { storeError, uploadStream } from '../storage/upload.js';
 import type { Processor } from './context.js';
+import { dumpPostgres, postgresConnection, quickCheck, snapshotSqliteInThread } from './backup-databases.js';
+
+export { postgresConnection, quickCheck } from './backup-databases.js';
 
 export const STOWAGE_VERSION = '0.1.0';
 
@@ -78,91 +82,6 @@ export async function withBackupLock<T>(db: Db, set: string, fn: () => Promise<T
   }
 }
 
-/**
- * A consistent snapshot of a live SQLite database at `dest` with `VACUUM INTO`, then
- * `PRAGMA quick_check` on the snapshot. Throws PermanentError if the source is missing,
- * StowageError if the snapshot is not ok.
- */
-export function snapshotSqlite(source: string, dest: string): void {
-  let db: Database.Database;
-  try {
-    db = new Database(source, { readonly: true, fileMustExist: true });
-  } catch (err) {
-    throw new PermanentError(`sqlite ${source}: cannot open: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    db.pragma('busy_timeout = 10000');
-    db.prepare('VACUUM INTO ?').run(dest);
-  } finally {
-    db.close();
-  }
-  const problems = quickCheck(dest);
-  if (problems.length) {
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: snapshot failed quick_check: ${problems.slice(0, 5).join('; ')}`);
-  }
-}
-
-const SNAPSHOT_THREAD = `
-const { parentPort, workerData } = require('node:worker_threads');
-const Database = require(workerData.module);
-let stage = 'open';
-try {
-  const src = new Database(workerData.source, { readonly: true, fileMustExist: true });
-  stage = 'snapshot';
-  try {
-    src.pragma('busy_timeout = 10000');
-    src.prepare('VACUUM INTO ?').run(workerData.dest);
-  } finally {
-    src.close();
-  }
-  stage = 'check';
-  const snap = new Database(workerData.dest, { readonly: true, fileMustExist: true });
-  try {
-    const rows = snap.pragma('quick_check');
-    const messages = rows.map((r) => Object.values(r)[0] ?? '');
-    parentPort.postMessage({ ok: true, problems: messages.length === 1 && messages[0] === 'ok' ? [] : messages });
-  } finally {
-    snap.close();
-  }
-} catch (err) {
-  parentPort.postMessage({ ok: false, stage, message: String(err && err.message || err) });
-}
-`;
-
-/**
- * snapshotSqlite off the event loop: VACUUM INTO and quick_check are synchronous in better-sqlite3,
- * and a large database would otherwise block the worker past its BullMQ lock (the job would be
- * taken for stalled). Runs in a worker thread; same errors as snapshotSqlite.
- */
-export async function snapshotSqliteInThread(source: string, dest: string): Promise<void> {
-  const module = createRequire(import.meta.url).resolve('better-sqlite3');
-  const reply = await new Promise<{ ok: true; problems: string[] } | { ok: false; stage: string; message: string }>((resolve, reject) => {
-    const worker = new Worker(SNAPSHOT_THREAD, { eval: true, workerData: { module, source, dest } });
-    worker.once('message', resolve);
-    worker.once('error', reject);
-    worker.once('exit', (code) => reject(new Error(`snapshot thread exited with code ${code}`)));
-  });
-  if (!reply.ok) {
-    if (reply.stage === 'open') throw new PermanentError(`sqlite ${source}: cannot open: ${reply.message}`);
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: ${reply.stage} failed: ${reply.message}`);
-  }
-  if (reply.problems.length) {
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: snapshot failed quick_check: ${reply.problems.slice(0, 5).join('; ')}`);
-  }
-}
-
-/** `PRAGMA quick_check` (or `integrity_check`) of a database file: [] when ok, else the problems. */
-export function quickCheck(path: string, pragma: 'quick_check' | 'integrity_check' = 'quick_check'): string[] {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const rows = db.pragma(pragma) as Record<string, string>[];
-    const messages = rows.map((r) => Object.values(r)[0] ?? '');
-    return messages.length === 1 && messages[0] === 'ok' ? [] : messages;
-  } finally {
-    db.close();
-  }
-}
-
 export interface BackupRunResult {
   [k: string]: unknown;
   status: 'completed';
@@ -188,8 +107,11 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
       decisions: pruned.decisions.map((d) => ({ key: d.backup.key, action: d.action, reasons: d.reasons })),
     };
   }
-  if (set.postgres.length) {
-    throw new PermanentError(`set ${set.name}: PostgreSQL backups (pg_dump) are not implemented yet`);
+  if (job.data.task === 'drill') {
+    const { runRestoreDrill } = await import('./backup-restore.js');
+    const drill = await runRestoreDrill({ db: ctx.db, storage: ctx.storage(), config: ctx.config, logger: ctx.logger }, set.name);
+    if (!drill.ok) throw new PermanentError(`drill of set ${set.name} failed: ${drill.error}`);
+    return { status: 'drilled', ...drill };
   }
   const storage = ctx.storage();
   const log = ctx.logger.child({ set: set.name });
@@ -209,6 +131,18 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
         await snapshotSqliteInThread(source.path, dest);
         const size = await fileSize(dest);
         databases.push({ name: source.name, filename, size_bytes: size, checksum: await fileChecksum(dest), source_path: source.path });
+        files.push({ filename, path: dest, size });
+      }
+      for (const source of set.postgres) {
+        ctx.signal.throwIfAborted();
+        const filename = `${source.name}.pgdump`;
+        if (databases.some((d) => d.filename === filename)) throw new PermanentError(`set ${set.name}: two databases are named ${source.name}`);
+        const dest = join(work, filename);
+        await ctx.progress({ stage: `dump:${source.name}`, bytes: 0 });
+        await dumpPostgres(source.url, dest, ctx.signal);
+        const size = await fileSize(dest);
+        // The source without its password: the metadata and the backups row are not secret.
+        databases.push({ name: source.name, filename, size_bytes: size, checksum: await fileChecksum(dest), kind: 'postgres', source: postgresConnection(source.url).url });
         files.push({ filename, path: dest, size });
       }
       const totalBytes = files.reduce((n, f) => n + f.size, 0);
@@ -291,18 +225,65 @@ export async function pruneBackupSet(
     for (const d of decisions) {
       if (d.action !== 'delete') continue;
       const { key } = d.backup;
-      try {
-        const res = await deps.storage.client.send(
-          new DeleteObjectsCommand({ Bucket: deps.storage.bucket, Delete: { Objects: [{ Key: key }, { Key: sha256SidecarKey(key) }], Quiet: true } }),
-        );
-        if (res.Errors?.length) throw new Error(res.Errors.map((e) => `${e.Key}: ${e.Code} ${e.Message}`).join('; '));
-      } catch (err) {
-        throw storeError(err, `delete backup ${key}`);
-      }
+      await deleteBackupObject(deps.storage, key);
       await markBackupDeleted(deps.db, d.backup.id, `retention: ${d.reasons.join(', ')}`);
       deps.logger?.info({ key }, 'backup deleted by retention');
       deleted.push(key);
     }
   }
   return { set, dryRun: Boolean(options.dryRun), decisions, deleted };
+}
+
+/** Delete a backup archive and its `.sha256` sidecar from the store. */
+export async function deleteBackupObject(storage: Storage, key: string): Promise<void> {
+  try {
+    const res = await storage.client.send(
+      new DeleteObjectsCommand({ Bucket: storage.bucket, Delete: { Objects: [{ Key: key }, { Key: sha256SidecarKey(key) }], Quiet: true } }),
+    );
+    if (res.Errors?.length) throw new Error(res.Errors.map((e) => `${e.Key}: ${e.Code} ${e.Message}`).join('; '));
+  } catch (err) {
+    throw storeError(err, `delete backup ${key}`);
+  }
+}
+
+/** A backup's name: its archive's basename without `.tar.gz` (`{set}-backup-YYYY-MM-DD-HHMMSS`). */
+export function backupName(key: string): string {
+  return key.slice(key.lastIndexOf('/') + 1).replace(/\.tar\.gz$/, '');
+}
+
+/**
+ * The key of a backup named `name` (also accepts the archive basename or the whole key). Throws
+ * ValidationError when it is not a backup name.
+ */
+export function backupKeyOf(name: string): string {
+  const bare = backupName(name.trim());
+  const m = /^(.+)-backup-(\d{4}-\d{2}-\d{2}-\d{6})$/.exec(bare);
+  const key = m ? `backups/${m[1]}/${bare}.tar.gz` : '';
+  if (!m || !BACKUP_KEY_PATTERN.test(key)) {
+    throw new ValidationError('backup name', [`${JSON.stringify(name)} is not a backup name; expected {set}-backup-YYYY-MM-DD-HHMMSS (see \`stowage backup list\`)`]);
+  }
+  return key;
+}
+
+/** The backups row of a backup named `name` in `bucket`; NotFoundError when there is none (or it was deleted). */
+export async function resolveBackup(db: Db, bucket: string, name: string): Promise<BackupRow> {
+  const key = backupKeyOf(name);
+  const row = await getBackupByKey(db, bucket, key);
+  if (!row || row.status === 'deleted') throw new NotFoundError(`no backup named ${backupName(key)}${row ? ' (it was deleted)' : ''}`);
+  return row;
+}
+
+/** What `list` shows of a backup (CLI --json and GET /api/backups). */
+export function describeBackup(row: BackupRow, now = Date.now()) {
+  return {
+    name: backupName(row.key),
+    set: row.set,
+    key: row.key,
+    takenAt: row.takenAt.toISOString(),
+    ageSeconds: Math.max(0, Math.round((now - row.takenAt.getTime()) / 1000)),
+    size: row.size,
+    sha256: row.sha256,
+    verified: row.verified,
+    databases: row.databases.map((d) => ({ name: d.name, kind: d.kind ?? 'sqlite', filename: d.filename, size: d.size_bytes })),
+  };
 }

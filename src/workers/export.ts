@@ -1,38 +1,32 @@
 /**
- * export: store a batch of records as one object, `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, and
- * add it to the manifest of the module and user (src/storage/manifest.ts), then emit
- * `export_completed`.
+ * export: two ops of one job kind.
  *
- * Formats: `json` (one JSON array), `jsonl` (one record per line) and `parquet` (schema inferred
- * from the records, see src/storage/parquet.ts).
+ * - `records` (the default): store a batch of records as one object,
+ *   `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, add it to the manifest of the module and user
+ *   (src/storage/manifest.ts, with the module's searchable field values), then emit
+ *   `export_completed`. Formats: `json` (one JSON array), `jsonl` (one record per line) and
+ *   `parquet` (schema inferred from the records, see src/storage/parquet.ts).
+ * - `blob`: store one JSON value under `json_blobs/{key}.json` (key-value: a later write replaces
+ *   it; no manifest).
  *
  * Idempotent: the id is the payload's, or the first 32 hex digits of the SHA-256 of the canonical
  * JSON of the records and format; the date is the job's creation time. A retry or rerun of the same
  * job writes the same key, and the manifest entry is replaced by id.
+ *
+ * When the store is down, the upload fails with a transient error: BullMQ retries with backoff,
+ * and after the last attempt the job is parked in the dead-letter queue with its payload, so the
+ * records wait in Redis (not on one worker's disk) until a redrive, by hand or automatic, replays
+ * it. See docs/exports.md.
  */
 import { Readable } from 'node:stream';
-import { createHash } from 'node:crypto';
-import { canonicalJson } from '../queues/contract.js';
-import { recordKey } from '../storage/keys.js';
-import { upsertManifestEntry } from '../storage/manifest.js';
+import { deriveExportId, type ExportResult, type JsonBlobResult } from '../queues/index.js';
+import { jsonBlobKey, objectUrl, recordKey } from '../storage/keys.js';
+import { searchableValues, upsertManifestEntry, type ManifestEntry } from '../storage/manifest.js';
 import { parquetStream } from '../storage/parquet.js';
 import { uploadStream } from '../storage/upload.js';
 import type { Processor } from './context.js';
 
-export interface ExportResult {
-  key: string;
-  size: number;
-  sha256: string;
-  recordCount: number;
-  format: 'json' | 'jsonl' | 'parquet';
-  id: string;
-  [field: string]: unknown;
-}
-
-/** The id of an export without an explicit one: a hash of its format and records. */
-export function deriveExportId(format: string, records: unknown[]): string {
-  return createHash('sha256').update(canonicalJson({ format, records })).digest('hex').slice(0, 32);
-}
+export { deriveExportId, type ExportResult, type JsonBlobResult };
 
 /** JSON: an array, one record per line; JSONL: one record per line. Streamed in chunks. */
 function serialize(format: 'json' | 'jsonl', records: Record<string, unknown>[]): Readable {
@@ -56,12 +50,30 @@ const CONTENT_TYPES = {
 
 export const exportRecords: Processor<'export'> = async (job, ctx) => {
   const p = job.data;
+  const storage = ctx.storage();
+
+  if (p.op === 'blob') {
+    const key = jsonBlobKey(p.key);
+    const body = `${JSON.stringify(p.value)}\n`;
+    const uploaded = await uploadStream(storage, {
+      key,
+      body: Readable.from([body]),
+      contentType: CONTENT_TYPES.json,
+      metadata: { 'stowage-kind': 'json-blob' },
+      signal: ctx.signal,
+      logger: ctx.logger.child({ key }),
+      metrics: ctx.metrics,
+    });
+    ctx.logger.info({ key, size: uploaded.size }, 'json blob stored');
+    const result: JsonBlobResult = { op: 'blob', blobKey: p.key, key, size: uploaded.size, sha256: uploaded.sha256, url: objectUrl(storage.bucket, key) };
+    return result;
+  }
+
   const format = p.format;
   const id = p.id ?? deriveExportId(format, p.records);
   const createdAt = new Date(job.timestamp || Date.now());
   const key = recordKey(p.module, p.userId, createdAt, id, format);
   const log = ctx.logger.child({ key });
-  const storage = ctx.storage();
 
   await ctx.progress({ stage: 'uploading', bytes: 0 });
   const uploaded = await uploadStream(storage, {
@@ -75,23 +87,40 @@ export const exportRecords: Processor<'export'> = async (job, ctx) => {
   });
   await ctx.progress({ stage: 'manifest', bytes: uploaded.size, totalBytes: uploaded.size });
 
+  const exportsConfig = ctx.config.exports;
+  const fields = exportsConfig.searchableFields[p.module] ?? [];
+  const searchable = fields.length
+    ? searchableValues(p.records, fields, { maxValues: exportsConfig.searchableMaxValues, maxChars: exportsConfig.searchableMaxChars })
+    : undefined;
+  const entry: ManifestEntry = {
+    id,
+    key,
+    format,
+    record_count: p.records.length,
+    size: uploaded.size,
+    sha256: uploaded.sha256,
+    created_at: createdAt.toISOString(),
+    ...(searchable ? { searchable } : {}),
+  };
   const update = await upsertManifestEntry(
-    { storage, redis: () => ctx.redis, prefix: ctx.config.prefix, logger: log },
+    { storage, redis: () => ctx.redis, prefix: ctx.config.prefix, logger: log, compactBytes: exportsConfig.manifestCompactBytes },
     p.module,
     p.userId,
-    {
-      id,
-      key,
-      format,
-      record_count: p.records.length,
-      size: uploaded.size,
-      sha256: uploaded.sha256,
-      created_at: createdAt.toISOString(),
-    },
+    entry,
   );
   log.info({ size: uploaded.size, records: p.records.length, manifest: update }, 'records exported');
 
   await ctx.emit('export_completed', { module: p.module, userId: p.userId, key, records: p.records.length });
-  const result: ExportResult = { key, size: uploaded.size, sha256: uploaded.sha256, recordCount: p.records.length, format, id };
+  const result: ExportResult = {
+    op: 'records',
+    id,
+    key,
+    format,
+    record_count: p.records.length,
+    size: uploaded.size,
+    sha256: uploaded.sha256,
+    created_at: entry.created_at,
+    url: objectUrl(storage.bucket, key),
+  };
   return result;
 };

@@ -11,6 +11,7 @@ import { PermanentError } from '../../src/errors.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { DATABASE_URL, isolate, REDIS_URL } from '../helpers/isolation.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
+import { recordsJob } from '../helpers/export-data.js';
 
 const iso = isolate('cli');
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
@@ -55,7 +56,7 @@ beforeAll(async () => {
   db = await migratedDb(config);
   runtime = await startTestRuntime(config, db, ['export'], {
     export: async (job) => {
-      const first = job.data.records[0] as { fail?: boolean; n?: number };
+      const first = recordsJob(job.data).records[0] as { fail?: boolean; n?: number };
       if (first.fail) throw new PermanentError('this record is refused');
       return { doubled: (first.n ?? 0) * 2 };
     },

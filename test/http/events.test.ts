@@ -15,6 +15,7 @@ import { migratedDb } from '../helpers/fleet.js';
 import { isolate } from '../helpers/isolation.js';
 import { harness, type Harness } from './harness.js';
 import { sseClient } from './sse-client.js';
+import { recordsJob } from '../helpers/export-data.js';
 
 const iso = isolate('httpevents');
 const HEARTBEAT_MS = 300;
@@ -72,15 +73,15 @@ beforeAll(async () => {
     metrics: h.deps.metrics,
     processors: {
       export: async (job, ctx) => {
-        const first = job.data.records[0] as { n: number; fail?: boolean };
+        const first = recordsJob(job.data).records[0] as { n: number; fail?: boolean };
         await gates.get(first.n)?.opened;
         // Two stages: the runtime's throttle always lets a stage change through.
         await ctx.progress({ stage: 'read', bytes: 0, totalBytes: 100 });
         await ctx.progress({ stage: 'write', bytes: 100, totalBytes: 100 });
         if (first.fail) throw new PermanentError(`record ${first.n} is refused`);
         const key = `exports/reports/${first.n}.json`;
-        await ctx.emit('export_completed', { module: job.data.module, userId: job.data.userId, key, records: job.data.records.length });
-        return { key, records: job.data.records.length };
+        await ctx.emit('export_completed', { module: recordsJob(job.data).module, userId: recordsJob(job.data).userId, key, records: recordsJob(job.data).records.length });
+        return { key, records: recordsJob(job.data).records.length };
       },
     },
   });

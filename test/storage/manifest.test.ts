@@ -15,9 +15,13 @@ import { migrate } from '../../src/db/migrate.js';
 import { createDb, type Db } from '../../src/db/pool.js';
 import { createEventStream, type EventStream } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
+import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import {
+  findManifestEntry,
   manifestLockKey,
   readManifest,
+  readManifestHead,
+  serializeManifest,
   resetConditionalWriteDetection,
   storeEnforcesConditionalWrites,
   upsertManifestEntry,
@@ -113,15 +117,31 @@ afterAll(async () => {
   await iso.cleanup();
 });
 
-const entry = (id: string): ManifestEntry => ({
+const entry = (id: string, createdAt = new Date()): ManifestEntry => ({
   id,
   key: `m/u/2026/01/01/${id}.json`,
   format: 'json',
   record_count: 1,
   size: 10,
   sha256: '0'.repeat(64),
-  created_at: new Date().toISOString(),
+  created_at: createdAt.toISOString(),
 });
+
+/** Every segment the head points at exists, and the entries across head and segments are `ids`. */
+async function expectCompacted(s: Storage, module: string, userId: string, ids: string[]) {
+  const head = await readManifestHead(s, module, userId);
+  for (const p of head.segments) {
+    expect(p.key).toMatch(new RegExp(`^manifests/${module}/${userId}/segments/\\d{4}-\\d{2}-\\d{2}-\\d{6}-[0-9a-f]{12}\\.jsonl$`));
+    const res = await s.client.send(new HeadObjectCommand({ Bucket: s.bucket, Key: p.key }));
+    expect(res.ContentLength).toBe(p.bytes);
+  }
+  expect(head.segments.map((p) => p.seq)).toEqual(head.segments.map((_, i) => i + 1));
+  const { entries } = await readManifest(s, module, userId);
+  expect(entries.map((e) => e.id).sort()).toEqual([...ids].sort());
+  return head;
+}
+
+const ENTRY_BYTES = Buffer.byteLength(serializeManifest([entry('c00')]));
 
 describe('manifest', () => {
   it('detects that s3rver does not enforce conditional writes (once per process and store)', async () => {
@@ -198,5 +218,71 @@ describe('manifest on a store that enforces conditional writes (test proxy)', ()
     const { entries } = await readManifest(storage, 'cond', 'busy');
     expect(entries).toHaveLength(50);
     expect(new Set(entries.map((e) => e.id)).size).toBe(50);
+  });
+});
+
+describe('compaction', () => {
+  const COMPACT = 1024;
+
+  it('rolls the head into dated segments past the threshold: every update rewrites a bounded head, and reads see every entry', async () => {
+    const deps = { storage, redis: () => redis, prefix: iso.prefix, compactBytes: COMPACT };
+    const ids = Array.from({ length: 40 }, (_, i) => `s${String(i).padStart(2, '0')}`);
+    let largestHead = 0;
+    let compactions = 0;
+    for (const [i, id] of ids.entries()) {
+      // Entries a day apart, so segment names carry different dates.
+      const update = await upsertManifestEntry(deps, 'seq', 'u', entry(id, new Date(Date.UTC(2026, 0, 1 + i))));
+      if (update.compacted) compactions++;
+      const head = await readManifestHead(storage, 'seq', 'u');
+      // The head's own entries stay under threshold + one entry; the pointers add one line per segment.
+      expect(Buffer.byteLength(serializeManifest(head.entries))).toBeLessThan(COMPACT + ENTRY_BYTES);
+      largestHead = Math.max(largestHead, head.bytes - Buffer.byteLength(serializeManifest([], head.segments)));
+    }
+    const head = await expectCompacted(storage, 'seq', 'u', ids);
+    expect(compactions).toBe(head.segments.length);
+    expect(head.segments.length).toBeGreaterThanOrEqual(5);
+    expect(largestHead).toBeLessThan(COMPACT + ENTRY_BYTES);
+    expect(head.segments[0]!.key).toMatch(/segments\/2026-01-01-000001-/);
+    expect(head.segments.reduce((n, p) => n + p.entries, 0) + head.entries.length).toBe(40);
+
+    // A lookup by id reaches into the oldest segment; a rerun of an old id wins over its segment copy.
+    expect(await findManifestEntry(storage, 'seq', 'u', 's00')).toMatchObject({ id: 's00' });
+    await upsertManifestEntry(deps, 'seq', 'u', { ...entry('s00'), record_count: 9 });
+    expect(await findManifestEntry(storage, 'seq', 'u', 's00')).toMatchObject({ record_count: 9 });
+    const all = (await readManifest(storage, 'seq', 'u')).entries;
+    expect(all.filter((e) => e.id === 's00')).toEqual([expect.objectContaining({ record_count: 9 })]);
+    expect(all).toHaveLength(40);
+  });
+
+  it('50 concurrent writers with compaction on leave 50 entries, no duplicates (lock path)', { timeout: 25_000 }, async () => {
+    const deps = { storage, redis: () => redis, prefix: iso.prefix, compactBytes: COMPACT };
+    const ids = Array.from({ length: 50 }, (_, i) => `k${i}`);
+    const updates = await Promise.all(ids.map((id) => upsertManifestEntry(deps, 'conc', 'lock', entry(id))));
+    expect(updates.filter((u) => u.compacted).length).toBeGreaterThan(3);
+    await expectCompacted(storage, 'conc', 'lock', ids);
+  });
+
+  it('50 concurrent writers with compaction on leave 50 entries, no duplicates (conditional path, test proxy)', { timeout: 25_000 }, async () => {
+    const proxy = await conditionalProxy(s3.endpoint);
+    const guarded = createStorage(iso.config({ storage: { endpoint: proxy.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }));
+    try {
+      expect(await storeEnforcesConditionalWrites(guarded)).toBe(true);
+      const deps = {
+        storage: guarded,
+        redis: (): Redis => {
+          throw new Error('the conditional path must not take the lock');
+        },
+        prefix: iso.prefix,
+        compactBytes: COMPACT,
+      };
+      const ids = Array.from({ length: 50 }, (_, i) => `q${i}`);
+      const updates = await Promise.all(ids.map((id) => upsertManifestEntry(deps, 'conc', 'cond', entry(id))));
+      expect(updates.every((u) => u.mode === 'conditional')).toBe(true);
+      expect(updates.filter((u) => u.compacted).length).toBeGreaterThan(3);
+      await expectCompacted(storage, 'conc', 'cond', ids);
+    } finally {
+      guarded.close();
+      await proxy.close();
+    }
   });
 });

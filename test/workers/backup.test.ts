@@ -19,6 +19,7 @@ import { getBackupByKey, listBackups, recordBackup } from '../../src/db/backups.
 import { migrate } from '../../src/db/migrate.js';
 import { createDb, type Db } from '../../src/db/pool.js';
 import { isPermanent } from '../../src/errors.js';
+import { jobIdFor, parsePayload } from '../../src/queues/contract.js';
 import { createEventStream, type EventStream } from '../../src/queues/index.js';
 import type { BackupMetadata } from '../../src/storage/backup-archive.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
@@ -224,6 +225,19 @@ describe('backup', () => {
     expect((await readdir(tmpdir())).filter((n) => n.startsWith('stowage-backup-app-'))).toEqual([]);
   });
 
+  it('ad hoc requests of one set are distinct jobs; a scheduled payload keeps one job id', () => {
+    const id = (data: Record<string, unknown>) => jobIdFor('backup', parsePayload('backup', data));
+    // Job Schedulers name each tick's job themselves; a payload without requestedAt still dedupes.
+    expect(id({ set: 'app' })).toBe(id({ set: 'app' }));
+    const a = id({ set: 'app', requestedAt: '2026-01-01T03:00:00.000Z' });
+    const b = id({ set: 'app', requestedAt: '2026-01-01T03:00:00.001Z' });
+    expect(a).not.toBe(b);
+    expect(a).not.toBe(id({ set: 'app' }));
+    expect(() => parsePayload('backup', { set: 'app', requestedAt: 'yesterday' })).toThrow(/requestedAt/);
+    expect(() => parsePayload('backup', { name: 'x', sqlite: [{ name: 'a', path: '/a.db' }], task: 'drill' })).toThrow(/prune and drill need a configured set/);
+    expect(parsePayload('backup', { set: 'app', task: 'drill' })).toMatchObject({ set: 'app', task: 'drill' }); // schedulable as a config schedule
+  });
+
   it('two backups of one set never run at once: the second fails retryably', async () => {
     const settled = await Promise.allSettled([
       runProcessor('backup', backup, { set: 'app' }, deps()),
@@ -418,6 +432,28 @@ describe('restore', () => {
     await mkdir(to);
     await expect(stageRestore(storage, bad, { toDir: to })).rejects.toThrow(/checksum .* does not match the metadata/);
     expect(await readdir(to)).toEqual([]);
+  });
+
+  it('the drill task restores the newest backup into a scratch folder and verifies it; a broken newest backup fails it', async () => {
+    const { result } = await runProcessor('backup', backup, { set: 'app', task: 'drill' }, deps());
+    expect(result).toMatchObject({
+      status: 'drilled',
+      ok: true,
+      set: 'app',
+      key,
+      databases: [
+        { name: 'main', kind: 'sqlite', ok: true, detail: 'integrity_check ok' },
+        { name: 'other', kind: 'sqlite', ok: true, detail: 'integrity_check ok' },
+      ],
+    });
+    expect((await readdir(tmpdir())).filter((n) => n.startsWith('stowage-drill-app-'))).toEqual([]);
+    // Set `pruned` holds hand-made rows whose objects are not archives: the drill must say so.
+    const err = await runProcessor('backup', backup, { set: 'pruned', task: 'drill' }, deps()).then(
+      () => null,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).toMatch(/^drill of set pruned failed: restore refused: sidecar of .* holds no SHA-256/);
+    expect(isPermanent(err)).toBe(true);
   });
 
   const meta = Buffer.from(

@@ -5,23 +5,23 @@
 import { createHash } from 'node:crypto';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Queue } from 'bullmq';
-import Fastify from 'fastify';
 import { parquetMetadata, parquetReadObjects } from 'hyparquet';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
 import { migrate } from '../../src/db/migrate.js';
 import { createDb, type Db } from '../../src/db/pool.js';
-import { AuthError } from '../../src/errors.js';
-import { registerRecordRoutes } from '../../src/http/records.js';
-import { errorResponse } from '../../src/http/server.js';
-import { createEventStream, type EventStream, type ExportPayload } from '../../src/queues/index.js';
+import { ValidationError } from '../../src/errors.js';
+import { createProducer, type Producer } from '../../src/producers/index.js';
+import { createEventStream, parkedJobId, type EventStream, type ExportPayload } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { manifestKey } from '../../src/storage/keys.js';
-import { readManifest } from '../../src/storage/manifest.js';
-import { getRecord, listRecords, recordUrl, searchRecords } from '../../src/storage/records.js';
+import { readManifest, readManifestHead } from '../../src/storage/manifest.js';
+import { getJsonBlob, getRecord, listRecords, recordUrl, searchRecords } from '../../src/storage/records.js';
 import { exportRecords } from '../../src/workers/export.js';
-import { runProcessor } from '../helpers/fleet.js';
+import type { Runtime } from '../../src/workers/runtime.js';
+import { closedPort } from '../http/harness.js';
+import { runProcessor, startTestRuntime } from '../helpers/fleet.js';
 import { isolate, REDIS_URL } from '../helpers/isolation.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
@@ -45,7 +45,10 @@ async function getText(key: string): Promise<string> {
 
 beforeAll(async () => {
   s3 = await startS3(iso.bucket);
-  config = iso.config({ storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
+  config = iso.config({
+    storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    exports: { searchableFields: { analytics: ['name', 'tags'], journal: ['mood'] }, searchableMaxValues: 3, manifestCompactBytes: 1024 },
+  });
   await migrate(config);
   db = createDb(config, { max: 2 });
   redis = new Redis(REDIS_URL);
@@ -81,7 +84,7 @@ describe('export processor', () => {
     ];
     const { result, emitted, jobId } = await run({ module: 'finance', userId: 'u1', format: 'jsonl', records, id: 'tx1' });
     const key = `finance/u1/${today()}/tx1.jsonl`;
-    expect(result).toMatchObject({ key, recordCount: 2, format: 'jsonl', id: 'tx1' });
+    expect(result).toMatchObject({ op: 'records', key, record_count: 2, format: 'jsonl', id: 'tx1', url: `s3://${s3.bucket}/${key}` });
 
     const text = await getText(key);
     expect(text).toBe(records.map((r) => `${JSON.stringify(r)}\n`).join(''));
@@ -117,7 +120,7 @@ describe('export processor', () => {
       { name: 'Linus', visits: 0, score: null, active: true },
     ];
     const { result } = await run({ module: 'analytics', userId: 'u1', format: 'parquet', records, id: 'pq1' });
-    expect(result).toMatchObject({ key: `analytics/u1/${today()}/pq1.parquet`, format: 'parquet', recordCount: 3 });
+    expect(result).toMatchObject({ key: `analytics/u1/${today()}/pq1.parquet`, format: 'parquet', record_count: 3 });
     const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: result.key as string }));
     const bytes = await res.Body!.transformToByteArray();
     expect(result.sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
@@ -139,12 +142,20 @@ describe('export processor', () => {
     // The read side reads it too (with parquetjs), and search covers Parquet objects.
     const got = await getRecord(storage, 'analytics', 'u1', 'pq1');
     expect(got?.records).toEqual(normalized);
-    expect((await searchRecords(storage, 'analytics', 'u1', 'grace')).map((h) => h.index)).toEqual([1]);
+    expect(await searchRecords(storage, 'analytics', 'u1', 'grace')).toEqual([expect.objectContaining({ source: 'record', id: 'pq1', index: 1 })]);
+
+    // The configured searchable fields are in the manifest entry (at most 3 distinct values each),
+    // so a search that reads no object still finds the Parquet object by them.
+    expect(got?.entry.searchable).toEqual({ name: ['Ada', 'Grace', 'Linus'], tags: ['a', 'b'] });
+    const fromManifest = await searchRecords(storage, 'analytics', 'u1', 'grace', { read: 'text' });
+    expect(fromManifest).toEqual([expect.objectContaining({ source: 'manifest', id: 'pq1', matched: { name: ['Grace'] } })]);
+    expect(await searchRecords(storage, 'analytics', 'u1', 'late', { read: 'none' })).toEqual([]);
   });
 
   it('rejects unsafe module and user ids before writing anything', async () => {
     await expect(run({ module: '../x', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/module/);
     await expect(run({ module: 'm', userId: 'a/b', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/userId/);
+    await expect(run({ module: 'manifests', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/module: manifests and json_blobs are reserved/);
   });
 });
 
@@ -171,7 +182,7 @@ describe('read side', () => {
 
   it('searchRecords finds records by field text, case-insensitively, only in the caller\'s objects', async () => {
     const hits = await searchRecords(storage, 'notes', 'alice', 'LISBON');
-    expect(hits.map((h) => `${h.id}:${h.index}`).sort()).toEqual(['n1:1', 'n2:0']);
+    expect(hits.map((h) => `${h.source}:${h.id}:${h.source === 'record' ? h.index : ''}`).sort()).toEqual(['record:n1:1', 'record:n2:0']);
     expect(hits.some((h) => h.id === 'b1')).toBe(false);
     expect(await searchRecords(storage, 'notes', 'alice', 'nothing-like-this')).toEqual([]);
   });
@@ -190,64 +201,117 @@ describe('read side', () => {
   });
 });
 
-describe('HTTP routes', () => {
-  const enqueued: unknown[] = [];
-  const app = Fastify();
-  beforeAll(async () => {
-    app.setErrorHandler((err, req, reply) => {
-      const { status, body } = errorResponse(err, req.id);
-      return reply.code(status).send(body);
+describe('compacted manifests', () => {
+  it('list, get and search still answer completely once the manifest rolled into segments', { timeout: 20_000 }, async () => {
+    const moods = ['calm', 'tired', 'elated', 'grumpy'];
+    for (let i = 0; i < 24; i++) {
+      await run({ module: 'journal', userId: 'carol', format: i % 2 ? 'json' : 'jsonl', records: [{ day: i, mood: moods[i % 4], text: `entry number ${i}` }], id: `j${i}` });
+    }
+    const head = await readManifestHead(storage, 'journal', 'carol');
+    expect(head.segments.length).toBeGreaterThanOrEqual(3);
+    // The head holds pointers plus at most about the threshold (1 KiB here) of entries.
+    expect(head.bytes).toBeLessThan(1024 + 600 + head.segments.length * 400);
+
+    const listed = await listRecords(storage, 'journal', 'carol');
+    expect(listed.map((e) => e.id).sort()).toEqual(Array.from({ length: 24 }, (_, i) => `j${i}`).sort());
+    expect((await getRecord(storage, 'journal', 'carol', 'j0'))?.records).toEqual([{ day: 0, mood: 'calm', text: 'entry number 0' }]);
+
+    const hits = await searchRecords(storage, 'journal', 'carol', 'elated');
+    expect(hits.map((h) => h.id).sort()).toEqual(['j10', 'j14', 'j18', 'j2', 'j22', 'j6']);
+    expect(hits.every((h) => h.source === 'record')).toBe(true);
+    // From the manifest alone (searchable field `mood`), without reading one object.
+    const quick = await searchRecords(storage, 'journal', 'carol', 'ELATED', { read: 'none' });
+    expect(quick.map((h) => h.id).sort()).toEqual(['j10', 'j14', 'j18', 'j2', 'j22', 'j6']);
+    expect(quick[0]).toMatchObject({ source: 'manifest', matched: { mood: ['elated'] } });
+    // A search for text outside the searchable fields needs the objects.
+    expect(await searchRecords(storage, 'journal', 'carol', 'number 13', { read: 'none' })).toEqual([]);
+    expect((await searchRecords(storage, 'journal', 'carol', 'number 13')).map((h) => h.id)).toEqual(['j13']);
+  });
+});
+
+describe('JSON blobs', () => {
+  it('stores a value under json_blobs/{key}.json, replaces it on a later write, and reads it back', async () => {
+    const first = await run({ op: 'blob', key: 'user_config_u1', value: { theme: 'dark', currency: 'USD' } });
+    expect(first.result).toMatchObject({ op: 'blob', blobKey: 'user_config_u1', key: 'json_blobs/user_config_u1.json' });
+    expect(JSON.parse(await getText('json_blobs/user_config_u1.json'))).toEqual({ theme: 'dark', currency: 'USD' });
+    expect(await getJsonBlob(storage, 'user_config_u1')).toEqual({ theme: 'dark', currency: 'USD' });
+    await run({ op: 'blob', key: 'user_config_u1', value: ['light', 3, null] });
+    expect(await getJsonBlob(storage, 'user_config_u1')).toEqual(['light', 3, null]);
+    expect(await getJsonBlob(storage, 'nothing_here')).toBeNull();
+  });
+
+  it('validates the key like every id, on write and on read', async () => {
+    await expect(run({ op: 'blob', key: '../escape', value: 1 })).rejects.toThrow(/key: must not contain/);
+    await expect(getJsonBlob(storage, 'a/b')).rejects.toThrow(ValidationError);
+    await expect(run({ op: 'blob', key: 'k' } as ExportPayload)).rejects.toThrow(/value/);
+  });
+});
+
+describe('producer SDK and the store-down path (runtime)', () => {
+  let producer: Producer;
+  let runtime: Runtime | undefined;
+  beforeAll(() => {
+    producer = createProducer(config);
+  });
+  afterAll(async () => {
+    await runtime?.close();
+    await producer?.close();
+  });
+
+  it('storeRecords enqueues and, with {wait: true}, returns the typed ExportResult; storeJsonBlob likewise', { timeout: 20_000 }, async () => {
+    runtime = await startTestRuntime(config, db, ['export'], { export: exportRecords });
+    const records = [{ item: 'tea', price: 3 }];
+    const stored = await producer.storeRecords({ module: 'orders', userId: 'dave', format: 'jsonl', records }, { wait: true });
+    expect(stored).toMatchObject({ op: 'records', format: 'jsonl', record_count: 1, url: `s3://${s3.bucket}/${stored.key}` });
+    expect(stored.key).toBe(`orders/dave/${today()}/${stored.id}.jsonl`);
+    expect(stored.sha256).toBe(createHash('sha256').update(await getText(stored.key)).digest('hex'));
+
+    // Without wait: the job and the id the object gets (derived from the records, like the worker's).
+    const enqueued = await producer.storeRecords({ module: 'orders', userId: 'dave', format: 'json', records: [{ item: 'cake' }] });
+    const done = await producer.waitFor('export', enqueued.jobId);
+    expect(done).toMatchObject({ id: enqueued.id });
+    await expect(producer.storeRecords({ module: 'orders', userId: '', format: 'json', records: [] })).rejects.toThrow(/userId: must not be empty.*records: at least one record/);
+
+    // A, then B, then A again ends with A (each call is a write of its own).
+    await producer.storeJsonBlob('prefs', { v: 'A' }, { wait: true });
+    await producer.storeJsonBlob('prefs', { v: 'B' }, { wait: true });
+    const blob = await producer.storeJsonBlob('prefs', { v: 'A' }, { wait: true });
+    expect(blob).toMatchObject({ op: 'blob', key: 'json_blobs/prefs.json' });
+    expect(await getJsonBlob(storage, 'prefs')).toEqual({ v: 'A' });
+    await runtime.close();
+    runtime = undefined;
+  });
+
+  it('with the store unreachable the job retries, is parked with its records intact, and a redrive against a live store stores it', { timeout: 30_000 }, async () => {
+    const port = await closedPort();
+    const downConfig = iso.config({
+      storage: { endpoint: `http://127.0.0.1:${port}`, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, maxAttempts: 1 },
     });
-    registerRecordRoutes(app as never, {
-      storage: () => storage,
-      producer: {
-        export: async (p) => {
-          enqueued.push(p);
-          return { jobId: 'export.x', created: true } as never;
-        },
-      },
-      // The test's bearer token is the user id.
-      authenticate: async (req) => {
-        const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
-        if (!token) throw new AuthError('no token');
-        return { userId: token };
-      },
-    });
-    await app.ready();
-    await run({ module: 'diary', userId: 'alice', format: 'jsonl', records: [{ text: 'Sunny walk by the river' }, { text: 'Rain' }], id: 'd1' });
-  });
-  afterAll(() => app.close());
-  const as = (user: string) => ({ authorization: `Bearer ${user}` });
+    const records = [{ amount: 42, memo: 'stored while the store was down' }, { amount: 7, memo: 'second' }];
+    runtime = await startTestRuntime(downConfig, db, ['export'], { export: exportRecords });
+    await expect(
+      producer.storeRecords({ module: 'ledger', userId: 'erin', format: 'jsonl', records, id: 'down1' }, { wait: true, attempts: 3, backoffMs: 50 }),
+    ).rejects.toThrow(/ECONNREFUSED/);
+    // Parking follows the final failure (the failed event, or the sweep): wait for it.
+    let parked = await runtime.deadLetter.list({ queue: 'export' });
+    for (let i = 0; i < 100 && parked.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      parked = await runtime.deadLetter.list({ queue: 'export' });
+    }
+    expect(parked).toHaveLength(1);
+    expect(parked[0]!.data).toMatchObject({ attemptsMade: 3, reason: 'retries_exhausted', payload: { module: 'ledger', userId: 'erin', records } });
+    const jobId = parked[0]!.data.originJobId;
+    expect(parked[0]!.id).toBe(parkedJobId('export', jobId));
+    expect(await getRecord(storage, 'ledger', 'erin', 'down1')).toBeNull();
+    await runtime.close();
 
-  it('POST enqueues an export for the caller (the user comes from the token, not the body)', async () => {
-    const res = await app.inject({ method: 'POST', url: '/api/v1/records/diary', headers: as('alice'), payload: { format: 'json', records: [{ a: 1 }] } });
-    expect(res.statusCode).toBe(202);
-    expect(enqueued.at(-1)).toEqual({ module: 'diary', userId: 'alice', format: 'json', records: [{ a: 1 }] });
-    const bad = await app.inject({ method: 'POST', url: '/api/v1/records/diary', headers: as('alice'), payload: { format: 'xml', records: [] } });
-    expect(bad.statusCode).toBe(400);
-    expect((await app.inject({ method: 'POST', url: '/api/v1/records/diary', payload: { format: 'json', records: [{}] } })).statusCode).toBe(401);
-  });
-
-  it('lists, searches and gets the caller\'s records; user B gets 404 for user A\'s record and URL', async () => {
-    const list = await app.inject({ url: '/api/v1/records/diary', headers: as('alice') });
-    expect(list.json().entries.map((e: { id: string }) => e.id)).toEqual(['d1']);
-    const search = await app.inject({ url: '/api/v1/records/diary?q=river', headers: as('alice') });
-    expect(search.json().hits).toEqual([expect.objectContaining({ id: 'd1', index: 0, record: { text: 'Sunny walk by the river' } })]);
-    expect((await app.inject({ url: '/api/v1/records/diary?q=river', headers: as('bob') })).json().hits).toEqual([]);
-    const got = await app.inject({ url: '/api/v1/records/diary/d1', headers: as('alice') });
-    expect(got.statusCode).toBe(200);
-    expect(got.json().records).toHaveLength(2);
-    expect((await app.inject({ url: '/api/v1/records/diary/d1', headers: as('bob') })).statusCode).toBe(404);
-    expect((await app.inject({ url: '/api/v1/records/diary/d1/url', headers: as('bob') })).statusCode).toBe(404);
-    expect((await app.inject({ url: '/api/v1/records/diary/d1/url?expiresIn=604801', headers: as('alice') })).statusCode).toBe(400);
-  });
-
-  it('a presigned URL works, then expires', { timeout: 10_000 }, async () => {
-    const res = await app.inject({ url: '/api/v1/records/diary/d1/url?expiresIn=1', headers: as('alice') });
-    expect(res.statusCode).toBe(200);
-    const { url } = res.json() as { url: string };
-    expect((await fetch(url)).status).toBe(200);
-    await new Promise((r) => setTimeout(r, 2_100));
-    expect((await fetch(url)).status).toBe(403);
+    // The store is back (workers configured for it): redrive replays the parked payload.
+    runtime = await startTestRuntime(config, db, ['export'], { export: exportRecords });
+    expect(await runtime.deadLetter.redrive({ ids: [jobId] })).toEqual([expect.objectContaining({ action: 'redriven' })]);
+    const result = await producer.waitFor('export', jobId, 15_000);
+    expect(result).toMatchObject({ id: 'down1', record_count: 2 });
+    const got = await getRecord(storage, 'ledger', 'erin', 'down1');
+    expect(got?.records).toEqual(records);
+    expect(await runtime.deadLetter.list({ queue: 'export' })).toEqual([]);
   });
 });

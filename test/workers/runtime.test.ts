@@ -15,6 +15,7 @@ import type { Processor } from '../../src/workers/context.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
+import { recordsJob } from '../helpers/export-data.js';
 
 const iso = isolate('runtime');
 let config: Config;
@@ -29,7 +30,7 @@ const seen = new Map<string, number>();
 let fixed = false;
 
 const exportProcessor: Processor<'export'> = async (job, ctx) => {
-  const first = job.data.records[0] as { tag: string; mode: string; failures?: number };
+  const first = recordsJob(job.data).records[0] as { tag: string; mode: string; failures?: number };
   const n = (seen.get(first.tag) ?? 0) + 1;
   seen.set(first.tag, n);
   await ctx.progress({ stage: 'working', bytes: 1, totalBytes: 1 });
