@@ -7,6 +7,8 @@ export const redisKeys = {
   events: (prefix: string) => `${prefix}:stowage:events`,
   /** How many times a parked job has been redriven automatically (expires after 30 days). */
   redrives: (prefix: string, parkedId: string) => `${prefix}:stowage:redrives:${parkedId}`,
+  /** Lock serializing updates of one records manifest on stores without conditional writes; `:fence` beside it. */
+  manifestLock: (prefix: string, module: string, userId: string) => `${prefix}:stowage:manifest-lock:${module}/${userId}`,
 };
 
 /** The dead-letter job id for a parked job. BullMQ ids may not contain ':'. */

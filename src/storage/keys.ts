@@ -3,6 +3,7 @@
  * job writes the same key (idempotent by construction). The ids are validated upstream (`safeId`:
  * no `/`, no `..`, no control characters), so they are safe as path segments.
  */
+import { ValidationError } from '../errors.js';
 
 /** A build's snapshot: `{userId}/{projectId}/snapshots/{versionId}.zip`. */
 export function artifactKey(userId: string, projectId: string, versionId: string): string {
@@ -103,3 +104,22 @@ export function backupKey(set: string, takenAt: Date): string {
 
 /** Matches a backup key; captures set and the `YYYY-MM-DD-HHMMSS` stamp. */
 export const BACKUP_KEY_PATTERN = /^backups\/([^/]+)\/\1-backup-(\d{4}-\d{2}-\d{2}-\d{6})\.tar\.gz$/;
+
+/** A backup's name: its archive's basename without `.tar.gz` (`{set}-backup-YYYY-MM-DD-HHMMSS`). */
+export function backupName(key: string): string {
+  return key.slice(key.lastIndexOf('/') + 1).replace(/\.tar\.gz$/, '');
+}
+
+/**
+ * The key of a backup named `name` (also accepts the archive basename or the whole key). Throws
+ * ValidationError when it is not a backup name.
+ */
+export function backupKeyOf(name: string): string {
+  const bare = backupName(name.trim());
+  const m = /^(.+)-backup-(\d{4}-\d{2}-\d{2}-\d{6})$/.exec(bare);
+  const key = m ? `backups/${m[1]}/${bare}.tar.gz` : '';
+  if (!m || !BACKUP_KEY_PATTERN.test(key)) {
+    throw new ValidationError('backup name', [`${JSON.stringify(name)} is not a backup name; expected {set}-backup-YYYY-MM-DD-HHMMSS (see \`stowage backup list\`)`]);
+  }
+  return key;
+}

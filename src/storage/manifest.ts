@@ -31,6 +31,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Redis } from 'ioredis';
 import { StowageError } from '../errors.js';
+import { redisKeys } from '../queues/keys.js';
 import type { Logger } from '../observability/logger.js';
 import type { Storage } from './client.js';
 import { CONDITIONAL_PROBE_PREFIX, manifestKey, manifestSegmentKey, type RecordFormat } from './keys.js';
@@ -378,9 +379,7 @@ async function updateConditionally(deps: ManifestDeps, module: string, userId: s
 
 const RELEASE = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
-export function manifestLockKey(prefix: string, module: string, userId: string): string {
-  return `${prefix}:stowage:manifest-lock:${module}/${userId}`;
-}
+export const manifestLockKey = redisKeys.manifestLock;
 
 async function updateUnderLock(deps: ManifestDeps, module: string, userId: string, entry: ManifestEntry): Promise<ManifestUpdate> {
   const key = manifestKey(module, userId);

@@ -38,7 +38,9 @@ import {
 } from '../storage/backup-archive.js';
 import type { Storage } from '../storage/client.js';
 import { DeleteObjectsCommand } from '@aws-sdk/client-s3';
-import { BACKUP_KEY_PATTERN, backupKey, objectUrl, sha256SidecarKey } from '../storage/keys.js';
+import { backupKey, backupKeyOf, backupName, objectUrl, sha256SidecarKey } from '../storage/keys.js';
+
+export { backupName, backupKeyOf } from '../storage/keys.js';
 import { applyRetentionPolicy, type RetentionDecision, type RetentionPolicy } from '../storage/retention.js';
 import { storeError, uploadStream } from '../storage/upload.js';
 import type { Processor } from './context.js';
@@ -244,25 +246,6 @@ export async function deleteBackupObject(storage: Storage, key: string): Promise
   } catch (err) {
     throw storeError(err, `delete backup ${key}`);
   }
-}
-
-/** A backup's name: its archive's basename without `.tar.gz` (`{set}-backup-YYYY-MM-DD-HHMMSS`). */
-export function backupName(key: string): string {
-  return key.slice(key.lastIndexOf('/') + 1).replace(/\.tar\.gz$/, '');
-}
-
-/**
- * The key of a backup named `name` (also accepts the archive basename or the whole key). Throws
- * ValidationError when it is not a backup name.
- */
-export function backupKeyOf(name: string): string {
-  const bare = backupName(name.trim());
-  const m = /^(.+)-backup-(\d{4}-\d{2}-\d{2}-\d{6})$/.exec(bare);
-  const key = m ? `backups/${m[1]}/${bare}.tar.gz` : '';
-  if (!m || !BACKUP_KEY_PATTERN.test(key)) {
-    throw new ValidationError('backup name', [`${JSON.stringify(name)} is not a backup name; expected {set}-backup-YYYY-MM-DD-HHMMSS (see \`stowage backup list\`)`]);
-  }
-  return key;
 }
 
 /** The backups row of a backup named `name` in `bucket`; NotFoundError when there is none (or it was deleted). */
