@@ -124,6 +124,9 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     return { jobId: job.id ?? jobId, kind, created: !existed };
   };
 
+  /** How long waitFor looks for the dead-letter copy of a job that just failed for good. */
+  const PARK_GRACE_MS = 3_000;
+
   const waitFor = async <K extends JobKind>(kind: K, jobId: string, timeoutMs = 10 * 60_000): Promise<Result<K>> => {
     let qe = queueEvents.get(kind);
     if (!qe) {
@@ -143,7 +146,15 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     try {
       return (await job.waitUntilFinished(qe, timeoutMs)) as Result<K>;
     } catch (err) {
-      const p = await parked().catch(() => undefined);
+      // waitUntilFinished rejects on a final failure, which the worker parks right after the
+      // `failed` event we just saw: give the park a moment to land so the answer says "parked".
+      let p: ParkedJob | undefined;
+      const until = Date.now() + PARK_GRACE_MS;
+      for (;;) {
+        p = await parked().catch(() => undefined);
+        if (p || Date.now() >= until || (err instanceof Error && /timed out/i.test(err.message))) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
       const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;
       throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} ${why}`, { cause: err });
     }
