@@ -2,12 +2,10 @@
  * `stowage backup …` as an operator runs it (a separate process, async spawn: s3rver lives in this
  * process), against real Redis, Postgres, s3rver and a worker running the backup processor here.
  */
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
@@ -15,12 +13,12 @@ import type { Db } from '../../src/db/pool.js';
 import { backup } from '../../src/workers/backup.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
-import { DATABASE_URL, isolate, REDIS_URL } from '../helpers/isolation.js';
+import { runCli } from '../helpers/cli.js';
+import { isolate } from '../helpers/isolation.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 import { closedPort } from '../http/harness.js';
 
 const iso = isolate('clibackup');
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 let s3: TestS3;
 let db: Db;
 let runtime: Runtime;
@@ -29,39 +27,15 @@ let appDb: string;
 let configFile: string;
 let config: Config;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function stowage(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['--import', 'tsx', main, ...args],
-      {
-        env: {
-          PATH: process.env.PATH ?? '',
-          HOME: process.env.HOME ?? '/tmp',
-          REDIS_URL,
-          DATABASE_URL,
-          STOWAGE_PREFIX: iso.prefix,
-          STOWAGE_DB_SCHEMA: iso.schema,
-          STOWAGE_CONFIG: configFile,
-          R2_ENDPOINT: s3.endpoint,
-          R2_BUCKET: s3.bucket,
-          R2_ACCESS_KEY_ID: s3.accessKeyId,
-          R2_SECRET_ACCESS_KEY: s3.secretAccessKey,
-          LOG_LEVEL: 'silent',
-          ...env,
-        },
-        timeout: 60_000,
-      },
-      (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
-    );
+const stowage = (args: string[], env: Record<string, string> = {}) =>
+  runCli(iso, args, {
+    STOWAGE_CONFIG: configFile,
+    R2_ENDPOINT: s3.endpoint,
+    R2_BUCKET: s3.bucket,
+    R2_ACCESS_KEY_ID: s3.accessKeyId,
+    R2_SECRET_ACCESS_KEY: s3.secretAccessKey,
+    ...env,
   });
-}
 
 const rows = (path: string) => {
   const d = new Database(path, { readonly: true });

@@ -2,54 +2,22 @@
  * The `stowage` command as a user runs it (a separate process), against real Redis and Postgres:
  * help, one-line errors with non-zero exits, enqueue --wait, dlq, events, token.
  */
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyToken } from '../../src/auth/tokens.js';
 import type { Db } from '../../src/db/pool.js';
 import { PermanentError } from '../../src/errors.js';
 import type { Runtime } from '../../src/workers/runtime.js';
-import { DATABASE_URL, isolate, REDIS_URL } from '../helpers/isolation.js';
+import { runCli } from '../helpers/cli.js';
+import { isolate } from '../helpers/isolation.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
 import { recordsJob } from '../helpers/export-data.js';
 
 const iso = isolate('cli');
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 const SECRET = 'cli-test-secret-cli-test-secret-0123456789';
 let db: Db;
 let runtime: Runtime;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function stowage(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['--import', 'tsx', main, ...args],
-      {
-        env: {
-          PATH: process.env.PATH ?? '',
-          HOME: process.env.HOME ?? '/tmp',
-          REDIS_URL,
-          DATABASE_URL,
-          STOWAGE_PREFIX: iso.prefix,
-          STOWAGE_DB_SCHEMA: iso.schema,
-          LOG_LEVEL: 'silent',
-          ...env,
-        },
-        timeout: 30_000,
-      },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
+const stowage = (args: string[], env: Record<string, string> = {}) => runCli(iso, args, env, 30_000);
 
 beforeAll(async () => {
   const config = iso.config();

@@ -9,13 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
-import { migrate } from '../../src/db/migrate.js';
 import { buildServer } from '../../src/http/server.js';
-import { createLogger } from '../../src/observability/logger.js';
-import { PROCESSORS } from '../../src/workers/processors.js';
-import { startRuntime, type Runtime } from '../../src/workers/runtime.js';
+import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
-import { harness, type Harness } from './harness.js';
+import { harness, harnessRuntime, type Harness } from './harness.js';
 
 const iso = isolate('artifacts');
 let h: Harness;
@@ -31,18 +28,10 @@ const get = (url: string, token?: string) =>
 
 beforeAll(async () => {
   h = await harness(iso, { s3: true });
-  await migrate(h.deps.config);
-  runtime = await startRuntime({
-    config: h.deps.config,
-    logger: createLogger({ level: 'silent' }),
-    metrics: h.deps.metrics,
-    db: h.deps.db,
-    kinds: ['build-artifact'],
-    processors: PROCESSORS,
-  });
+  runtime = await harnessRuntime(h, ['build-artifact']);
   app = buildServer(h.deps);
-  alice = await createToken(h.secret, { user: 'alice', role: 'viewer' });
-  bob = await createToken(h.secret, { user: 'bob', role: 'viewer' });
+  alice = await createToken(h.secret, { user: 'alice', role: 'user' });
+  bob = await createToken(h.secret, { user: 'bob', role: 'user' });
   dir = await mkdtemp(join(tmpdir(), 'stowage-artifacts-'));
   await writeFile(join(dir, 'index.html'), '<h1>hello</h1>\n'.repeat(100));
   const { jobId } = await h.deps.producer.buildArtifact({ userId: 'alice', projectId: 'site', versionId: 'v1', buildDir: dir });

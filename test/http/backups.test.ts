@@ -12,14 +12,11 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
 import { getBackupByKey } from '../../src/db/backups.js';
-import { migrate } from '../../src/db/migrate.js';
 import { buildServer } from '../../src/http/server.js';
-import { createLogger } from '../../src/observability/logger.js';
 import { STAGING_DIR_NAME } from '../../src/workers/backup-restore.js';
-import { PROCESSORS } from '../../src/workers/processors.js';
-import { startRuntime, type Runtime } from '../../src/workers/runtime.js';
+import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
-import { harness, type Harness } from './harness.js';
+import { harness, harnessRuntime, type Harness } from './harness.js';
 
 const iso = isolate('httpbackups');
 let h: Harness;
@@ -40,15 +37,7 @@ beforeAll(async () => {
   d.exec("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('one'), ('two');");
   d.close();
   h = await harness(iso, { s3: true, config: { backupSets: [{ name: 'web', sqlite: [{ name: 'app', path }] }] } });
-  await migrate(h.deps.config);
-  runtime = await startRuntime({
-    config: h.deps.config,
-    logger: createLogger({ level: 'silent' }),
-    metrics: h.deps.metrics,
-    db: h.deps.db,
-    kinds: ['backup'],
-    processors: PROCESSORS,
-  });
+  runtime = await harnessRuntime(h, ['backup']);
   app = buildServer(h.deps);
   admin = await createToken(h.secret, { user: 'ops', role: 'admin' });
   viewer = await createToken(h.secret, { user: 'vic', role: 'viewer' });

@@ -7,13 +7,16 @@ import { createServer } from 'node:net';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { ConfigInput } from '../../src/config.js';
+import { migrate } from '../../src/db/migrate.js';
 import { createDb, type Db } from '../../src/db/pool.js';
 import type { ServerDeps } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { createProducer, type Producer } from '../../src/producers/index.js';
-import { QUEUE_NAMES, createRedis } from '../../src/queues/index.js';
+import { QUEUE_NAMES, createRedis, type JobKind } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
+import { PROCESSORS } from '../../src/workers/processors.js';
+import { startRuntime, type ProcessorMap, type Runtime } from '../../src/workers/runtime.js';
 import type { Isolation } from '../helpers/isolation.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
@@ -87,3 +90,20 @@ export async function closedPort(): Promise<number> {
 
 export const basicHeader = (user = BASIC_USER, password = BASIC_PASSWORD) =>
   `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+
+/**
+ * Workers for a harness: its schema migrated, then a runtime for `kinds` on the harness's config,
+ * metrics and pool (the real processors unless `processors` says otherwise). Close it before `h`.
+ */
+export async function harnessRuntime(h: Harness, kinds: JobKind[], options: { processors?: ProcessorMap; maintenance?: boolean } = {}): Promise<Runtime> {
+  await migrate(h.deps.config);
+  return startRuntime({
+    config: h.deps.config,
+    logger: createLogger({ level: 'silent' }),
+    metrics: h.deps.metrics,
+    db: h.deps.db,
+    kinds,
+    processors: options.processors ?? PROCESSORS,
+    ...(options.maintenance === undefined ? {} : { maintenance: options.maintenance }),
+  });
+}

@@ -4,14 +4,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
-import { migrate } from '../../src/db/migrate.js';
 import { RECORD_ROUTE_PREFIXES } from '../../src/http/records.js';
 import { buildServer } from '../../src/http/server.js';
-import { createLogger } from '../../src/observability/logger.js';
 import { exportRecords } from '../../src/workers/export.js';
-import { startRuntime, type Runtime } from '../../src/workers/runtime.js';
+import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
-import { harness, type Harness } from './harness.js';
+import { harness, harnessRuntime, type Harness } from './harness.js';
 
 const iso = isolate('records');
 let h: Harness;
@@ -26,16 +24,7 @@ const get = (url: string, token?: string) => app.inject({ method: 'GET', url, he
 
 beforeAll(async () => {
   h = await harness(iso, { s3: true });
-  await migrate(h.deps.config);
-  runtime = await startRuntime({
-    config: h.deps.config,
-    logger: createLogger({ level: 'silent' }),
-    metrics: h.deps.metrics,
-    db: h.deps.db,
-    kinds: ['export'],
-    processors: { export: exportRecords },
-    maintenance: false,
-  });
+  runtime = await harnessRuntime(h, ['export'], { processors: { export: exportRecords }, maintenance: false });
   app = buildServer(h.deps);
   await app.ready();
   alice = await createToken(h.secret, { user: 'alice', role: 'admin' });

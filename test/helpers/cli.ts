@@ -1,0 +1,40 @@
+/** Runs the real `stowage` CLI in a child process, isolated to one test file's prefix and schema. */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { DATABASE_URL, REDIS_URL, type Isolation } from './isolation.js';
+
+export const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * `stowage …args` with a clean environment: PATH, HOME, the test Redis and Postgres, the file's
+ * prefix and schema, silent logs, then `env` on top. Never throws: the exit code is in the result.
+ * Async on purpose: a blocking spawn would freeze an in-process s3rver the CLI talks to.
+ */
+export function runCli(iso: Isolation, args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<CliRun> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', CLI_MAIN, ...args],
+      {
+        env: {
+          PATH: process.env.PATH ?? '',
+          HOME: process.env.HOME ?? '/tmp',
+          REDIS_URL,
+          DATABASE_URL,
+          STOWAGE_PREFIX: iso.prefix,
+          STOWAGE_DB_SCHEMA: iso.schema,
+          LOG_LEVEL: 'silent',
+          ...env,
+        },
+        timeout: timeoutMs,
+      },
+      (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+    );
+  });
+}
