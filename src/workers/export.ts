@@ -111,16 +111,8 @@ export const exportRecords: Processor<'export'> = async (job, ctx) => {
   log.info({ size: uploaded.size, records: p.records.length, manifest: update }, 'records exported');
 
   await ctx.emit('export_completed', { module: p.module, userId: p.userId, key, records: p.records.length });
-  const result: ExportResult = {
-    op: 'records',
-    id,
-    key,
-    format,
-    record_count: p.records.length,
-    size: uploaded.size,
-    sha256: uploaded.sha256,
-    created_at: entry.created_at,
-    url: objectUrl(storage.bucket, key),
-  };
+  // The result is the manifest entry (without the searchable values) plus where the object is.
+  const { searchable: _searchable, ...described } = entry;
+  const result: ExportResult = { op: 'records', ...described, format, url: objectUrl(storage.bucket, key) };
   return result;
 };
