@@ -22,23 +22,53 @@ export async function getJobReceipt(db: Db, queue: string, jobId: string): Promi
 }
 
 export interface ReceiptWriter {
-  /** Resolves once the receipt is committed (in a batch with others written meanwhile). */
+  /**
+   * Resolves once the receipt is committed (in a batch with others written meanwhile). While
+   * Postgres is unreachable it waits: the batch is kept and retried with backoff. It rejects only
+   * when Postgres refuses the rows themselves (SQLSTATE class 22/23), which no retry can fix.
+   */
   write(receipt: JobReceipt): Promise<void>;
-  /** Commit whatever is buffered. */
-  flush(): Promise<void>;
+  /**
+   * Commit whatever is buffered, waiting at most `timeoutMs` (default: until done). Resolves with
+   * the number of receipts still unwritten (0 when everything is in Postgres).
+   */
+  flush(timeoutMs?: number): Promise<number>;
+  /** Receipts waiting to be committed. */
+  readonly pending: number;
+}
+
+/** SQLSTATE classes 22 (data exception) and 23 (integrity constraint): the rows, not the database, are at fault. */
+function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^(22|23)/.test(code);
 }
 
 /**
  * Group commit: receipts written while a batch is being committed go together in the next one
  * multi-row INSERT. Each caller still waits for its own commit, so a completed job never lacks its
  * receipt, but N concurrent jobs cost one round trip instead of N.
+ *
+ * Postgres away (refused, reset, timed out): the batch goes back to the head of the buffer and is
+ * retried with exponential backoff (up to `maxBackoffMs`), so receipts wait rather than vanish.
+ * They live in this process's memory meanwhile: a process killed during an outage loses its
+ * unwritten audit rows (the job itself, completed or parked, is safe in Redis).
  */
-export function createReceiptWriter(db: Db, options: { maxBatch?: number } = {}): ReceiptWriter {
+export function createReceiptWriter(
+  db: Db,
+  options: { maxBatch?: number; retryBaseMs?: number; maxBackoffMs?: number; onRetry?: (err: unknown, pending: number, retryInMs: number) => void } = {},
+): ReceiptWriter {
   const maxBatch = options.maxBatch ?? 500;
-  let buffer: { r: JobReceipt; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  const retryBaseMs = options.retryBaseMs ?? 200;
+  const maxBackoffMs = options.maxBackoffMs ?? 10_000;
+  type Entry = { r: JobReceipt; resolve: () => void; reject: (e: unknown) => void };
+  let buffer: Entry[] = [];
   let inFlight: Promise<void> | null = null;
+  let inFlightCount = 0;
+  let retryTimer: NodeJS.Timeout | null = null;
+  let backoff = retryBaseMs;
+  let idleWaiters: (() => void)[] = [];
 
-  const commit = async (batch: typeof buffer) => {
+  const commit = async (batch: Entry[]) => {
     // One statement may not update the same row twice: keep the last receipt per job.
     const last = new Map<string, JobReceipt>();
     for (const { r } of batch) last.set(`${r.queue}\u0000${r.jobId}`, r);
@@ -59,17 +89,45 @@ export function createReceiptWriter(db: Db, options: { maxBatch?: number } = {})
     );
   };
 
-  const pump = (): Promise<void> => {
-    if (inFlight || buffer.length === 0) return inFlight ?? Promise.resolve();
+  const idle = () => !inFlight && !retryTimer && buffer.length === 0;
+  const notifyIdle = () => {
+    if (!idle()) return;
+    const waiters = idleWaiters;
+    idleWaiters = [];
+    waiters.forEach((w) => w());
+  };
+
+  const pump = (): void => {
+    if (inFlight || retryTimer || buffer.length === 0) return notifyIdle();
     const batch = buffer.splice(0, maxBatch);
+    inFlightCount = batch.length;
     inFlight = commit(batch).then(
-      () => batch.forEach((b) => b.resolve()),
-      (err: unknown) => batch.forEach((b) => b.reject(err)),
+      () => {
+        backoff = retryBaseMs;
+        batch.forEach((b) => b.resolve());
+      },
+      (err: unknown) => {
+        if (isDataError(err)) {
+          batch.forEach((b) => b.reject(err));
+          return;
+        }
+        // Postgres is away: keep the batch, in order, and try again later.
+        buffer = [...batch, ...buffer];
+        const wait = backoff;
+        backoff = Math.min(maxBackoffMs, backoff * 2);
+        options.onRetry?.(err, buffer.length, wait);
+        retryTimer = setTimeout(() => {
+          retryTimer = null;
+          pump();
+        }, wait);
+        // Never the reason a process stays up; close() flushes with a bound.
+        retryTimer.unref();
+      },
     ).finally(() => {
       inFlight = null;
-      void pump();
+      inFlightCount = 0;
+      pump();
     });
-    return inFlight;
   };
 
   return {
@@ -77,11 +135,27 @@ export function createReceiptWriter(db: Db, options: { maxBatch?: number } = {})
       return new Promise<void>((resolve, reject) => {
         buffer.push({ r, resolve, reject });
         // Start now if idle; otherwise this receipt rides the next batch when the current commits.
-        if (!inFlight) queueMicrotask(() => void pump());
+        if (!inFlight && !retryTimer) queueMicrotask(pump);
       });
     },
-    async flush() {
-      while (inFlight || buffer.length) await pump();
+    async flush(timeoutMs) {
+      if (retryTimer) {
+        // Flushing means "try now": skip the rest of the backoff.
+        clearTimeout(retryTimer);
+        retryTimer = null;
+      }
+      const drained = new Promise<void>((resolve) => idleWaiters.push(resolve));
+      pump();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        drained,
+        ...(timeoutMs === undefined ? [] : [new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]),
+      ]);
+      clearTimeout(timer);
+      return buffer.length + inFlightCount;
+    },
+    get pending() {
+      return buffer.length + inFlightCount;
     },
   };
 }

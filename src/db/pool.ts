@@ -19,6 +19,14 @@ export function createDb(config: Pick<Config, 'databaseUrl' | 'databaseSchema'>,
   });
   // An idle client's error (server restart) must not crash the process; the pool replaces it.
   pool.on('error', () => {});
+  // Nor may a checked-out client's: pg emits 'error' on a Client whose connection drops between
+  // queries (a transaction's BEGIN done, the next statement not yet sent), and pg-pool listens
+  // only to idle clients, so without this a reset connection killed the worker process (found by
+  // the chaos suite's Postgres outage). The next query on that client fails and its job retries;
+  // on release the pool discards the broken client.
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
+  });
   return {
     pool,
     schema: config.databaseSchema,

@@ -81,11 +81,15 @@ const retrying = (attempts: number, delay: number): DefaultJobOptions => ({
   removeOnFail: { age: 7 * 24 * 3600, count: 5000 },
 });
 
-/** Default job options per kind; callers may override per job. */
+/**
+ * Default job options per kind; callers may override per job. Retries span a store outage of
+ * minutes before a job is parked: build-artifact waits 2–4 min over its 8 attempts, export 1–2 min,
+ * aggregation 75–150 s (backoff doubles from `delay`; jitter takes up to half of each wait off).
+ */
 export const DEFAULT_JOB_OPTIONS: Record<JobKind, DefaultJobOptions> = {
-  'build-artifact': retrying(5, 2000),
+  'build-artifact': retrying(8, 2000),
   aggregation: retrying(5, 5000),
-  export: retrying(5, 1000),
+  export: retrying(8, 1000),
   backup: retrying(3, 30_000),
   cleanup: retrying(3, 10_000),
 };

@@ -218,6 +218,23 @@ async function removeStaging(stagingDir: string): Promise<void> {
   if (dirname(parent) === tmpdir() && basename(parent).startsWith('stowage-restore-')) await rmdir(parent).catch(() => {});
 }
 
+/** Metadata is a few kB; anything near this is a bomb, refused before it is read into memory. */
+const MAX_METADATA_BYTES = 1024 * 1024;
+
+/** The metadata entry's bytes, refused when its header or its content is larger than the bound. */
+async function readMetadataEntry(entry: AsyncIterable<unknown> & { header: { size?: number } }): Promise<Buffer> {
+  const tooBig = () => refuse(`${BACKUP_METADATA_FILE} is larger than ${MAX_METADATA_BYTES} bytes`);
+  if ((entry.header.size ?? 0) > MAX_METADATA_BYTES) tooBig();
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  for await (const c of entry) {
+    bytes += (c as Buffer).length;
+    if (bytes > MAX_METADATA_BYTES) tooBig();
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
 /** Read and validate only the first entry (the metadata) of an archive. */
 async function readMetadataOnly(archive: string): Promise<BackupMetadata> {
   const ex = tar.extract();
@@ -226,9 +243,7 @@ async function readMetadataOnly(archive: string): Promise<BackupMetadata> {
   try {
     for await (const entry of ex) {
       if (entry.header.name !== BACKUP_METADATA_FILE || entry.header.type !== 'file') refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
-      const chunks: Buffer[] = [];
-      for await (const c of entry) chunks.push(c as Buffer);
-      return parseMetadata(Buffer.concat(chunks));
+      return parseMetadata(await readMetadataEntry(entry));
     }
     refuse('empty archive');
   } finally {
@@ -252,9 +267,7 @@ async function extract(archive: string, dir: string): Promise<BackupMetadata> {
       if (isAbsolute(name) || name.split(/[/\\]/).includes('..') || !SAFE_NAME.test(name)) refuse(`entry name ${JSON.stringify(name)} is not a bare file name`);
       if (!metadata) {
         if (name !== BACKUP_METADATA_FILE) refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
-        const chunks: Buffer[] = [];
-        for await (const c of entry) chunks.push(c as Buffer);
-        metadata = parseMetadata(Buffer.concat(chunks));
+        metadata = parseMetadata(await readMetadataEntry(entry));
         continue;
       }
       const declared = metadata.databases.find((d) => d.filename === name);

@@ -141,8 +141,10 @@ export class DeadLetter {
       await this.deps.events
         ?.emit('job_parked', { queue: queueName, jobId, name: job.name, reason: record.error.message, attempts: job.attemptsMade }, { queue: queueName, jobId })
         .catch(() => {});
-      await this.deps.onParked?.(record);
     }
+    // Also when the dead-letter job already existed: a process that died between the add and this
+    // call left the receipt unwritten, and the sweep that finishes the park writes it (an upsert).
+    await this.deps.onParked?.(record);
     return true;
   }
 

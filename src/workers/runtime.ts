@@ -71,6 +71,10 @@ export interface Runtime {
 }
 
 const PROGRESS_INTERVAL_MS = 250;
+/** How long close() waits for buffered job receipts. */
+const RECEIPT_FLUSH_BOUND_MS = 5_000;
+/** How long parking waits for the parked job's receipt before moving on (it is written later). */
+const PARKED_RECEIPT_WAIT_MS = 2_000;
 
 export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   const { config, logger, metrics, db } = options;
@@ -81,15 +85,31 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   // One connection for Stowage's own commands; each Worker duplicates it for its blocking reads.
   const connection: Redis = createRedis(config.redisUrl, { connectionName: `stowage:${workerId}` });
   const events = createEventStream(connection, config.prefix, config.events.maxLen);
-  const receipts = createReceiptWriter(db);
+  // Receipts wait through a Postgres outage (the writer retries with backoff); warn once per outage.
+  let receiptsWaiting = false;
+  const receipts = createReceiptWriter(db, {
+    onRetry: (err, pending, retryInMs) => {
+      if (receiptsWaiting) return;
+      receiptsWaiting = true;
+      logger.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code }, pending, retryInMs }, 'job receipts waiting for Postgres');
+    },
+  });
+  const receiptWritten = () => {
+    if (receiptsWaiting && receipts.pending === 0) {
+      receiptsWaiting = false;
+      logger.info('job receipts written again');
+    }
+  };
   const deadLetter = new DeadLetter({
     connection,
     prefix: config.prefix,
     logger,
     metrics,
     events,
+    // Awaited for a bounded time only: while Postgres is away the receipt waits in the writer,
+    // and parking (and the sweep behind it) must not wait with it.
     onParked: async (record) => {
-      await receipts.write({
+      const written = receipts.write({
         queue: record.originQueue,
         jobId: record.originJobId,
         name: record.name,
@@ -97,7 +117,10 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
         attempts: record.attemptsMade,
         result: null,
         error: record.error.message,
-      }).catch((err: unknown) => logger.warn({ err, queue: record.originQueue, jobId: record.originJobId }, 'parked receipt not written'));
+      }).then(receiptWritten, (err: unknown) => logger.warn({ err, queue: record.originQueue, jobId: record.originJobId }, 'parked receipt not written'));
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([written, new Promise<void>((resolve) => (timer = setTimeout(resolve, PARKED_RECEIPT_WAIT_MS)))]);
+      clearTimeout(timer);
     },
   });
 
@@ -155,7 +178,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           // trip to every job's latency.
           receipts
             .write({ queue: kind, jobId: job.id!, name: job.name, status: 'completed', attempts: attempt, result, error: null })
-            .catch((err: unknown) => log().warn({ err }, 'job receipt not written'));
+            .then(receiptWritten, (err: unknown) => log().warn({ err }, 'job receipt not written'));
         }
         const seconds = (performance.now() - started) / 1000;
         durationCompleted.observe(seconds);
@@ -259,7 +282,9 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           shutdown.abort(new Error('worker shutting down'));
           await Promise.all(workers.map((w) => w.close(true)));
         }
-        await receipts.flush().catch((err: unknown) => logger.warn({ err }, 'job receipts not written'));
+        // Bounded: with Postgres away the receipts cannot be written, and shutdown must not hang.
+        const unwritten = await receipts.flush(RECEIPT_FLUSH_BOUND_MS);
+        if (unwritten) logger.error({ unwritten }, 'job receipts not written: Postgres unreachable at shutdown');
         await deadLetter.close();
         storage?.close();
         await connection.quit().catch(() => connection.disconnect());
