@@ -18,9 +18,18 @@ FROM node:20-bookworm-slim AS run
 # AGG_LOCAL_FALLBACK: a directory the non-root user owns; mount a persistent volume there.
 ENV NODE_ENV=production HTTP_HOST=0.0.0.0 HTTP_PORT=3000 \
     AGG_LOCAL_FALLBACK=/var/lib/stowage/fallback-uploads
-# postgresql-client: pg_dump for PostgreSQL backups; tini: signals reach node, zombies are reaped.
+# tini: signals reach node, zombies are reaped. pg_dump/pg_restore for PostgreSQL backups come
+# from the PostgreSQL project's apt repository (PGDG), newest major: pg_dump refuses a server newer
+# than itself, and Debian bookworm's client (15) is older than the compose file's server (16).
+ARG PG_CLIENT_MAJOR=17
 RUN apt-get update \
-  && apt-get install -y --no-install-recommends tini postgresql-client \
+  && apt-get install -y --no-install-recommends tini ca-certificates curl \
+  && install -d /usr/share/postgresql-common/pgdg \
+  && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+  && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" > /etc/apt/sources.list.d/pgdg.list \
+  && apt-get update \
+  && apt-get install -y --no-install-recommends postgresql-client-${PG_CLIENT_MAJOR} \
+  && apt-get purge -y curl && apt-get autoremove -y \
   && rm -rf /var/lib/apt/lists/* \
   && mkdir -p /var/lib/stowage/fallback-uploads \
   && chown -R node:node /var/lib/stowage

@@ -11,7 +11,7 @@ import { deadLetterQueue, expectNoSecrets, recordSummary, sleep, waitUntil } fro
 import { setupScenario, type Scenario } from './scenario.js';
 
 const N = Number(process.env.CHAOS_OUTAGE_JOBS ?? 45);
-const OUTAGE_MS = Number(process.env.CHAOS_OUTAGE_MS ?? 15_000);
+const OUTAGE_MS = Number(process.env.CHAOS_OUTAGE_MS ?? 30_000);
 let sc: Scenario;
 
 beforeAll(async () => {

@@ -272,6 +272,16 @@ describe('Dockerfile', () => {
     expect(runs).not.toMatch(/npm (ci|install|i)\b(?![^\n]*--omit=dev)/);
   });
 
+  it('ships pg_dump at least as new as the compose file\'s PostgreSQL (pg_dump refuses a newer server)', () => {
+    const text = final.lines.join('\n');
+    const major = Number(/ARG PG_CLIENT_MAJOR=(\d+)/.exec(text)?.[1]);
+    expect(text).toMatch(/apt-get install[^\n]*postgresql-client-\$\{PG_CLIENT_MAJOR\}/);
+    const compose = readFileSync(join(root, 'docker-compose.yml'), 'utf8');
+    const server = Number(/image:\s*postgres:(\d+)/.exec(compose)?.[1]);
+    expect(server).toBeGreaterThan(0);
+    expect(major).toBeGreaterThanOrEqual(server);
+  });
+
   it('has a HEALTHCHECK, picks the role with the command, and ships the healthcheck script', () => {
     const health = instr(final, 'HEALTHCHECK');
     expect(health).toHaveLength(1);
