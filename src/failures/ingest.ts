@@ -21,18 +21,12 @@ import { insertFailures, type NewFailure } from '../db/failures.js';
 import type { Db } from '../db/pool.js';
 import { StowageError, ValidationError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { redisKeys } from '../queues/keys.js';
 import { countMatch, countRecovery, type FailureMetrics } from './metrics.js';
 import { normalizeErrorCode, normalizeSignature } from './signature.js';
 
-/** The Redis keys of ingestion, under the BullMQ prefix (same Cluster slot with a `{hash-tag}`). */
-export const failureKeys = {
-  /** Accepted failures not yet in Postgres, oldest at the head. */
-  pending: (prefix: string) => `${prefix}:stowage:failures:pending`,
-  /** Records Postgres refused for their data; kept for inspection, counted as dropped. */
-  dead: (prefix: string) => `${prefix}:stowage:failures:dead`,
-  /** The writer lease: one writer at a time fleet-wide. */
-  writerLease: (prefix: string) => `${prefix}:stowage:failures:writer`,
-};
+/** The Redis keys of ingestion (defined with every other Stowage key in queues/keys.ts). */
+export const failureKeys = redisKeys.failures;
 
 /** At most this many failures per call or request. */
 export const MAX_BATCH = 1000;

@@ -9,6 +9,15 @@ export const redisKeys = {
   redrives: (prefix: string, parkedId: string) => `${prefix}:stowage:redrives:${parkedId}`,
   /** Lock serializing updates of one records manifest on stores without conditional writes; `:fence` beside it. */
   manifestLock: (prefix: string, module: string, userId: string) => `${prefix}:stowage:manifest-lock:${module}/${userId}`,
+  /** Failure ingestion (src/failures/ingest.ts). */
+  failures: {
+    /** Accepted failures not yet in Postgres, oldest at the head. */
+    pending: (prefix: string) => `${prefix}:stowage:failures:pending`,
+    /** Records Postgres refused for their data; kept for inspection, counted as dropped. */
+    dead: (prefix: string) => `${prefix}:stowage:failures:dead`,
+    /** The writer lease: one writer at a time fleet-wide. */
+    writerLease: (prefix: string) => `${prefix}:stowage:failures:writer`,
+  },
 };
 
 /** The dead-letter job id for a parked job. BullMQ ids may not contain ':'. */
