@@ -3,7 +3,9 @@
  *   baseline — the seed's way: archiver zip (zlib level 6) to a temp file, SHA-256 of the file,
  *              then lib-storage Upload of the file;
  *   stowage  — scanSource → createZipStream → uploadStream (one pass, no temp file; includes the
- *              HEAD check and the SHA-256 sidecar).
+ *              HEAD check and the SHA-256 sidecar);
+ *   zip-only — scanSource → createZipStream → SHA-256, output discarded (bench/memory.ts: the
+ *              pipeline's own time without the store).
  * Both use the same S3 client settings (createStorage from the env). Prints one JSON line.
  */
 import { createHash } from 'node:crypto';
@@ -50,9 +52,27 @@ async function stowage(storage: Storage, source: string, key: string): Promise<{
   return { size: r.size, sha256: r.sha256 };
 }
 
+/** The zip and SHA-256 alone, output discarded: Stowage's own share of the pipeline, without the store. */
+async function zipOnly(source: string): Promise<{ size: number; sha256: string }> {
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of createZipStream(await scanSource(source))) {
+    hash.update(chunk as Buffer);
+    size += (chunk as Buffer).length;
+  }
+  return { size, sha256: hash.digest('hex') };
+}
+
 async function main(): Promise<void> {
   const [mode, source, key] = process.argv.slice(2);
-  if ((mode !== 'baseline' && mode !== 'stowage') || !source || !key) throw new Error('usage: artifact-child baseline|stowage <source> <key>');
+  if (mode === 'zip-only' && source) {
+    const started = performance.now();
+    const r = await zipOnly(source);
+    const ms = performance.now() - started;
+    process.stdout.write(`${JSON.stringify({ mode, ...r, ms, maxRssBytes: process.resourceUsage().maxRSS * 1024 })}\n`);
+    return;
+  }
+  if ((mode !== 'baseline' && mode !== 'stowage') || !source || !key) throw new Error('usage: artifact-child baseline|stowage <source> <key> | zip-only <source>');
   const storage = createStorage(loadConfig());
   try {
     const started = performance.now();

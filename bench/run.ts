@@ -11,6 +11,12 @@ type Bench = { name: string; run: (o: { quick: boolean }) => Promise<BenchRow[]>
 const BENCHES: Bench[] = [
   { name: 'queue-overhead', run: async (o) => (await import('./queue-overhead.js')).runQueueOverheadBench(o) },
   { name: 'artifact', run: async (o) => (await import('./artifact.js')).runArtifactBench(o) },
+  { name: 'memory', run: async (o) => (await import('./memory.js')).runMemoryBench(o) },
+  { name: 'upload', run: async (o) => (await import('./upload.js')).runUploadBench(o) },
+  { name: 'scaling', run: async (o) => (await import('./scaling.js')).runScalingBench(o) },
+  { name: 'backup', run: async (o) => (await import('./backup.js')).runBackupBench(o) },
+  { name: 'cleanup', run: async (o) => (await import('./cleanup.js')).runCleanupBench(o) },
+  { name: 'aggregation', run: async (o) => (await import('./aggregation.js')).runAggregationBench(o) },
 ];
 
 const quick = process.argv.includes('--quick');
@@ -26,8 +32,15 @@ const rows: (BenchRow & { bench: string })[] = [];
 for (const bench of chosen) {
   process.stderr.write(`bench ${bench.name}${quick ? ' (quick)' : ''}…\n`);
   const started = Date.now();
-  for (const row of await bench.run({ quick })) rows.push({ bench: bench.name, ...row });
-  process.stderr.write(`bench ${bench.name} done in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+  try {
+    for (const row of await bench.run({ quick })) rows.push({ bench: bench.name, ...row });
+    process.stderr.write(`bench ${bench.name} done in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+  } catch (err) {
+    // One broken benchmark (a service hiccup, another session's lock) must not lose the others' rows.
+    const message = (err as Error).message?.split('\n')[0] ?? String(err);
+    process.stderr.write(`bench ${bench.name} FAILED after ${((Date.now() - started) / 1000).toFixed(1)} s: ${(err as Error).stack ?? message}\n`);
+    rows.push({ bench: bench.name, what: `${bench.name}: FAILED (${message.replaceAll('|', '/')})`, baseline: '—', stowage: '—', ratio: '—', goal: '—', pass: false, peakRss: null, raw: { error: message } });
+  }
 }
 
 const mark = (p: boolean | null) => (p === null ? '—' : p ? 'met' : 'MISSED');
@@ -45,4 +58,4 @@ const dir = fileURLToPath(new URL('.', import.meta.url));
 await writeFile(`${dir}results.md`, md);
 await writeFile(`${dir}results.json`, JSON.stringify({ at: new Date().toISOString(), quick, rows }, null, 2));
 process.stdout.write(md);
-process.exit(0);
+process.exit(rows.some((r) => (r.raw as { error?: string }).error) ? 1 : 0);
