@@ -30,6 +30,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Redis } from 'ioredis';
+import { mapLimit } from '../concurrency.js';
 import { StowageError } from '../errors.js';
 import { redisKeys } from '../queues/keys.js';
 import type { Logger } from '../observability/logger.js';
@@ -164,20 +165,6 @@ export async function readSegment(storage: Storage, pointer: SegmentPointer): Pr
   } catch (err) {
     throw storeError(err, `reading manifest segment ${pointer.key}`);
   }
-}
-
-/** Run `fn` over `items` with at most `limit` in flight; results in input order. */
-async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  });
-  await Promise.all(lanes);
-  return out;
 }
 
 function merge(entries: ManifestEntry[], entry: ManifestEntry): ManifestEntry[] {

@@ -43,12 +43,16 @@ import { backupKey, backupKeyOf, backupName, objectUrl, sha256SidecarKey } from 
 export { backupName, backupKeyOf } from '../storage/keys.js';
 import { applyRetentionPolicy, type RetentionDecision, type RetentionPolicy } from '../storage/retention.js';
 import { storeError, uploadStream } from '../storage/upload.js';
+import { mapLimit } from '../concurrency.js';
 import type { Processor } from './context.js';
 import { dumpPostgres, postgresConnection, quickCheck, snapshotSqliteInThread } from './backup-databases.js';
 
 export { postgresConnection, quickCheck } from './backup-databases.js';
 
 export const STOWAGE_VERSION = '0.1.0';
+
+/** SQLite snapshots taken at once (VACUUM INTO is CPU and disk bound: more than two only queue). */
+const SNAPSHOT_CONCURRENCY = 2;
 
 type ResolvedSet = Pick<BackupSet, 'name' | 'sqlite' | 'postgres'>;
 
@@ -125,15 +129,22 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
     try {
       const files: ArchiveFile[] = [];
       const databases: BackupDatabaseEntry[] = [];
-      for (const source of set.sqlite) {
+      // Two snapshots at a time (each in its own thread, checksummed here while the other runs):
+      // each database is still one consistent point in time, and the set's snapshots take about
+      // half as long on a multi-core host. Metadata keeps the configured order.
+      const snapshots = await mapLimit(set.sqlite, SNAPSHOT_CONCURRENCY, async (source) => {
         ctx.signal.throwIfAborted();
         const filename = `${source.name}.db`;
         const dest = join(work, filename);
         await ctx.progress({ stage: `snapshot:${source.name}`, bytes: 0 });
         await snapshotSqliteInThread(source.path, dest);
         const size = await fileSize(dest);
-        databases.push({ name: source.name, filename, size_bytes: size, checksum: await fileChecksum(dest), source_path: source.path });
-        files.push({ filename, path: dest, size });
+        const entry: BackupDatabaseEntry = { name: source.name, filename, size_bytes: size, checksum: await fileChecksum(dest), source_path: source.path };
+        return { entry, file: { filename, path: dest, size } };
+      });
+      for (const { entry, file } of snapshots) {
+        databases.push(entry);
+        files.push(file);
       }
       for (const source of set.postgres) {
         ctx.signal.throwIfAborted();

@@ -1,0 +1,110 @@
+/**
+ * gzip on every core, as pigz does it: the input is cut into blocks, each block is deflated on the
+ * libuv thread pool with the previous 32 KiB as its dictionary (so the output is as small as one
+ * stream's), ended with a sync flush (byte-aligned, not final), and the blocks are written in
+ * order between one gzip header and trailer. The result is one ordinary gzip member that any
+ * gunzip reads. Memory stays bounded: at most `concurrency` blocks are in flight, and the stream
+ * waits for its reader like any Transform.
+ *
+ * Why: a backup archive is one long stream, and Node's createGzip compresses it on one thread;
+ * gzip level 6 was where a backup spent most of its time (docs/performance.md).
+ */
+import { availableParallelism } from 'node:os';
+import { Transform, type TransformCallback } from 'node:stream';
+import { promisify } from 'node:util';
+import { constants, crc32, deflateRaw, type ZlibOptions } from 'node:zlib';
+
+const deflateRawAsync = promisify<Buffer, ZlibOptions, Buffer>(deflateRaw);
+
+/** deflate's window: what a block may refer back to in the one before it. */
+const WINDOW = 32 * 1024;
+/**
+ * zlib's output buffer per call. Its default (16 KiB) makes a 1 MiB block dozens of thread-pool
+ * round trips, each a callback on the main thread; 256 KiB makes it a few.
+ */
+const OUT_CHUNK = 256 * 1024;
+/** gzip header: magic, deflate, no flags, no mtime (reproducible), no extra flags, OS unknown. */
+const HEADER = Buffer.from([0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff]);
+
+export interface ParallelGzipOptions {
+  /** zlib level, 0–9. Default 6 (gzip's and tar czf's). */
+  level?: number;
+  /** Bytes of input per block. Default 1 MiB; at least 64 KiB. */
+  blockSize?: number;
+  /** Blocks compressed at once. Default: the cores available, at least 2. */
+  concurrency?: number;
+}
+
+export function createParallelGzip(options: ParallelGzipOptions = {}): Transform {
+  const level = options.level ?? 6;
+  const blockSize = Math.max(64 * 1024, options.blockSize ?? 1024 * 1024);
+  const concurrency = Math.max(1, options.concurrency ?? Math.max(2, availableParallelism()));
+
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let dictionary: Buffer | undefined;
+  let crc = 0;
+  let size = 0;
+  const inFlight: Promise<Buffer>[] = [];
+
+  const dispatch = (block: Buffer, last: boolean) => {
+    const opts: ZlibOptions = { level, chunkSize: OUT_CHUNK, ...(dictionary ? { dictionary } : {}), ...(last ? {} : { finishFlush: constants.Z_SYNC_FLUSH }) };
+    const done = deflateRawAsync(block, opts);
+    // Awaited in order later; this keeps an early failure from being reported as unhandled.
+    done.catch(() => {});
+    inFlight.push(done);
+    // An empty block leaves the CRC as it is: zlib.crc32 was seen to return 0 for the empty final
+    // block here (Node 20.20) instead of the running value (caught by the block-edge tests).
+    if (block.length > 0) crc = crc32(block, crc);
+    size = (size + block.length) % 0x1_0000_0000;
+    // Non-final blocks are blockSize ≥ 64 KiB, so the tail is a full window.
+    dictionary = block.subarray(Math.max(0, block.length - WINDOW));
+  };
+
+  let started = false;
+  const start = (stream: Transform) => {
+    if (started) return;
+    started = true;
+    stream.push(HEADER);
+  };
+
+  return new Transform({
+    async transform(this: Transform, chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
+      try {
+        start(this);
+        let offset = 0;
+        while (offset < chunk.length) {
+          const take = Math.min(blockSize - pendingBytes, chunk.length - offset);
+          pending.push(chunk.subarray(offset, offset + take));
+          pendingBytes += take;
+          offset += take;
+          if (pendingBytes === blockSize) {
+            dispatch(Buffer.concat(pending, pendingBytes), false);
+            pending = [];
+            pendingBytes = 0;
+            while (inFlight.length >= concurrency) this.push(await inFlight.shift()!);
+          }
+        }
+        callback();
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+    async flush(this: Transform, callback: TransformCallback) {
+      try {
+        start(this);
+        // The final block (possibly empty) ends the deflate stream.
+        dispatch(Buffer.concat(pending, pendingBytes), true);
+        pending = [];
+        while (inFlight.length > 0) this.push(await inFlight.shift()!);
+        const trailer = Buffer.alloc(8);
+        trailer.writeUInt32LE(crc >>> 0, 0);
+        trailer.writeUInt32LE(size >>> 0, 4);
+        this.push(trailer);
+        callback();
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+  });
+}
