@@ -11,12 +11,12 @@
  *
  *   npx tsx bench/aggregation.ts [--quick]
  */
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { SAMPLES } from '../src/workers/aggregation.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { cleanupPrefix, fmtMb, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow } from './lib.js';
+import { cleanupPrefix, fmtMb, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow, runIfMain } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 const DAYS = 7;
@@ -101,8 +101,4 @@ HAVING count(*) >= ${MIN_OCCURRENCES}
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const rows = await runAggregationBench({ quick: process.argv.includes('--quick') });
-  for (const r of rows) console.log(`${r.what}\n  ${r.baseline} | ${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'}) | ${r.peakRss}`);
-  process.exit(0);
-}
+await runIfMain(import.meta.url, (argv) => runAggregationBench({ quick: argv.includes('--quick') }));

@@ -16,10 +16,10 @@ import { randomFillSync } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { startS3 } from '../test/helpers/s3.js';
-import type { BenchRow } from './lib.js';
+import { runIfMain, type BenchRow } from './lib.js';
 
 const MB = 1_000_000;
 const CHILD = fileURLToPath(new URL('./artifact-child.ts', import.meta.url));
@@ -157,14 +157,4 @@ export async function runArtifactBench({ quick }: { quick: boolean }): Promise<B
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runArtifactBench({ quick: process.argv.includes('--quick') })
-    .then((rows) => {
-      for (const r of rows) console.log(`${r.what}\n  baseline ${r.baseline} | stowage ${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'})${r.peakRss ? ` | peak RSS ${r.peakRss}` : ''}`);
-      process.exit(0);
-    })
-    .catch((err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    });
-}
+await runIfMain(import.meta.url, (argv) => runArtifactBench({ quick: argv.includes('--quick') }));

@@ -12,11 +12,10 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import pg from 'pg';
+import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../src/config.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { cleanupPrefix, MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow } from './lib.js';
+import { MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow, runIfMain, dropBenchState } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 
@@ -119,17 +118,9 @@ export async function runBackupBench({ quick }: { quick: boolean }): Promise<Ben
   } finally {
     await s3.close();
     await rm(work, { recursive: true, force: true });
-    const client = new pg.Client({ connectionString: databaseUrl });
-    await client.connect();
-    // The processors' domain events (a Redis stream under the prefix).
-    await cleanupPrefix(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', `bench-bkp-${tag}`);
-    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-    await client.end();
+    // The processors' domain events (a Redis stream under the prefix) and the schema.
+    await dropBenchState(`bench-bkp-${tag}`, schema, databaseUrl);
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const rows = await runBackupBench({ quick: process.argv.includes('--quick') });
-  for (const r of rows) console.log(`${r.what}\n  ${r.baseline} | ${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'}) | ${r.peakRss}`);
-  process.exit(0);
-}
+await runIfMain(import.meta.url, (argv) => runBackupBench({ quick: argv.includes('--quick') }));

@@ -9,13 +9,12 @@
  *
  *   npx tsx bench/cleanup.ts [--quick]
  */
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { createStorage, type Storage } from '../src/storage/client.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { cleanupPrefix, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow } from './lib.js';
+import { fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow, runIfMain, dropBenchState } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 const SEED_CONCURRENCY = 32;
@@ -110,17 +109,9 @@ export async function runCleanupBench({ quick }: { quick: boolean }): Promise<Be
   } finally {
     storage.close();
     await s3.close();
-    const client = new pg.Client({ connectionString: databaseUrl });
-    await client.connect();
-    // The processors' domain events (a Redis stream under the prefix).
-    await cleanupPrefix(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', `bench-cln-${tag}`);
-    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-    await client.end();
+    // The processors' domain events (a Redis stream under the prefix) and the schema.
+    await dropBenchState(`bench-cln-${tag}`, schema, databaseUrl);
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const rows = await runCleanupBench({ quick: process.argv.includes('--quick') });
-  for (const r of rows) console.log(`${r.what}\n  ${r.baseline} | ${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'}) | ${r.peakRss}`);
-  process.exit(0);
-}
+await runIfMain(import.meta.url, (argv) => runCleanupBench({ quick: argv.includes('--quick') }));

@@ -174,3 +174,35 @@ export async function migrateWithRetry(config: import('../src/config.js').Config
     }
   }
 }
+
+/** One line per row, for a benchmark run on its own. */
+export function printRows(rows: BenchRow[]): void {
+  for (const r of rows) {
+    const baseline = r.baseline ? `${r.baseline} | ` : '';
+    console.log(`${r.what}\n  ${baseline}${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'})${r.peakRss ? ` | ${r.peakRss}` : ''}`);
+  }
+}
+
+/**
+ * `npx tsx bench/<name>.ts [--quick]`: when `moduleUrl` is the script node was started with, run
+ * the benchmark, print its rows and exit.
+ */
+export async function runIfMain(moduleUrl: string, run: (argv: string[]) => Promise<BenchRow[]>): Promise<void> {
+  const { pathToFileURL } = await import('node:url');
+  if (!process.argv[1] || moduleUrl !== pathToFileURL(process.argv[1]).href) return;
+  printRows(await run(process.argv));
+  process.exit(0);
+}
+
+/** A benchmark's leftovers: its Redis keys under `prefix` and its Postgres schema. */
+export async function dropBenchState(prefix: string, schema: string, databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'): Promise<void> {
+  await cleanupPrefix(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix);
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+  } finally {
+    await client.end();
+  }
+}

@@ -16,9 +16,9 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { startS3 } from '../test/helpers/s3.js';
-import { MB, fmtMb, generateMixed, runTsChild, stowageEnv, type BenchRow } from './lib.js';
+import { MB, fmtMb, generateMixed, runIfMain, runTsChild, stowageEnv, type BenchRow } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./artifact-child.ts', import.meta.url));
 const COMPILED_CHILD = fileURLToPath(new URL('./memory-child.mjs', import.meta.url));
@@ -115,9 +115,7 @@ export async function runMemoryBench({ quick, compiled = !quick }: { quick: bool
   ];
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const quick = process.argv.includes('--quick');
-  const rows = await runMemoryBench({ quick, compiled: !quick || process.argv.includes('--compiled') });
-  for (const r of rows) console.log(`${r.what}\n  ${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'}) | ${r.peakRss}`);
-  process.exit(0);
-}
+await runIfMain(import.meta.url, (argv) => {
+  const quick = argv.includes('--quick');
+  return runMemoryBench({ quick, compiled: !quick || argv.includes('--compiled') });
+});

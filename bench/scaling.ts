@@ -15,14 +15,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { DEFAULT_JOB_OPTIONS, jobIdFor, parsePayload } from '../src/queues/index.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { MB, cleanupPrefix, fmtMb, generateMixed, stowageEnv, migrateWithRetry, type BenchRow } from './lib.js';
+import { MB, cleanupPrefix, fmtMb, generateMixed, stowageEnv, migrateWithRetry, type BenchRow, runIfMain } from './lib.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 const JOBS = 20;
@@ -173,8 +173,4 @@ export async function runScalingBench({ quick }: { quick: boolean }): Promise<Be
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const rows = await runScalingBench({ quick: process.argv.includes('--quick') });
-  for (const r of rows) console.log(`${r.what}\n  ${r.baseline} | ${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'}) | ${r.peakRss}`);
-  process.exit(0);
-}
+await runIfMain(import.meta.url, (argv) => runScalingBench({ quick: argv.includes('--quick') }));

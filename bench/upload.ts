@@ -13,9 +13,9 @@ import { randomFillSync } from 'node:crypto';
 import { open, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { startS3 } from '../test/helpers/s3.js';
-import { MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, type BenchRow } from './lib.js';
+import { MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 
@@ -75,8 +75,4 @@ export async function runUploadBench({ quick }: { quick: boolean }): Promise<Ben
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const rows = await runUploadBench({ quick: process.argv.includes('--quick') });
-  for (const r of rows) console.log(`${r.what}\n  baseline ${r.baseline} | stowage ${r.stowage} | ${r.ratio} (goal ${r.goal}) | ${r.peakRss}`);
-  process.exit(0);
-}
+await runIfMain(import.meta.url, (argv) => runUploadBench({ quick: argv.includes('--quick') }));
