@@ -9,18 +9,13 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import Database from 'better-sqlite3';
-import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Config } from '../../src/config.js';
 import { getBackupByKey, listBackups, recordBackup } from '../../src/db/backups.js';
-import { migrate } from '../../src/db/migrate.js';
-import { createDb, type Db } from '../../src/db/pool.js';
 import { isPermanent } from '../../src/errors.js';
 import { jobIdFor, parsePayload } from '../../src/queues/contract.js';
-import { createEventStream, type EventStream } from '../../src/queues/index.js';
+import type { BackupPayload } from '../../src/queues/index.js';
 import type { BackupMetadata } from '../../src/storage/backup-archive.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { backupKey, BACKUP_KEY_PATTERN } from '../../src/storage/keys.js';
@@ -31,49 +26,26 @@ import { uploadStream } from '../../src/storage/upload.js';
 import { Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { runProcessor } from '../helpers/fleet.js';
-import { isolate, REDIS_URL } from '../helpers/isolation.js';
-import { startS3, type TestS3 } from '../helpers/s3.js';
+import { processorTestEnv, type ProcessorTestEnv } from '../helpers/fleet.js';
+import { isolate } from '../helpers/isolation.js';
 
 const exec = promisify(execFile);
 const iso = isolate('backup');
-let s3: TestS3;
-let db: Db;
-let redis: Redis;
-let queue: Queue;
-let events: EventStream;
-let reader: S3Client;
+let env: ProcessorTestEnv<'backup'>;
 let work: string;
 let appDb: string;
 let otherDb: string;
 const storages: Storage[] = [];
 
-function config(): Config {
-  return iso.config({
-    storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    backupSets: [
-      { name: 'app', sqlite: [{ name: 'main', path: appDb }, { name: 'other', path: otherDb }] },
-      { name: 'pruned', sqlite: [{ name: 'x', path: otherDb }], retention: { keepLast: 1 } },
-    ],
-  });
-}
-
-const deps = () => ({ config: config(), db, events, queue, storages });
+const backupSets = () => [
+  { name: 'app', sqlite: [{ name: 'main', path: appDb }, { name: 'other', path: otherDb }] },
+  { name: 'pruned', sqlite: [{ name: 'x', path: otherDb }], retention: { keepLast: 1 } },
+];
+const run = (data: BackupPayload) => env.run(data);
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-async function getObject(key: string): Promise<Buffer> {
-  const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
-  return Buffer.from(await res.Body!.transformToByteArray());
-}
-
-async function exists(key: string): Promise<boolean> {
-  try {
-    await reader.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: key }));
-    return true;
-  } catch {
-    return false;
-  }
-}
+const getObject = (key: string) => env.getObject(key);
+const exists = (key: string) => env.exists(key);
 
 /**
  * Another process that inserts rows for as long as it runs, one transaction per row: the row
@@ -111,7 +83,6 @@ function startWriter(path: string): { child: ChildProcess; committed: () => numb
 }
 
 beforeAll(async () => {
-  s3 = await startS3(iso.bucket);
   work = await mkdtemp(join(tmpdir(), 'stowage-backup-test-'));
   appDb = join(work, 'app.db');
   otherDb = join(work, 'other.db');
@@ -123,41 +94,25 @@ beforeAll(async () => {
   other.exec("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT); INSERT INTO kv VALUES ('a', '1'), ('b', '2');");
   other.close();
 
-  const c = config();
-  await migrate(c);
-  db = createDb(c);
-  redis = new Redis(REDIS_URL);
-  events = createEventStream(redis, iso.prefix);
-  queue = new Queue('backup', { connection: redis.duplicate(), prefix: iso.prefix });
-  reader = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-  });
+  env = await processorTestEnv(iso, 'backup', backup, { backupSets: backupSets() });
 });
 
 afterAll(async () => {
   for (const s of storages) s.close();
-  reader?.destroy();
-  await queue?.close();
-  redis?.disconnect();
-  await db?.close();
-  await s3?.close();
-  await iso.cleanup();
+  await env?.close();
   if (work) await rm(work, { recursive: true, force: true });
 });
 
 describe('backup', () => {
   it('snapshots a database another process keeps writing: the archive restores to a consistent prefix of the writes', async () => {
     const writer = startWriter(appDb);
-    let result: Awaited<ReturnType<typeof runProcessor<'backup'>>>;
+    let result: Awaited<ReturnType<typeof run>>;
     let before: number;
     let after: number;
     try {
       await writer.ready;
       before = writer.committed();
-      result = await runProcessor('backup', backup, { set: 'app' }, deps());
+      result = await run({ set: 'app' });
       await new Promise((r) => setTimeout(r, 100));
       after = writer.committed();
     } finally {
@@ -175,7 +130,7 @@ describe('backup', () => {
     expect(archive.length).toBe(size);
     expect(sha256(archive)).toBe(digest);
     expect((await getObject(`${key}.sha256`)).toString()).toBe(`${digest}  ${key.split('/').at(-1)}\n`);
-    const row = await getBackupByKey(db, s3.bucket, key);
+    const row = await getBackupByKey(env.db, env.s3.bucket, key);
     expect(row).toMatchObject({ set: 'app', size, sha256: digest, status: 'completed', verified: true });
     expect(result.emitted.map((e) => [e.type, e.data])).toEqual([['backup_completed', { set: 'app', key, size, sha256: digest, databases: 2 }]]);
 
@@ -240,8 +195,8 @@ describe('backup', () => {
 
   it('two backups of one set never run at once: the second fails retryably', async () => {
     const settled = await Promise.allSettled([
-      runProcessor('backup', backup, { set: 'app' }, deps()),
-      runProcessor('backup', backup, { set: 'app' }, deps()),
+      run({ set: 'app' }),
+      run({ set: 'app' }),
     ]);
     const failed = settled.filter((s) => s.status === 'rejected');
     expect(settled.filter((s) => s.status === 'fulfilled')).toHaveLength(1);
@@ -252,11 +207,11 @@ describe('backup', () => {
   });
 
   it('ad hoc sets work; a missing database or an unknown set fails permanently and cleans up', async () => {
-    const { result } = await runProcessor('backup', backup, { name: 'adhoc', sqlite: [{ name: 'kv', path: otherDb }] }, deps());
+    const { result } = await run({ name: 'adhoc', sqlite: [{ name: 'kv', path: otherDb }] });
     expect((result as { key: string }).key).toMatch(/^backups\/adhoc\/adhoc-backup-/);
 
     for (const payload of [{ name: 'gone', sqlite: [{ name: 'x', path: join(work, 'missing.db') }] }, { set: 'nope' }]) {
-      const err = await runProcessor('backup', backup, payload, deps()).then(
+      const err = await run(payload).then(
         () => null,
         (e: unknown) => e,
       );
@@ -266,38 +221,38 @@ describe('backup', () => {
   });
 
   it('retention deletes the object and its sidecar and marks the row; keeps the newest', async () => {
-    const storage = createStorage(config());
+    const storage = createStorage(env.config);
     storages.push(storage);
     const keys: string[] = [];
     for (let day = 1; day <= 5; day++) {
       const takenAt = new Date(Date.UTC(2026, 0, day, 3));
       const key = backupKey('pruned', takenAt);
       keys.push(key);
-      await reader.send(new PutObjectCommand({ Bucket: s3.bucket, Key: key, Body: `archive ${day}` }));
-      await reader.send(new PutObjectCommand({ Bucket: s3.bucket, Key: `${key}.sha256`, Body: 'x' }));
-      await recordBackup(db, { set: 'pruned', bucket: s3.bucket, key, takenAt, size: 9, sha256: 'x', verified: day !== 5, databases: [], queue: null, jobId: null });
+      await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: `archive ${day}` }));
+      await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: `${key}.sha256`, Body: 'x' }));
+      await recordBackup(env.db, { set: 'pruned', bucket: env.s3.bucket, key, takenAt, size: 9, sha256: 'x', verified: day !== 5, databases: [], queue: null, jobId: null });
     }
     // Day 5 is newest but unverified: not counted, not deleted. keepLast 2 keeps days 4 and 3.
-    const dry = await pruneBackupSet({ db, storage }, 'pruned', { keepLast: 2 }, { dryRun: true });
+    const dry = await pruneBackupSet({ db: env.db, storage }, 'pruned', { keepLast: 2 }, { dryRun: true });
     expect(dry.deleted).toEqual([]);
     expect(dry.decisions.map((d) => d.action)).toEqual(['ignore', 'keep', 'keep', 'delete', 'delete']);
     for (const key of keys) expect(await exists(key)).toBe(true);
 
-    const res = await pruneBackupSet({ db, storage }, 'pruned', { keepLast: 2 });
+    const res = await pruneBackupSet({ db: env.db, storage }, 'pruned', { keepLast: 2 });
     expect(res.deleted).toEqual([keys[1], keys[0]]);
     for (const key of keys.slice(0, 2)) {
       expect(await exists(key)).toBe(false);
       expect(await exists(`${key}.sha256`)).toBe(false);
     }
     for (const key of keys.slice(2)) expect(await exists(key)).toBe(true);
-    const rows = await listBackups(db, 'pruned', { includeDeleted: true });
+    const rows = await listBackups(env.db, 'pruned', { includeDeleted: true });
     expect(rows.map((r) => r.status)).toEqual(['completed', 'completed', 'completed', 'deleted', 'deleted']);
     expect(rows[4]!.deletedReason).toMatch(/^retention: no rule keeps it/);
 
-    await expect(pruneBackupSet({ db, storage }, 'pruned', { keepLast: 0 })).rejects.toThrow(/empty/);
+    await expect(pruneBackupSet({ db: env.db, storage }, 'pruned', { keepLast: 0 })).rejects.toThrow(/empty/);
 
     // The scheduled form: the processor with task prune applies the set's configured policy (keepLast 1).
-    const { result } = await runProcessor('backup', backup, { set: 'pruned', task: 'prune' }, deps());
+    const { result } = await run({ set: 'pruned', task: 'prune' });
     expect(result).toMatchObject({ status: 'pruned', set: 'pruned', dryRun: false, deleted: [keys[2]] });
     expect(await exists(keys[2]!)).toBe(false);
     expect(await exists(keys[3]!)).toBe(true);
@@ -334,10 +289,10 @@ describe('restore', () => {
   let key: string;
 
   beforeAll(async () => {
-    storage = createStorage(config());
+    storage = createStorage(env.config);
     storages.push(storage);
     await new Promise((r) => setTimeout(r, 1100)); // a new second: a new key
-    key = ((await runProcessor('backup', backup, { set: 'app' }, deps())).result as { key: string }).key;
+    key = ((await run({ set: 'app' })).result as { key: string }).key;
   });
 
   async function liveDb(dir: string, filename: string): Promise<string> {
@@ -411,8 +366,8 @@ describe('restore', () => {
     const middle = Math.floor(archive.length / 2);
     archive[middle] = archive[middle]! ^ 0x01;
     const bad = 'backups/app/tampered.tar.gz';
-    await reader.send(new PutObjectCommand({ Bucket: s3.bucket, Key: bad, Body: archive }));
-    await reader.send(new PutObjectCommand({ Bucket: s3.bucket, Key: `${bad}.sha256`, Body: await getObject(`${key}.sha256`) }));
+    await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: bad, Body: archive }));
+    await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: `${bad}.sha256`, Body: await getObject(`${key}.sha256`) }));
     const to = join(work, 'restore-tampered');
     await mkdir(to);
     await expect(stageRestore(storage, bad, { toDir: to })).rejects.toThrow(/does not match its sidecar/);
@@ -435,7 +390,7 @@ describe('restore', () => {
   });
 
   it('the drill task restores the newest backup into a scratch folder and verifies it; a broken newest backup fails it', async () => {
-    const { result } = await runProcessor('backup', backup, { set: 'app', task: 'drill' }, deps());
+    const { result } = await run({ set: 'app', task: 'drill' });
     expect(result).toMatchObject({
       status: 'drilled',
       ok: true,
@@ -448,7 +403,7 @@ describe('restore', () => {
     });
     expect((await readdir(tmpdir())).filter((n) => n.startsWith('stowage-drill-app-'))).toEqual([]);
     // Set `pruned` holds hand-made rows whose objects are not archives: the drill must say so.
-    const err = await runProcessor('backup', backup, { set: 'pruned', task: 'drill' }, deps()).then(
+    const err = await run({ set: 'pruned', task: 'drill' }).then(
       () => null,
       (e: unknown) => e as Error,
     );
