@@ -168,6 +168,8 @@ export const configSchema = z.object({
   events: z.object({
     /** Approximate length bound of the domain-event stream. Default 10000. */
     maxLen: int(100, 10_000_000).default(10_000),
+    /** Open SSE streams one http process serves at most; more get 503. Default 1000. */
+    maxClients: int(1, 1_000_000).default(1000),
   }),
   /** Build-artifact size policy, on the source's total file size (measured before archiving). */
   artifact: z
@@ -287,6 +289,7 @@ export const ENV_VARS: Record<string, string[]> = {
   STOWAGE_DLQ_RETRY_INTERVAL_MS: ['deadLetter', 'retryIntervalMs'],
   STOWAGE_DLQ_MAX_RETRIES: ['deadLetter', 'maxRetries'],
   STOWAGE_EVENTS_MAXLEN: ['events', 'maxLen'],
+  STOWAGE_EVENTS_MAX_CLIENTS: ['events', 'maxClients'],
   STOWAGE_ARTIFACT_WARN_BYTES: ['artifact', 'warnBytes'],
   STOWAGE_ARTIFACT_LIMIT_BYTES: ['artifact', 'limitBytes'],
   STOWAGE_COST_STORAGE_PER_GB_MONTH: ['usage', 'storagePerGbMonth'],

@@ -51,12 +51,14 @@ export interface EventRoutesOptions {
   heartbeatMs?: number;
   /** A client whose unsent output exceeds this many bytes is too slow and is disconnected. Default 1 MiB. */
   maxBufferedBytes?: number;
+  /** Open streams at most; another one is refused with 503. Default: config `events.maxClients`. */
+  maxClients?: number;
 }
 
 const DEFAULTS = {
   heartbeatMs: 15_000,
   maxBufferedBytes: 1024 * 1024,
-} satisfies Required<EventRoutesOptions>;
+} satisfies Omit<Required<EventRoutesOptions>, 'maxClients'>;
 
 /** XREAD BLOCK bound of the shared domain-event reader's loop. */
 const BLOCK_MS = 2_000;
@@ -74,8 +76,8 @@ const MAX_SEQ = '18446744073709551615';
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
 export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: EventRoutesOptions = {}): void {
-  const opts = { ...DEFAULTS, ...options };
   const { config, logger } = deps;
+  const opts = { ...DEFAULTS, maxClients: config.events.maxClients, ...options };
   const domainKey = redisKeys.events(config.prefix);
   const hub = createDomainHub(deps.redis, config, logger);
   const stream = createEventStream(deps.redis, config.prefix, config.events.maxLen);
@@ -90,6 +92,13 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     await Promise.all([hub.close(), queueEvents.close()]);
   });
 
+  /** Each stream holds a socket and a subscription: refuse one past the bound, before any of that. */
+  const admit = () => {
+    if (clients.size >= opts.maxClients) {
+      throw new StowageError('STOWAGE_ERR_BUSY', `too many open event streams (${clients.size}); try again later`);
+    }
+  };
+
   const open = (req: FastifyRequest, reply: FastifyReply, what: Record<string, unknown>): SseClient => {
     const client = openSse(reply, opts, logger.child({ sse: req.routeOptions.url, ...what, reqId: req.id }));
     clients.add(client);
@@ -99,6 +108,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
 
   app.get<{ Querystring: { type?: string | string[] } }>('/v1/events', async (req, reply) => {
     const caller = await deps.authenticate(req);
+    admit();
     const types = parseTypes(req.query.type);
     const since = lastEventId(req);
     await hub.ready();
@@ -131,6 +141,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
 
   app.get<{ Params: { kind: string; id: string } }>('/v1/jobs/:kind/:id/events', async (req, reply) => {
     const caller = await deps.authenticate(req);
+    admit();
     const { kind, id } = req.params;
     const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
     if (!queue) throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${QUEUE_NAMES.join(', ')}`);

@@ -135,6 +135,8 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
     if (status >= 500) req.log.error({ err, code: body.error.code }, 'request failed');
     else req.log.info({ code: body.error.code, message: body.error.message }, 'request refused');
     if (status === 401 && !reply.hasHeader('www-authenticate')) reply.header('www-authenticate', 'Bearer realm="stowage"');
+    // EventSource and HTTP clients back off on it.
+    if (body.error.code === 'STOWAGE_ERR_BUSY') reply.header('retry-after', '5');
     return reply.code(status).send(body);
   });
 

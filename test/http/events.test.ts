@@ -261,6 +261,35 @@ describe('GET /v1/events', () => {
     expect(await errorCode(bad)).toBe('STOWAGE_ERR_USAGE');
   });
 
+  it('refuses a stream past events.maxClients with 503 and Retry-After, and admits one again when a client leaves', async () => {
+    const small = buildServer(h.deps, { events: { maxClients: 2 } });
+    await small.listen({ host: '127.0.0.1', port: 0 });
+    const url = `http://127.0.0.1:${(small.server.address() as { port: number }).port}`;
+    try {
+      const a = await sseClient(url, '/v1/events', bearer(viewer));
+      const b = await sseClient(url, '/v1/events', bearer(viewer));
+      const refused = await fetch(`${url}/v1/events`, { headers: bearer(viewer) });
+      expect(refused.status).toBe(503);
+      expect(refused.headers.get('retry-after')).toBe('5');
+      expect(await errorCode(refused)).toBe('STOWAGE_ERR_BUSY');
+      await a.close();
+      const deadline = Date.now() + 5000;
+      let again: Response;
+      // The server notices the disconnect asynchronously.
+      for (;;) {
+        again = await fetch(`${url}/v1/events`, { headers: bearer(viewer) });
+        if (again.status === 200 || Date.now() > deadline) break;
+        await again.body?.cancel();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(again.status).toBe(200);
+      await again.body?.cancel();
+      await b.close();
+    } finally {
+      await small.close();
+    }
+  });
+
   it('forgets a client that disconnects, and server close ends open streams', async () => {
     const before = h.logLines.filter((l) => l.includes('"event stream closed"')).length;
     const client = await sseClient(server.url, '/v1/events', bearer(viewer));
