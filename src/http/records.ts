@@ -4,8 +4,8 @@
  * bearer token and every lookup goes through that user's manifest, so another user's ids answer
  * 404 (never 403).
  *
- * - `POST {prefix}/:module` `{format, records, id?}` (admin token): enqueue an export job;
- *   202 `{jobId, kind, created, id}`.
+ * - `POST {prefix}/:module` `{format, records, id?}` (an admin or user token; a viewer only reads):
+ *   enqueue an export job into the caller's own space; 202 `{jobId, kind, created, id}`.
  * - `GET  {prefix}/:module?q=&from=&to=&limit=&read=`: the manifest entries (from inclusive, to
  *   exclusive, ISO 8601), or with `q` the search hits (`read`: all | text | none, see
  *   searchRecords).
@@ -72,8 +72,9 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
 
   app.post<{ Params: { module: string } }>('/:module', async (req, reply) => {
     const caller = await deps.authenticate(req);
-    if (caller.role !== undefined && caller.role !== 'admin') {
-      throw new AuthError(`role "${caller.role}" may not store records; an admin token is required`, 'STOWAGE_ERR_FORBIDDEN');
+    // A user stores into their own space (the user id is the token's); a viewer is a read-only operator.
+    if (caller.role === 'viewer') {
+      throw new AuthError('role "viewer" may not store records; a user or admin token is required', 'STOWAGE_ERR_FORBIDDEN');
     }
     const module = parse(safeId, req.params.module, 'module');
     const b = parse(body, req.body, 'body');

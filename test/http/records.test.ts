@@ -27,8 +27,9 @@ beforeAll(async () => {
   runtime = await harnessRuntime(h, ['export'], { processors: { export: exportRecords }, maintenance: false });
   app = buildServer(h.deps);
   await app.ready();
-  alice = await createToken(h.secret, { user: 'alice', role: 'admin' });
-  bob = await createToken(h.secret, { user: 'bob', role: 'admin' });
+  // End users: each stores and reads only their own records.
+  alice = await createToken(h.secret, { user: 'alice', role: 'user' });
+  bob = await createToken(h.secret, { user: 'bob', role: 'user' });
   aliceViewer = await createToken(h.secret, { user: 'alice', role: 'viewer' });
 
   // Alice stores her diary over HTTP; the worker writes it.
