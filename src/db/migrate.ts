@@ -1,14 +1,40 @@
 /** Numbered SQL migrations in migrations/, applied with node-pg-migrate. Idempotent. */
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { runner } from 'node-pg-migrate';
 import type { Config } from '../config.js';
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
 
+/**
+ * node-pg-migrate's advisory lock, one per schema: its default is one value for the whole server,
+ * so migrating two schemas at once (two deployments on one Postgres, parallel test files) failed
+ * with "Another migration is already running".
+ */
+function lockValueFor(schema: string): number {
+  return createHash('sha256').update(`stowage-migrate:${schema}`).digest().readInt32BE(0);
+}
+
+/** How long a migration waits for another one of the same schema to finish. */
+const LOCK_WAIT_MS = 120_000;
+
 export async function migrate(
   config: Pick<Config, 'databaseUrl' | 'databaseSchema'>,
   options: { log?: (msg: string) => void } = {},
 ): Promise<string[]> {
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      return await migrateOnce(config, options);
+    } catch (err) {
+      // The lock is tried, not waited for: wait here, then find the other run's work done.
+      if (!/Another migration is already running/.test((err as Error).message) || Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 200 + Math.random() * 300));
+    }
+  }
+}
+
+async function migrateOnce(config: Pick<Config, 'databaseUrl' | 'databaseSchema'>, options: { log?: (msg: string) => void }): Promise<string[]> {
   const applied = await runner({
     databaseUrl: config.databaseUrl,
     dir: MIGRATIONS_DIR,
@@ -17,8 +43,9 @@ export async function migrate(
     schema: config.databaseSchema,
     createSchema: true,
     checkOrder: true,
-    // An advisory lock keeps concurrent `stowage migrate` runs from racing.
+    // An advisory lock keeps concurrent `stowage migrate` runs of one schema from racing.
     noLock: false,
+    lockValue: lockValueFor(config.databaseSchema),
     log: options.log ?? (() => {}),
   });
   return applied.map((m) => m.name);

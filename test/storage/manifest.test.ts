@@ -5,7 +5,7 @@
  * If-None-Match on PUT (atomically per key, from the ETags it has seen). It is not a real R2, S3
  * or MinIO; those remain untested here.
  */
-import { createServer, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent, createServer, request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -34,6 +34,8 @@ import { startS3, type TestS3 } from '../helpers/s3.js';
 
 const iso = isolate('manifest');
 
+const UNKNOWN_ETAG = 'unknown: a write failed in flight';
+
 /** A proxy that enforces conditional PUTs, serialized per path (see the file comment). */
 async function conditionalProxy(upstream: string) {
   const target = new URL(upstream);
@@ -45,6 +47,9 @@ async function conditionalProxy(upstream: string) {
     for await (const c of req) chunks.push(c as Buffer);
     return Buffer.concat(chunks);
   };
+  // A fresh connection per request: a reused keep-alive socket that s3rver has just closed fails
+  // with ECONNRESET, and a failed request leaves this proxy unsure of the object's state.
+  const agent = new Agent({ keepAlive: false });
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!;
     const previous = locks.get(path) ?? Promise.resolve();
@@ -60,7 +65,7 @@ async function conditionalProxy(upstream: string) {
       }
       await new Promise<void>((resolve, reject) => {
         const up = httpRequest(
-          { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+          { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers, agent },
           (upRes) => {
             const status = upRes.statusCode ?? 500;
             const etag = upRes.headers.etag;
@@ -75,6 +80,11 @@ async function conditionalProxy(upstream: string) {
         );
         up.on('error', reject);
         up.end(body);
+      }).catch((err: unknown) => {
+        // The write may or may not have landed: refuse every conditional write on this path (as a
+        // store that cannot tell would) until a read learns its ETag again.
+        if (req.method === 'PUT') etags.set(path, UNKNOWN_ETAG);
+        throw err;
       });
     });
     locks.set(path, done.catch(() => {}));
