@@ -6,14 +6,12 @@ import { createHash } from 'node:crypto';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Queue } from 'bullmq';
 import { parquetMetadata, parquetReadObjects } from 'hyparquet';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
-import { migrate } from '../../src/db/migrate.js';
-import { createDb, type Db } from '../../src/db/pool.js';
+import type { Db } from '../../src/db/pool.js';
 import { ValidationError } from '../../src/errors.js';
 import { createProducer, type Producer } from '../../src/producers/index.js';
-import { createEventStream, parkedJobId, type EventStream, type ExportPayload } from '../../src/queues/index.js';
+import { parkedJobId, type ExportPayload } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { manifestKey } from '../../src/storage/keys.js';
 import { readManifest, readManifestHead } from '../../src/storage/manifest.js';
@@ -21,22 +19,21 @@ import { getJsonBlob, getRecord, listRecords, recordUrl, searchRecords } from '.
 import { exportRecords } from '../../src/workers/export.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { closedPort } from '../http/harness.js';
-import { runProcessor, startTestRuntime } from '../helpers/fleet.js';
-import { isolate, REDIS_URL } from '../helpers/isolation.js';
-import { startS3, type TestS3 } from '../helpers/s3.js';
+import { processorTestEnv, startTestRuntime, type ProcessorTestEnv } from '../helpers/fleet.js';
+import { isolate } from '../helpers/isolation.js';
+import type { TestS3 } from '../helpers/s3.js';
 
 const iso = isolate('export');
+let env: ProcessorTestEnv<'export'>;
 let s3: TestS3;
 let db: Db;
-let redis: Redis;
 let queue: Queue;
-let events: EventStream;
 let reader: S3Client;
 let config: Config;
+/** Stowage's own client, for the read side (src/storage/records.ts). */
 let storage: Storage;
-const storages: Storage[] = [];
 
-const run = (data: ExportPayload) => runProcessor('export', exportRecords, data, { config, db, events, queue, storages });
+const run = (data: ExportPayload) => env.run(data);
 
 async function getText(key: string): Promise<string> {
   const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
@@ -44,34 +41,14 @@ async function getText(key: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  s3 = await startS3(iso.bucket);
-  config = iso.config({
-    storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    exports: { searchableFields: { analytics: ['name', 'tags'], journal: ['mood'] }, searchableMaxValues: 3, manifestCompactBytes: 1024 },
-  });
-  await migrate(config);
-  db = createDb(config, { max: 2 });
-  redis = new Redis(REDIS_URL);
-  events = createEventStream(redis, iso.prefix);
-  queue = new Queue('export', { connection: redis.duplicate(), prefix: iso.prefix });
+  env = await processorTestEnv(iso, 'export', exportRecords, { exports: { searchableFields: { analytics: ['name', 'tags'], journal: ['mood'] }, searchableMaxValues: 3, manifestCompactBytes: 1024 } });
+  ({ s3, config, db, queue, reader } = env);
   storage = createStorage(config);
-  reader = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-  });
 });
 
 afterAll(async () => {
-  for (const s of storages) s.close();
   storage?.close();
-  reader?.destroy();
-  await queue?.close();
-  redis?.disconnect();
-  await db?.close();
-  await s3?.close();
-  await iso.cleanup();
+  await env?.close();
 });
 
 const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '/');
