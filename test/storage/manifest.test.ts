@@ -7,13 +7,9 @@
  */
 import { Agent, createServer, request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
-import { migrate } from '../../src/db/migrate.js';
-import { createDb, type Db } from '../../src/db/pool.js';
-import { createEventStream, type EventStream } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import {
@@ -28,9 +24,9 @@ import {
   type ManifestEntry,
 } from '../../src/storage/manifest.js';
 import { exportRecords } from '../../src/workers/export.js';
-import { runProcessor } from '../helpers/fleet.js';
-import { isolate, REDIS_URL } from '../helpers/isolation.js';
-import { startS3, type TestS3 } from '../helpers/s3.js';
+import { processorTestEnv, type ProcessorTestEnv } from '../helpers/fleet.js';
+import { isolate } from '../helpers/isolation.js';
+import type { TestS3 } from '../helpers/s3.js';
 
 const iso = isolate('manifest');
 
@@ -97,34 +93,21 @@ async function conditionalProxy(upstream: string) {
     close: () => new Promise<void>((r) => server.close(() => r())),
   };
 }
+let env: ProcessorTestEnv<'export'>;
 let s3: TestS3;
-let db: Db;
 let redis: Redis;
-let queue: Queue;
-let events: EventStream;
 let config: Config;
 let storage: Storage;
-const storages: Storage[] = [];
 
 beforeAll(async () => {
-  s3 = await startS3(iso.bucket);
-  config = iso.config({ storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
-  await migrate(config);
-  db = createDb(config, { max: 2 });
-  redis = new Redis(REDIS_URL);
-  events = createEventStream(redis, iso.prefix);
-  queue = new Queue('export', { connection: redis.duplicate(), prefix: iso.prefix });
+  env = await processorTestEnv(iso, 'export', exportRecords);
+  ({ s3, redis, config } = env);
   storage = createStorage(config);
 });
 
 afterAll(async () => {
-  for (const s of storages) s.close();
   storage?.close();
-  await queue?.close();
-  redis?.disconnect();
-  await db?.close();
-  await s3?.close();
-  await iso.cleanup();
+  await env?.close();
 });
 
 const entry = (id: string, createdAt = new Date()): ManifestEntry => ({
@@ -163,7 +146,7 @@ describe('manifest', () => {
 
   it('50 concurrent exports into one manifest leave 50 entries, no duplicates (lock path)', { timeout: 25_000 }, async () => {
     const runs = Array.from({ length: 50 }, (_, i) =>
-      runProcessor('export', exportRecords, { module: 'finance', userId: 'busy', format: 'jsonl', records: [{ n: i }], id: `e${i}` }, { config, db, events, queue, storages }),
+      env.run({ module: 'finance', userId: 'busy', format: 'jsonl', records: [{ n: i }], id: `e${i}` }),
     );
     await Promise.all(runs);
     const { entries } = await readManifest(storage, 'finance', 'busy');
