@@ -11,12 +11,13 @@
  *
  *   npx tsx bench/aggregation.ts [--quick]
  */
+import { migrate } from '../src/db/migrate.js';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { SAMPLES } from '../src/workers/aggregation.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { cleanupPrefix, fmtMb, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow, runIfMain } from './lib.js';
+import { cleanupPrefix, fmtMb, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 const DAYS = 7;
@@ -31,7 +32,7 @@ export async function runAggregationBench({ quick }: { quick: boolean }): Promis
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    await migrateWithRetry(loadConfig({ DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-agg-${tag}` }, {}));
+    await migrate(loadConfig({ DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-agg-${tag}` }, {}));
     const windowEnd = new Date(Math.floor(Date.now() / 1000) * 1000);
     await client.query(
       `INSERT INTO ${schema}.failure_matches (id, tenant_id, error_code, category, message, signature, created_at)

@@ -9,13 +9,14 @@
  *
  *   npx tsx bench/backup.ts [--quick]
  */
+import { migrate } from '../src/db/migrate.js';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../src/config.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow, runIfMain, dropBenchState } from './lib.js';
+import { MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain, dropBenchState } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 
@@ -79,7 +80,7 @@ export async function runBackupBench({ quick }: { quick: boolean }): Promise<Ben
       return { ms, maxRssBytes: peak, size };
     };
 
-    await migrateWithRetry(loadConfig({ DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-bkp-${tag}` }, {}));
+    await migrate(loadConfig({ DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-bkp-${tag}` }, {}));
     const env = stowageEnv(s3, { DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-bkp-${tag}` });
     const ours = async (i: number) => {
       const r = await runTsChild(CHILD, ['processor', 'backup', JSON.stringify({ name: `benchset${i}`, sqlite: dbs })], env);

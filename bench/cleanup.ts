@@ -9,12 +9,13 @@
  *
  *   npx tsx bench/cleanup.ts [--quick]
  */
+import { migrate } from '../src/db/migrate.js';
 import { fileURLToPath } from 'node:url';
 import { ListObjectsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { loadConfig } from '../src/config.js';
 import { createStorage, type Storage } from '../src/storage/client.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, migrateWithRetry, type BenchRow, runIfMain, dropBenchState } from './lib.js';
+import { fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain, dropBenchState } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
 const SEED_CONCURRENCY = 32;
@@ -59,7 +60,7 @@ export async function runCleanupBench({ quick }: { quick: boolean }): Promise<Be
   );
   const storage = createStorage(config);
   try {
-    await migrateWithRetry(config);
+    await migrate(config);
     const env = stowageEnv(s3, { DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-cln-${tag}` });
     const baseline = async (i: number) => {
       const prefix = `logs/rclone-${i}/`;

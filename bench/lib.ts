@@ -158,23 +158,6 @@ export async function generateMixed(dir: string, bytes: number, fileBytes = 8 * 
   return total;
 }
 
-/**
- * migrate() with retries: node-pg-migrate takes one database-wide advisory lock in 'fail' mode, so
- * a test suite migrating its own schema at the same moment makes it throw at once.
- */
-export async function migrateWithRetry(config: import('../src/config.js').Config): Promise<void> {
-  const { migrate } = await import('../src/db/migrate.js');
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await migrate(config);
-      return;
-    } catch (err) {
-      if (attempt >= 60 || !/Another migration is already running/.test((err as Error).message)) throw err;
-      await new Promise((r) => setTimeout(r, 250 + Math.random() * 500));
-    }
-  }
-}
-
 /** One line per row, for a benchmark run on its own. */
 export function printRows(rows: BenchRow[]): void {
   for (const r of rows) {

@@ -3,6 +3,7 @@
  * plumbing, receipt in Postgres, metrics, dead-letter hooks) against a raw BullMQ Worker on the
  * same Redis, in the same run, same jobs, same concurrency. Goal: Stowage ≥ 0.85× raw jobs/s.
  */
+import { migrate } from '../src/db/migrate.js';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../src/config.js';
@@ -11,7 +12,7 @@ import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
 import { jobIdFor, parsePayload, type PayloadInput } from '../src/queues/index.js';
 import { startRuntime } from '../src/workers/runtime.js';
-import { cleanupPrefix, median, migrateWithRetry, type BenchRow } from './lib.js';
+import { cleanupPrefix, median, type BenchRow } from './lib.js';
 
 const CONCURRENCY = 16;
 
@@ -108,7 +109,7 @@ export async function runQueueOverheadBench({ quick = false } = {}): Promise<Ben
   // run, which swung single-round ratios from 0.59 to 0.97.
   const schema = `bench_${tag}`;
   const config = loadConfig({ REDIS_URL: redisUrl, STOWAGE_PREFIX: `bench-stw-${tag}`, STOWAGE_DB_SCHEMA: schema, DATABASE_URL: process.env.DATABASE_URL }, {});
-  await migrateWithRetry(config);
+  await migrate(config);
   const setup: StowageSetup = { config, db: createDb(config) };
   // One untimed warm-up of each side (JIT, connections), then rounds alternating which side goes
   // first, and the median of the per-round ratios.

@@ -11,6 +11,7 @@
  *
  *   npx tsx bench/scaling.ts [--quick]
  */
+import { migrate } from '../src/db/migrate.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,7 +23,7 @@ import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { DEFAULT_JOB_OPTIONS, jobIdFor, parsePayload } from '../src/queues/index.js';
 import { startS3 } from '../test/helpers/s3.js';
-import { MB, cleanupPrefix, fmtMb, generateMixed, stowageEnv, migrateWithRetry, type BenchRow, runIfMain } from './lib.js';
+import { MB, cleanupPrefix, fmtMb, generateMixed, stowageEnv, type BenchRow, runIfMain } from './lib.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 const JOBS = 20;
@@ -131,7 +132,7 @@ export async function runScalingBench({ quick }: { quick: boolean }): Promise<Be
     const buildDir = join(work, 'build');
     await generateMixed(buildDir, artifactBytes, 2 * 1024 * 1024);
     const base = { REDIS_URL: redisUrl, STOWAGE_DB_SCHEMA: schema, ...(process.env.DATABASE_URL ? { DATABASE_URL: process.env.DATABASE_URL } : {}) };
-    await migrateWithRetry(loadConfig({ ...base, STOWAGE_PREFIX: `bench-scl-${tag}` }, {}));
+    await migrate(loadConfig({ ...base, STOWAGE_PREFIX: `bench-scl-${tag}` }, {}));
     // One round each way, 1 process first then 2, then again in the other order (full mode).
     const order = quick ? [1, 2] : [1, 2, 2, 1];
     const runs: Record<number, { ms: number; maxRssBytes: number; coresBusy: { workers: number; s3rver: number } }[]> = { 1: [], 2: [] };
