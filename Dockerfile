@@ -4,7 +4,7 @@
 # Build stage: dev dependencies, TypeScript build, then `npm prune --omit=dev`; the run stage
 # copies only the pruned node_modules and dist/, so no dev dependency reaches it.
 
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -12,7 +12,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
-FROM node:20-bookworm-slim AS run
+FROM node:24-bookworm-slim AS run
 # HTTP_HOST=0.0.0.0: the http role is reached from outside the container, so it refuses to start
 # without STOWAGE_AUTH_SECRET or STOWAGE_BASIC_AUTH (intended). Workers serve /metrics on the same host.
 # AGG_LOCAL_FALLBACK: a directory the non-root user owns; mount a persistent volume there.

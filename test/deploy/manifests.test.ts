@@ -243,9 +243,9 @@ describe('Dockerfile', () => {
   const final = stages.at(-1)!;
   const instr = (s: Stage, name: string) => s.lines.filter((l) => l.toUpperCase().startsWith(`${name} `));
 
-  it('is multi-stage on a Node 20 slim base', () => {
+  it('is multi-stage on a Node 24 LTS slim base', () => {
     expect(stages.length).toBeGreaterThanOrEqual(2);
-    for (const s of stages) expect(s.from).toMatch(/^node:20[\w.-]*-slim$/);
+    for (const s of stages) expect(s.from).toMatch(/^node:24[\w.-]*-slim$/);
   });
 
   it('the final stage runs as a non-root user', () => {
