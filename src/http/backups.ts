@@ -26,7 +26,7 @@ import type { Producer } from '../producers/index.js';
 import { safeId } from '../queues/ids.js';
 import type { PayloadInput } from '../queues/index.js';
 import type { Storage } from '../storage/client.js';
-import { storeError } from '../storage/upload.js';
+import { storeError } from '../storage/store-errors.js';
 import { probeStore } from '../storage/verify.js';
 import { backupName, deleteBackupObject, describeBackup, resolveBackup } from '../workers/backup.js';
 import { cancelRestore, stageRestore } from '../workers/backup-restore.js';

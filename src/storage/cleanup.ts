@@ -28,8 +28,8 @@ import { PermanentError, StowageError } from '../errors.js';
 import type { Storage } from './client.js';
 import { isSha256SidecarKey, PACK_KEY_PATTERN, sha256SidecarKey, SHA256_SIDECAR_SUFFIX } from './keys.js';
 import { isExpired, ruleMatcher } from './lifecycle.js';
-import { storeError } from './upload.js';
-import { isNotImplemented, listObjects, notImplementedError, statusOf, type ListedObject } from './verify.js';
+import { isNotImplemented, notImplementedError, statusOf, storeError } from './store-errors.js';
+import { listObjects, type ListedObject } from './verify.js';
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 24 * HOUR_MS;

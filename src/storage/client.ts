@@ -4,7 +4,8 @@
  * - region `auto` and the endpoint derived from the account id (config.ts);
  * - path-style addressing for non-R2 endpoints (MinIO, s3rver), virtual-hosted for R2;
  * - checksum calculation/validation `WHEN_REQUIRED`: R2 and s3rver reject or mis-handle the SDK's
- *   default CRC32 trailers on streaming uploads;
+ *   default CRC32 trailers on streaming uploads; where the store is probed to verify per-part
+ *   SHA-256 checksums, uploads ask for those explicitly (capabilities.ts, upload.ts);
  * - a fixed multipart part size: R2 requires every part but the last to be the same size;
  * - bounded SDK retries and socket timeouts;
  * - presigned URLs never longer than 7 days (SigV4's limit, which R2 enforces).

@@ -89,8 +89,8 @@ export function jsonBlobKey(key: string): string {
   return `json_blobs/${key}.json`;
 }
 
-/** Prefix of the probe objects written to detect conditional-write support. */
-export const CONDITIONAL_PROBE_PREFIX = 'manifests/.probe/';
+/** Where the capability probe (capabilities.ts) writes its throw-away objects. */
+export const CAPABILITY_PROBE_PREFIX = '_stowage/capabilities/';
 
 /**
  * A backup archive: `backups/{set}/{set}-backup-YYYY-MM-DD-HHMMSS.tar.gz`, the date and time in UTC

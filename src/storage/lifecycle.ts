@@ -13,7 +13,7 @@ import {
 } from '@aws-sdk/client-s3';
 import type { LifecycleRule } from '../config.js';
 import type { Storage } from './client.js';
-import { notImplementedError, statusOf } from './verify.js';
+import { notImplementedError, statusOf } from './store-errors.js';
 
 const DAY_MS = 86_400_000;
 

@@ -15,28 +15,30 @@
  * key, and a segment is never overwritten with other bytes. The head swap is the same guarded
  * write as any update (below), which keeps the 50-concurrent-writers guarantee.
  *
- * Concurrency. Updates are read-modify-write, made safe one of two ways, chosen once per process
- * and store (endpoint + bucket):
- * - the store enforces conditional writes (R2, S3, MinIO): GET with its ETag, PUT with `If-Match`
- *   (`If-None-Match: *` when creating), and on 412 re-read and retry with jittered backoff;
+ * Concurrency. Updates are read-modify-write, made safe one of two ways, chosen by the store's
+ * probed capabilities (capabilities.ts):
+ * - it honours create-only writes and compare-and-swap (R2, S3, MinIO, Ceph RGW): GET with its
+ *   ETag, PUT with `If-Match` in the form the store honours (quoted for R2 and S3; radosgw wants it
+ *   unquoted) or `If-None-Match: *` when creating, and on 412 re-read and retry with jittered
+ *   backoff. Should 412s persist against an unchanged ETag (the store refusing its own ETag, not
+ *   contention), that manifest switches to the lock path, with a warning: never a livelock;
  * - it does not (s3rver ignores both headers): updates of one manifest are serialized by a Redis
  *   lock (SET NX PX) whose value is a fencing token from INCR; the holder re-checks the token just
  *   before its PUT and releases with a compare-and-delete in Lua, so an expired holder neither
  *   writes after losing the lock (narrow window aside: the store cannot check the token) nor frees
  *   its successor's lock.
- * Detection: create a probe object, then PUT it again with a wrong `If-Match`; 412 means enforced,
- * a 2xx means the header was ignored.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Redis } from 'ioredis';
 import { mapLimit } from '../concurrency.js';
 import { StowageError } from '../errors.js';
 import { redisKeys } from '../queues/keys.js';
 import type { Logger } from '../observability/logger.js';
 import type { Storage } from './client.js';
-import { CONDITIONAL_PROBE_PREFIX, manifestKey, manifestSegmentKey, type RecordFormat } from './keys.js';
-import { storeError } from './upload.js';
+import { etagForIfMatch, storeCapabilities, type EtagForm } from './capabilities.js';
+import { manifestKey, manifestSegmentKey, type RecordFormat } from './keys.js';
+import { isNotFound, isPreconditionFailed, storeError } from './store-errors.js';
 
 export interface ManifestEntry {
   id: string;
@@ -92,6 +94,11 @@ export interface ManifestDeps {
   timeoutMs?: number;
   /** Compact once the head's entries reach this many bytes. Default 256 KiB. */
   compactBytes?: number;
+  /**
+   * Pin the write mode instead of the probe's choice: an If-Match ETag form, or null for the
+   * Redis lock (for a store whose conditional writes an operator does not trust; tests).
+   */
+  etagForm?: EtagForm | null;
 }
 
 export interface ManifestUpdate {
@@ -105,20 +112,6 @@ export interface ManifestUpdate {
 }
 
 const LOCK_TTL_MS = 15_000;
-
-function statusOf(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
-}
-
-function isPreconditionFailed(err: unknown): boolean {
-  const name = (err as Error | null)?.name;
-  return statusOf(err) === 412 || name === 'PreconditionFailed' || name === 'ConditionalRequestConflict';
-}
-
-function isNotFound(err: unknown): boolean {
-  const name = (err as Error | null)?.name;
-  return statusOf(err) === 404 || name === 'NoSuchKey' || name === 'NotFound';
-}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const backoff = (attempt: number, base = 20, cap = 1_000) => Math.min(cap, base * 2 ** Math.min(attempt, 10)) * (0.5 + Math.random() / 2);
@@ -236,48 +229,6 @@ export function searchableValues(
   return Object.keys(out).length ? out : undefined;
 }
 
-const conditionalSupport = new Map<string, Promise<boolean>>();
-
-/**
- * Whether the store enforces `If-Match` on PUT. Probed once per process and store; a failed probe
- * is not cached (the next update probes again).
- */
-export function storeEnforcesConditionalWrites(storage: Storage): Promise<boolean> {
-  const id = `${storage.endpoint}|${storage.bucket}`;
-  let known = conditionalSupport.get(id);
-  if (!known) {
-    known = probe(storage);
-    conditionalSupport.set(id, known);
-    known.catch(() => conditionalSupport.delete(id));
-  }
-  return known;
-}
-
-async function probe(storage: Storage): Promise<boolean> {
-  const key = `${CONDITIONAL_PROBE_PREFIX}${randomBytes(8).toString('hex')}`;
-  const put = (extra: { IfMatch?: string }) =>
-    storage.client.send(new PutObjectCommand({ Bucket: storage.bucket, Key: key, Body: 'probe\n', ContentType: 'text/plain', ...extra }));
-  try {
-    await put({});
-    try {
-      await put({ IfMatch: '"00000000000000000000000000000000"' });
-      return false;
-    } catch (err) {
-      if (isPreconditionFailed(err)) return true;
-      throw err;
-    }
-  } catch (err) {
-    throw storeError(err, 'probing conditional-write support');
-  } finally {
-    await storage.client.send(new DeleteObjectCommand({ Bucket: storage.bucket, Key: key })).catch(() => {});
-  }
-}
-
-/** Forget probe results (tests). */
-export function resetConditionalWriteDetection(): void {
-  conditionalSupport.clear();
-}
-
 async function putManifest(storage: Storage, key: string, body: string, condition: { IfMatch?: string; IfNoneMatch?: string }) {
   await storage.client.send(
     new PutObjectCommand({
@@ -290,10 +241,33 @@ async function putManifest(storage: Storage, key: string, body: string, conditio
   );
 }
 
+/**
+ * Manifests whose conditional writes kept failing against an unchanged ETag (the store refuses the
+ * form it seemed to honour): they take the lock path for the rest of the process.
+ */
+const lockedManifests = new Set<string>();
+
+/** How a store's manifests are updated: the If-Match form it honours, or null for the Redis lock. */
+export async function manifestWriteMode(storage: Storage): Promise<EtagForm | null> {
+  const caps = await storeCapabilities(storage);
+  return caps.createOnly && caps.compareAndSwap ? caps.compareAndSwap : null;
+}
+
 /** Add (or replace, by id) one entry in the manifest of `module`/`userId`. */
 export async function upsertManifestEntry(deps: ManifestDeps, module: string, userId: string, entry: ManifestEntry): Promise<ManifestUpdate> {
-  const conditional = await storeEnforcesConditionalWrites(deps.storage);
-  return conditional ? updateConditionally(deps, module, userId, entry) : updateUnderLock(deps, module, userId, entry);
+  const form = deps.etagForm !== undefined ? deps.etagForm : await manifestWriteMode(deps.storage);
+  const id = `${deps.storage.endpoint}|${deps.storage.bucket}|${manifestKey(module, userId)}`;
+  if (form && !lockedManifests.has(id)) {
+    const done = await updateConditionally(deps, module, userId, entry, form, () => lockedManifests.has(id));
+    if (done) return done;
+    lockedManifests.add(id);
+  }
+  return updateUnderLock(deps, module, userId, entry);
+}
+
+/** Forget manifests switched to the lock path (tests). */
+export function resetManifestModes(): void {
+  lockedManifests.clear();
 }
 
 interface NextHead {
@@ -344,14 +318,46 @@ function outcome(next: NextHead, attempts: number, mode: ManifestUpdate['mode'])
   return { entries: next.entries, segments: next.segments, ...(next.compacted ? { compacted: next.compacted } : {}), attempts, mode };
 }
 
-async function updateConditionally(deps: ManifestDeps, module: string, userId: string, entry: ManifestEntry): Promise<ManifestUpdate> {
+/**
+ * Conflicts that persist with a freshly read, unchanged ETag after this many tries mean the store
+ * refuses the If-Match form it seemed to honour (not contention: contention changes the ETag).
+ */
+const STUCK_CONFLICTS = 3;
+
+/**
+ * Read, write with If-Match (If-None-Match: * when creating), re-read on 412. Returns null when the
+ * conflicts are the store's and not other writers' (see STUCK_CONFLICTS): the caller switches that
+ * manifest to the lock path, so a storm of writers can never livelock here.
+ */
+async function updateConditionally(
+  deps: ManifestDeps,
+  module: string,
+  userId: string,
+  entry: ManifestEntry,
+  form: EtagForm,
+  switched: () => boolean,
+): Promise<ManifestUpdate | null> {
   const key = manifestKey(module, userId);
   const deadline = Date.now() + (deps.timeoutMs ?? 60_000);
+  let previous: string | null | undefined;
+  let stuck = 0;
   for (let attempt = 1; ; attempt++) {
+    // Another update in this process found the store refusing: its lock writes change the ETag,
+    // which would keep resetting this one's count.
+    if (switched()) return null;
     const current = await readManifestHead(deps.storage, module, userId);
+    stuck = attempt > 1 && current.etag === previous ? stuck + 1 : 0;
+    if (stuck >= STUCK_CONFLICTS) {
+      deps.logger?.warn(
+        { key, attempt, etag: current.etag, form },
+        'manifest writes keep conflicting with an unchanged ETag: the store does not honour this If-Match form; using the Redis lock for this manifest',
+      );
+      return null;
+    }
+    previous = current.etag;
     const next = await nextHead(deps, module, userId, current, entry);
     try {
-      await putManifest(deps.storage, key, next.body, current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' });
+      await putManifest(deps.storage, key, next.body, current.etag ? { IfMatch: etagForIfMatch(current.etag, form) } : { IfNoneMatch: '*' });
       return outcome(next, attempt, 'conditional');
     } catch (err) {
       if (!isPreconditionFailed(err)) throw storeError(err, `writing manifest ${key}`);

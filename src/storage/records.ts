@@ -13,7 +13,7 @@ import { jsonBlobKey } from './keys.js';
 import { findManifestEntry, readManifest, type ManifestEntry } from './manifest.js';
 import { readParquetRows } from './parquet.js';
 import { presignDownload, type PresignedUrl } from './presign.js';
-import { storeError } from './upload.js';
+import { storeError } from './store-errors.js';
 
 export type StoredRecord = Record<string, unknown>;
 

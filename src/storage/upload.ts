@@ -32,11 +32,13 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { PermanentError, StowageError } from '../errors.js';
+import { StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Storage } from './client.js';
+import { storeCapabilities } from './capabilities.js';
 import { sha256SidecarKey } from './keys.js';
+import { describeStoreError, isNotImplemented, storeError } from './store-errors.js';
 
 export interface UploadStreamOptions {
   key: string;
@@ -64,41 +66,6 @@ export interface UploadResult {
   etag: string | null;
   /** The sidecar's key, or null when it was not written. */
   sidecarKey: string | null;
-}
-
-/** Status codes of S3 errors (SDK v3 exceptions carry `$metadata.httpStatusCode`). */
-function statusOf(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
-}
-
-function describe(err: unknown): string {
-  if (!(err instanceof Error)) return String(err);
-  const status = statusOf(err);
-  return `${err.name}${status ? ` (HTTP ${status})` : ''}: ${err.message}`;
-}
-
-/**
- * Classify a store error: refused credentials and a missing bucket cannot be fixed by retrying
- * (PermanentError, straight to the dead-letter queue); anything else (5xx, resets, timeouts,
- * throttling) is a transient StowageError and the job retries with backoff.
- */
-export function storeError(err: unknown, what: string): StowageError {
-  if (err instanceof StowageError) return err;
-  const name = (err as Error | null)?.name ?? '';
-  const status = statusOf(err);
-  const permanent =
-    status === 401 ||
-    status === 403 ||
-    ['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'NoSuchBucket', 'InvalidBucketName'].includes(name);
-  const message = `${what}: ${describe(err)}`;
-  return permanent ? new PermanentError(message, { cause: err }) : new StowageError('STOWAGE_ERR_STORE', message, { cause: err });
-}
-
-/** True when the store does not implement AbortMultipartUpload (s3rver 3.7 answers 501 or 405). */
-function abortNotImplemented(err: unknown): boolean {
-  const status = statusOf(err);
-  const name = (err as Error | null)?.name;
-  return status === 501 || status === 405 || name === 'NotImplemented' || name === 'MethodNotAllowed';
 }
 
 /** instanceof, or the class name when a bundler loaded a second copy of the SDK (dual package). */
@@ -159,12 +126,19 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
   }) as S3Client['send'];
   client.send = send;
 
+  // Where the store verifies per-part SHA-256 checksums (R2, S3), the SDK sends one with every
+  // part, so a part corrupted in transit is refused at once instead of found by the size check.
+  const { partChecksumSha256 } = await storeCapabilities(storage).catch((err: unknown) => {
+    tap.destroy();
+    throw storeError(err, `upload of ${key}`);
+  });
   const upload = new Upload({
     client,
     params: {
       Bucket: storage.bucket,
       Key: key,
       Body: tap,
+      ...(partChecksumSha256 ? { ChecksumAlgorithm: 'SHA256' as const } : {}),
       ContentType: options.contentType ?? 'application/octet-stream',
       ...(options.contentDisposition ? { ContentDisposition: options.contentDisposition } : {}),
       Metadata: {
@@ -193,15 +167,15 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
     record(aborted ? 'aborted' : 'error', size);
     let what = `upload of ${key} failed`;
     if (abortFailure !== undefined) {
-      const detail = abortNotImplemented(abortFailure)
+      const detail = isNotImplemented(abortFailure)
         ? 'the store does not implement AbortMultipartUpload'
-        : `AbortMultipartUpload failed: ${describe(abortFailure)}`;
+        : `AbortMultipartUpload failed: ${describeStoreError(abortFailure)}`;
       what += ` and its multipart upload ${uploadId ?? '(unknown id)'} is left incomplete (${detail}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) or \`stowage cleanup --multipart\` removes it`;
-      logger?.error({ key, uploadId, err: describe(abortFailure) }, 'multipart upload could not be aborted; it is left incomplete');
+      logger?.error({ key, uploadId, err: describeStoreError(abortFailure) }, 'multipart upload could not be aborted; it is left incomplete');
     }
     if (aborted) {
       // Not permanent: the worker is shutting down and another one will take the job.
-      throw new StowageError('STOWAGE_ERR_STORE', `${what}: aborted (${describe(cause)})`, { cause });
+      throw new StowageError('STOWAGE_ERR_STORE', `${what}: aborted (${describeStoreError(cause)})`, { cause });
     }
     throw storeError(cause, what);
   } finally {
@@ -217,7 +191,8 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
         `upload of ${key}: the store reports ${head.ContentLength} bytes, ${size} were sent`,
       );
     }
-    etag = etag ?? head.ETag ?? null;
+    // radosgw's CompleteMultipartUpload answer carries an empty <ETag>; HEAD has the real one.
+    if (!etag || etag === '""') etag = head.ETag ?? null;
     let sidecarKey: string | null = null;
     if (options.sidecar !== false) {
       sidecarKey = sha256SidecarKey(key);

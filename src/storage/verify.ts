@@ -11,11 +11,13 @@ import {
   ListObjectsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
+  type _Object,
 } from '@aws-sdk/client-s3';
 import { NotFoundError, StowageError } from '../errors.js';
 import type { Storage } from './client.js';
+import { storeCapabilities } from './capabilities.js';
 import { isSha256SidecarKey, sha256SidecarKey } from './keys.js';
-import { storeError } from './upload.js';
+import { statusOf, storeError } from './store-errors.js';
 
 /** One listed object. */
 export interface ListedObject {
@@ -25,52 +27,46 @@ export interface ListedObject {
   etag: string | null;
 }
 
-export function statusOf(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
-}
-
-/**
- * True when the store does not implement an operation: 501 NotImplemented, or 405
- * MethodNotAllowed (what s3rver 3.7 answers to some multipart calls).
- */
-export function isNotImplemented(err: unknown): boolean {
-  const status = statusOf(err);
-  const name = (err as Error | null)?.name;
-  return status === 501 || status === 405 || name === 'NotImplemented' || name === 'MethodNotAllowed';
-}
-
 /**
  * Every object under `prefix`, page by page (1000 keys per request), in key order. `onPage` gets
  * the running count, for progress on long listings.
  *
- * ListObjects (v1) with `Marker` = the last key seen, not ListObjectsV2: s3rver 3.7 builds V2
- * continuation tokens with DES, which OpenSSL 3 (Node 17+) refuses, so every truncated V2 page is a
- * 500 there. V1 marker paging is served the same by R2, S3, MinIO and s3rver.
+ * ListObjectsV2 with continuation tokens where the probe showed they work (R2, S3, MinIO, Ceph
+ * RGW); otherwise ListObjects (v1) with `Marker` = the last key seen: s3rver 3.7 builds V2 tokens
+ * with DES, which OpenSSL 3 (Node 17+) refuses, so every truncated V2 page is a 500 there.
  */
 export async function* listObjects(
   storage: Storage,
   options: { prefix?: string; limit?: number; signal?: AbortSignal; onPage?: (listed: number) => void } = {},
 ): AsyncGenerator<ListedObject> {
-  let marker: string | undefined;
+  const what = `listing ${options.prefix ? `"${options.prefix}"` : 'the bucket'}`;
+  let v2: boolean;
+  try {
+    v2 = (await storeCapabilities(storage)).listObjectsV2;
+  } catch (err) {
+    throw storeError(err, what);
+  }
+  let cursor: string | undefined;
   let listed = 0;
   const limit = options.limit ?? Infinity;
   do {
     options.signal?.throwIfAborted();
-    let page;
+    const common = { Bucket: storage.bucket, ...(options.prefix ? { Prefix: options.prefix } : {}), MaxKeys: Math.min(1000, limit - listed) };
+    const sendOptions = options.signal ? { abortSignal: options.signal } : {};
+    let contents: _Object[];
     try {
-      page = await storage.client.send(
-        new ListObjectsCommand({
-          Bucket: storage.bucket,
-          ...(options.prefix ? { Prefix: options.prefix } : {}),
-          ...(marker ? { Marker: marker } : {}),
-          MaxKeys: Math.min(1000, limit - listed),
-        }),
-        options.signal ? { abortSignal: options.signal } : {},
-      );
+      if (v2) {
+        const page = await storage.client.send(new ListObjectsV2Command({ ...common, ...(cursor ? { ContinuationToken: cursor } : {}) }), sendOptions);
+        contents = page.Contents ?? [];
+        cursor = page.IsTruncated ? page.NextContinuationToken : undefined;
+      } else {
+        const page = await storage.client.send(new ListObjectsCommand({ ...common, ...(cursor ? { Marker: cursor } : {}) }), sendOptions);
+        contents = page.Contents ?? [];
+        cursor = page.IsTruncated ? (page.NextMarker ?? contents.at(-1)?.Key) : undefined;
+      }
     } catch (err) {
-      throw storeError(err, `listing ${options.prefix ? `"${options.prefix}"` : 'the bucket'}`);
+      throw storeError(err, what);
     }
-    const contents = page.Contents ?? [];
     for (const o of contents) {
       if (!o.Key) continue;
       listed++;
@@ -78,8 +74,7 @@ export async function* listObjects(
       if (listed >= limit) return;
     }
     options.onPage?.(listed);
-    marker = page.IsTruncated ? (page.NextMarker ?? contents.at(-1)?.Key) : undefined;
-  } while (marker);
+  } while (cursor);
 }
 
 export interface ProbeStep {
@@ -184,14 +179,3 @@ export async function objectDetails(storage: Storage, key: string): Promise<Obje
   };
 }
 
-/** Map a NotImplemented answer to a one-line StowageError; anything else through storeError. */
-export function notImplementedError(err: unknown, operation: string, hint: string): StowageError {
-  if (isNotImplemented(err)) {
-    return new StowageError(
-      'STOWAGE_ERR_STORE',
-      `the object store does not implement ${operation} (HTTP ${statusOf(err) ?? '501'} ${(err as Error).name}); ${hint}`,
-      { cause: err },
-    );
-  }
-  return storeError(err, operation);
-}

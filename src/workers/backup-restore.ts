@@ -36,7 +36,7 @@ import type { Logger } from '../observability/logger.js';
 import { BACKUP_METADATA_FILE, type BackupMetadata } from '../storage/backup-archive.js';
 import type { Storage } from '../storage/client.js';
 import { sha256SidecarKey } from '../storage/keys.js';
-import { storeError } from '../storage/upload.js';
+import { storeError } from '../storage/store-errors.js';
 import { postgresConnection, postgresUrlFor, quickCheck, runPgTool } from './backup-databases.js';
 
 export const PENDING_RESTORE_FLAG = '.pending-restore';

@@ -42,7 +42,8 @@ import { backupKey, backupKeyOf, backupName, objectUrl, sha256SidecarKey } from 
 
 export { backupName, backupKeyOf } from '../storage/keys.js';
 import { applyRetentionPolicy, type RetentionDecision, type RetentionPolicy } from '../storage/retention.js';
-import { storeError, uploadStream } from '../storage/upload.js';
+import { storeError } from '../storage/store-errors.js';
+import { uploadStream } from '../storage/upload.js';
 import { mapLimit } from '../concurrency.js';
 import type { Processor } from './context.js';
 import { dumpPostgres, postgresConnection, quickCheck, snapshotSqliteInThread } from './backup-databases.js';

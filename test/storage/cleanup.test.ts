@@ -1,27 +1,27 @@
 /**
- * Cleanup against real services: s3rver (behind test/helpers/s3-proxy.ts and the ListMultipartUploads
- * extension below) and Postgres (this file's schema). 5,000 objects across prefixes, the old ones
- * with a Last-Modified 40 days back.
+ * Cleanup against real services only: the run's Ceph radosgw (test/setup/rgw.ts; a bucket of this
+ * file's own), plain s3rver for the one check of a store without ListMultipartUploads, and Postgres
+ * (this file's schema). Everything is written and read back through the S3 API.
  *
- * Checks that rely on TEST-ONLY extensions (s3rver 3.7 answers 501/405 to these):
- * - AbortMultipartUpload: test/helpers/s3-proxy.ts (`abortMultipartUpload: true`);
- * - ListMultipartUploads: `startListUploadsExtension` below.
- * Those are the multipart checks ("an abandoned multipart upload is aborted") and the abort part
- * of the lifecycle enforcement. Every other check goes to s3rver unaided.
+ * 5,000 objects across prefixes, written by PutObject in two sets: the "old" set, then a pause of
+ * GAP_MS, then the "new" set. A real server sets Last-Modified itself, so ages are real:
+ * - `--older-than` / `--older-than-hours` get a fractional value that puts the cut in that pause;
+ * - the default lifecycle rules (days) are enforced with the cleanup's clock (`now`) set to 30 days
+ *   after the pause: the old snapshots are then past the 30-day rule and the new ones are not.
+ * Multipart uploads are real incomplete uploads on radosgw (CreateMultipartUpload + UploadPart),
+ * one started with the old set and one with the new; ListMultipartUploads reads them back.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
-import { createServer, request as httpRequest, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   CreateMultipartUploadCommand,
   GetObjectCommand,
   HeadObjectCommand,
-  ListObjectsCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
-  S3Client,
   UploadPartCommand,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupCommand, type Output } from '../../src/cli/commands/storage-ops.js';
@@ -34,101 +34,42 @@ import { DELETE_BATCH } from '../../src/storage/cleanup.js';
 import { packKey, sha256SidecarKey } from '../../src/storage/keys.js';
 import { runRecordedCleanup } from '../../src/workers/cleanup.js';
 import { isolate } from '../helpers/isolation.js';
-import { s3rverUploadsDir, startS3Proxy, type S3Proxy } from '../helpers/s3-proxy.js';
-import { startS3, type TestS3 } from '../helpers/s3.js';
+import { startS3, startS3rver, storageConfig, type TestS3 } from '../helpers/s3.js';
 
 const DAY = 86_400_000;
+const HOUR = 3_600_000;
+/** The pause between the old and the new set; the age cuts fall in its middle. */
+const GAP_MS = 2500;
+/** PutObjects in flight: 5,000 small objects take ~7–11 s on the test radosgw (2 cores). */
+const PUT_CONCURRENCY = 48;
+
 const iso = isolate('cleanup');
 let s3: TestS3;
-let proxy: S3Proxy;
-let ext: { endpoint: string; close(): Promise<void> };
 let db: Db;
 let client: S3Client;
-/** Through the test-only extensions (multipart checks). */
 let storage: Storage;
-/** Straight to s3rver. */
-let direct: Storage;
+let config: Config;
+/** When the old set was all written, and when the new set began (local clock, same host as radosgw). */
+let oldDone: number;
+let newStart: number;
+/** The middle of the pause: old objects and uploads are older than this, new ones younger. */
+let cut: number;
+/** The incomplete uploads: one started with the old set, one with the new. */
+let oldUpload: { key: string; id: string };
+let freshUpload: { key: string; id: string };
 
-/**
- * TEST-ONLY: ListMultipartUploads (`GET /{bucket}?uploads`) per the S3 API reference, read from
- * s3rver's folder of open uploads (`<bucket>/._S3rver_uploads/<uploadId>/key`; the key file's mtime
- * is the upload's Initiated time). Prefix, key-marker/upload-id-marker and max-uploads are honoured;
- * uploads come in key order, then upload id. Everything else is forwarded to `upstream`.
- */
-async function startListUploadsExtension(upstream: string): Promise<{ endpoint: string; close(): Promise<void> }> {
-  const target = new URL(upstream);
-  const xml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-  const server: Server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://ext');
-    const bucket = decodeURIComponent(url.pathname.slice(1).replace(/\/$/, ''));
-    if (req.method === 'GET' && url.searchParams.has('uploads') && bucket && !bucket.includes('/')) {
-      void (async () => {
-        const dir = s3rverUploadsDir(s3, bucket);
-        const ids = await readdir(dir).catch(() => [] as string[]);
-        const uploads = [];
-        for (const id of ids) {
-          const key = await readFile(join(dir, id, 'key'), 'utf8').catch(() => null);
-          if (key === null) continue;
-          uploads.push({ key, id, initiated: (await stat(join(dir, id, 'key'))).mtime });
-        }
-        const prefix = url.searchParams.get('prefix') ?? '';
-        const keyMarker = url.searchParams.get('key-marker') ?? '';
-        const idMarker = url.searchParams.get('upload-id-marker') ?? '';
-        const max = Number(url.searchParams.get('max-uploads') ?? 1000);
-        const selected = uploads
-          .filter((u) => u.key.startsWith(prefix))
-          .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.id < b.id ? -1 : 1))
-          .filter((u) => !keyMarker || u.key > keyMarker || (u.key === keyMarker && idMarker !== '' && u.id > idMarker));
-        const page = selected.slice(0, max);
-        const truncated = selected.length > max;
-        const last = page.at(-1);
-        const body =
-          `<?xml version="1.0" encoding="UTF-8"?>\n<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">` +
-          `<Bucket>${xml(bucket)}</Bucket><KeyMarker>${xml(keyMarker)}</KeyMarker><UploadIdMarker>${xml(idMarker)}</UploadIdMarker>` +
-          `<NextKeyMarker>${truncated && last ? xml(last.key) : ''}</NextKeyMarker><NextUploadIdMarker>${truncated && last ? last.id : ''}</NextUploadIdMarker>` +
-          `<Prefix>${xml(prefix)}</Prefix><MaxUploads>${max}</MaxUploads><IsTruncated>${truncated}</IsTruncated>` +
-          page
-            .map(
-              (u) =>
-                `<Upload><Key>${xml(u.key)}</Key><UploadId>${u.id}</UploadId><StorageClass>STANDARD</StorageClass>` +
-                `<Initiated>${u.initiated.toISOString()}</Initiated></Upload>`,
-            )
-            .join('') +
-          `</ListMultipartUploadsResult>`;
-        res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
-        res.end(body);
-      })().catch((err: Error) => {
-        res.writeHead(500);
-        res.end(err.message);
-      });
-      return;
-    }
-    const up = httpRequest({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
-      res.writeHead(r.statusCode ?? 502, r.headers);
-      r.pipe(res);
-    });
-    up.on('error', () => req.socket.destroy());
-    req.pipe(up);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+function configFor(s: TestS3): Config {
+  return iso.config({ storage: { ...storageConfig(s), region: s.region } });
 }
 
-function configFor(endpoint: string): Config {
-  return iso.config({ storage: { endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
-}
+/** `--older-than` (days) that selects exactly what was written before `cut`, as of now. */
+const daysSinceCut = () => (Date.now() - cut) / DAY;
+const hoursSinceCut = () => (Date.now() - cut) / HOUR;
 
-async function putAll(objects: Array<{ key: string; body: string; test?: boolean }>, concurrency = 48): Promise<void> {
+async function putAll(objects: Array<{ key: string; body: string; test?: boolean }>): Promise<void> {
   let next = 0;
   await Promise.all(
-    Array.from({ length: concurrency }, async () => {
+    Array.from({ length: PUT_CONCURRENCY }, async () => {
       while (next < objects.length) {
         const o = objects[next++]!;
         await client.send(
@@ -139,47 +80,40 @@ async function putAll(objects: Array<{ key: string; body: string; test?: boolean
   );
 }
 
-/**
- * Writes objects straight into s3rver 3.7's folder, in the format its FilesystemStore uses
- * (`<bucket>/<dirs>/<name>._S3rver_object`, `._S3rver_object.md5` with the hex MD5 that becomes
- * the ETag, `._S3rver_metadata.json` with content-type and x-amz-meta-*; Last-Modified is the
- * object file's mtime). 5,000 PutObjects through one event loop take ~30 s; this takes ~1 s. The
- * first test checks through the S3 API that s3rver serves them as written (keys, body, ETag,
- * metadata, Last-Modified).
- */
-async function writeStored(objects: Array<{ key: string; body: string; test?: boolean; mtime?: Date }>): Promise<void> {
-  const byDir = new Map<string, typeof objects>();
-  for (const o of objects) {
-    const dir = join(s3.directory, s3.bucket, ...o.key.split('/').slice(0, -1));
-    byDir.set(dir, [...(byDir.get(dir) ?? []), o]);
-  }
-  for (const dir of byDir.keys()) await mkdir(dir, { recursive: true });
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: 32 }, async () => {
-      while (next < objects.length) {
-        const o = objects[next++]!;
-        const base = join(s3.directory, s3.bucket, o.key);
-        const meta = { 'content-type': 'application/octet-stream', ...(o.test ? { 'x-amz-meta-stowage-test': 'true' } : {}) };
-        await writeFile(`${base}._S3rver_object`, o.body);
-        await writeFile(`${base}._S3rver_object.md5`, createHash('md5').update(o.body).digest('hex'));
-        await writeFile(`${base}._S3rver_metadata.json`, JSON.stringify(meta, null, 2));
-        if (o.mtime) await utimes(`${base}._S3rver_object`, o.mtime, o.mtime);
-      }
-    }),
-  );
+/** A real incomplete multipart upload: created, one part uploaded, never completed. */
+async function startUpload(key: string): Promise<{ key: string; id: string }> {
+  const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: s3.bucket, Key: key }));
+  await client.send(new UploadPartCommand({ Bucket: s3.bucket, Key: key, UploadId, PartNumber: 1, Body: Buffer.alloc(1024, 1) }));
+  return { key, id: UploadId! };
+}
+
+async function listed(prefix: string): Promise<Array<{ key: string; lastModified: Date; size: number }>> {
+  const out: Array<{ key: string; lastModified: Date; size: number }> = [];
+  let token: string | undefined;
+  do {
+    const page = await client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix, ContinuationToken: token }));
+    for (const o of page.Contents ?? []) out.push({ key: o.Key!, lastModified: o.LastModified!, size: o.Size! });
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token);
+  return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
 }
 
 async function keysUnder(prefix: string): Promise<string[]> {
-  // ListObjects v1 with markers: s3rver cannot page ListObjectsV2 on Node 17+ (see src/storage/verify.ts).
-  const keys: string[] = [];
-  let marker: string | undefined;
-  do {
-    const page = await client.send(new ListObjectsCommand({ Bucket: s3.bucket, Prefix: prefix, Marker: marker }));
-    for (const o of page.Contents ?? []) keys.push(o.Key!);
-    marker = page.IsTruncated ? page.Contents?.at(-1)?.Key : undefined;
-  } while (marker);
-  return keys.sort();
+  return (await listed(prefix)).map((o) => o.key);
+}
+
+/** Every incomplete upload in the bucket, as `key uploadId`, in order. */
+async function openUploads(): Promise<Array<{ key: string; id: string; initiated: Date }>> {
+  const out: Array<{ key: string; id: string; initiated: Date }> = [];
+  let keyMarker: string | undefined;
+  let idMarker: string | undefined;
+  for (;;) {
+    const page = await client.send(new ListMultipartUploadsCommand({ Bucket: s3.bucket, KeyMarker: keyMarker, UploadIdMarker: idMarker }));
+    for (const u of page.Uploads ?? []) out.push({ key: u.Key!, id: u.UploadId!, initiated: u.Initiated! });
+    if (!page.IsTruncated) return out;
+    keyMarker = page.NextKeyMarker;
+    idMarker = page.NextUploadIdMarker;
+  }
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -197,68 +131,72 @@ const logsA = range(1500).map((i) => `logs/a/${pad(i)}.txt`);
 const keep = range(1000).map((i) => `keep/${pad(i)}.txt`);
 const logsB = range(800).map((i) => `logs/b/${pad(i)}.txt`);
 const newSnapshots = range(500).map((i) => `u1/p1/snapshots/n${pad(i)}.zip`);
+const oldKeys = [...oldSnapshots.flatMap((k) => [k, sha256SidecarKey(k)]), ...logsA, ...keep];
+const newKeys = [...logsB, ...newSnapshots];
 
 beforeAll(async () => {
   s3 = await startS3(iso.bucket);
-  proxy = await startS3Proxy(s3, { abortMultipartUpload: true });
-  ext = await startListUploadsExtension(proxy.endpoint);
-  const config = configFor(ext.endpoint);
+  client = s3.client;
+  config = configFor(s3);
   await migrate(config);
   db = createDb(config, { max: 4 });
   storage = createStorage(config);
-  direct = createStorage(configFor(s3.endpoint));
-  client = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-  });
-  // Old objects were written 40 days ago (the object file's mtime is s3rver's Last-Modified).
-  const mtime = new Date(Date.now() - 40 * DAY);
-  await writeStored([
+
+  await putAll([
     ...oldSnapshots.flatMap((key) => [
-      { key, body: `zip ${key}`, mtime },
-      { key: sha256SidecarKey(key), body: `${'0'.repeat(64)}  ${key}\n`, mtime },
+      { key, body: `zip ${key}` },
+      { key: sha256SidecarKey(key), body: `${'0'.repeat(64)}  ${key}\n` },
     ]),
-    ...logsA.map((key, i) => ({ key, body: `log ${key}`, test: i % 2 === 0, mtime })),
-    ...keep.map((key) => ({ key, body: `keep ${key}`, mtime })),
+    ...logsA.map((key, i) => ({ key, body: `log ${key}`, test: i % 2 === 0 })),
+    ...keep.map((key) => ({ key, body: `keep ${key}` })),
+  ]);
+  oldUpload = await startUpload('mp/abandoned.bin');
+  oldDone = Date.now();
+  await sleep(GAP_MS);
+  newStart = Date.now();
+  freshUpload = await startUpload('mp/in-flight.bin');
+  await putAll([
     ...logsB.map((key, i) => ({ key, body: `log ${key}`, test: i % 2 === 0 })),
     ...newSnapshots.map((key) => ({ key, body: `zip ${key}` })),
   ]);
-});
+  cut = (oldDone + newStart) / 2;
+}, 120_000);
 
 afterAll(async () => {
   storage?.close();
-  direct?.close();
-  client?.destroy();
   await db?.close();
-  await ext?.close();
-  await proxy?.close();
   await s3?.close();
   await iso.cleanup();
 });
 
 describe('cleanup of objects', () => {
-  it('has the 5,000 objects to work on, served by s3rver as written', async () => {
-    expect((await keysUnder('')).length).toBe(5000);
+  it('has the 5,000 objects to work on, as written, with the old set older than the cut and the new set younger', async () => {
+    const all = await listed('');
+    expect(all.map((o) => o.key)).toEqual([...oldKeys, ...newKeys].sort());
+    // The server's Last-Modified falls on the right side of the cut, with margin (it may be
+    // rounded to the second or so; the cut is GAP_MS / 2 from either set).
+    const old = new Set(oldKeys);
+    for (const o of all) {
+      if (old.has(o.key)) expect(o.lastModified.getTime(), o.key).toBeLessThan(cut);
+      else expect(o.lastModified.getTime(), o.key).toBeGreaterThan(cut);
+    }
     const head = await client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: logsA[0] }));
     expect(head.Metadata).toEqual({ 'stowage-test': 'true' });
     expect(head.ETag).toBe(`"${createHash('md5').update(`log ${logsA[0]}`).digest('hex')}"`);
-    expect(Date.now() - head.LastModified!.getTime()).toBeGreaterThan(39 * DAY);
     expect((await client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: logsA[1] }))).Metadata).toEqual({});
     const got = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: keep[7] }));
     expect(await got.Body!.transformToString()).toBe(`keep ${keep[7]}`);
+    expect((await openUploads()).map((u) => u.id).sort()).toEqual([oldUpload.id, freshUpload.id].sort());
   });
 
   it('a dry run lists exactly what --prefix and --older-than pick; the real run deletes exactly those', async () => {
-    const options = { prefix: 'logs/', olderThanDays: 30 };
-    const dry = await runRecordedCleanup({ storage: direct, db, config: configFor(s3.endpoint), options: { ...options, dryRun: true } });
+    const dry = await runRecordedCleanup({ storage, db, config, options: { prefix: 'logs/', olderThanDays: daysSinceCut(), dryRun: true } });
     expect(dry.report.objects.map((o) => o.key)).toEqual(logsA);
     expect(dry.report).toMatchObject({ scanned: 2300, deleted: 1500, errors: 0, dryRun: true });
     expect(dry.report.bytesFreed).toBe(logsA.reduce((n, k) => n + `log ${k}`.length, 0));
     expect((await keysUnder('logs/')).length).toBe(2300);
 
-    const real = await runRecordedCleanup({ storage: direct, db, config: configFor(s3.endpoint), options: { ...options, dryRun: false } });
+    const real = await runRecordedCleanup({ storage, db, config, options: { prefix: 'logs/', olderThanDays: daysSinceCut(), dryRun: false } });
     expect(real.report.objects.map((o) => o.key)).toEqual(logsA);
     expect(real.report).toMatchObject({ scanned: 2300, deleted: 1500, errors: 0, dryRun: false });
     // More than one DeleteObjects batch was needed.
@@ -275,7 +213,7 @@ describe('cleanup of objects', () => {
   });
 
   it('the CLI deletes nothing without --force or --dry-run', async () => {
-    await expect(cleanupCommand(configFor(s3.endpoint), { prefix: 'logs/' }, sink())).rejects.toMatchObject({ code: 'STOWAGE_ERR_USAGE' });
+    await expect(cleanupCommand(config, { prefix: 'logs/' }, sink())).rejects.toMatchObject({ code: 'STOWAGE_ERR_USAGE' });
     expect((await keysUnder('logs/')).length).toBe(800);
   });
 
@@ -284,12 +222,12 @@ describe('cleanup of objects', () => {
     const slice = logsB.slice(0, 100);
     const marked = slice.filter((_, i) => i % 2 === 0);
     const dry = sink();
-    await cleanupCommand(configFor(s3.endpoint), { dryRun: true, testOnly: true, prefix: 'logs/b/00' }, dry);
+    await cleanupCommand(config, { dryRun: true, testOnly: true, prefix: 'logs/b/00' }, dry);
     expect(dry.lines.filter((l) => l.startsWith('would delete\t')).map((l) => l.split('\t')[1])).toEqual(marked);
     expect(dry.lines.at(-1)).toMatch(/^objects: scanned 100, would delete 50 /);
 
     const out = sink();
-    await cleanupCommand(configFor(s3.endpoint), { force: true, testOnly: true, prefix: 'logs/b/00' }, out);
+    await cleanupCommand(config, { force: true, testOnly: true, prefix: 'logs/b/00' }, out);
     expect(await keysUnder('logs/')).toEqual(logsB.filter((k, i) => !marked.includes(k) || i >= 100));
     expect(await keysUnder('keep/')).toEqual(keep);
     const [last] = await listCleanupLogs(db, 1);
@@ -312,11 +250,10 @@ describe('orphaned packs', () => {
   });
 
   it('go only when a version they join is gone from project_versions, with their sidecars', async () => {
-    const config = configFor(s3.endpoint);
-    const storage = direct;
     // Fresh packs are inside the grace period (their version row may not be committed yet).
     const fresh = await runRecordedCleanup({ storage, db, config, options: { dryRun: false, orphanedPacks: true } });
     expect(fresh.report.deleted).toBe(0);
+    expect((await keysUnder('u2/')).length).toBe(6);
 
     const first = await runRecordedCleanup({ storage, db, config, options: { dryRun: false, orphanedPacks: true, olderThanDays: 0 } });
     expect(first.report.objects.map((o) => o.key)).toEqual([packs[2], sha256SidecarKey(packs[2]!)]);
@@ -339,64 +276,64 @@ describe('orphaned packs', () => {
   });
 });
 
-describe('multipart uploads (AbortMultipartUpload and ListMultipartUploads: test-only extensions)', () => {
-  let oldId: string;
-  let freshId: string;
+describe('multipart uploads (real incomplete uploads on radosgw)', () => {
+  it('an abandoned upload is aborted, a recent one is left, and ListMultipartUploads then shows only the recent one', async () => {
+    // Initiated as the server reports it: the abandoned one before the cut, the in-flight one after.
+    const before = await openUploads();
+    expect(before.find((u) => u.id === oldUpload.id)!.initiated.getTime()).toBeLessThan(cut);
+    expect(before.find((u) => u.id === freshUpload.id)!.initiated.getTime()).toBeGreaterThan(cut);
 
-  beforeAll(async () => {
-    const start = async (key: string) => {
-      const { UploadId } = await storage.client.send(new CreateMultipartUploadCommand({ Bucket: s3.bucket, Key: key }));
-      await storage.client.send(new UploadPartCommand({ Bucket: s3.bucket, Key: key, UploadId, PartNumber: 1, Body: Buffer.alloc(1024, 1) }));
-      return UploadId!;
-    };
-    oldId = await start('mp/abandoned.bin');
-    freshId = await start('mp/in-flight.bin');
-    // Started two days ago, as the extension reports it.
-    const past = new Date(Date.now() - 2 * DAY);
-    await utimes(join(s3rverUploadsDir(s3), oldId, 'key'), past, past);
-  });
-
-  it('an abandoned upload is aborted, a recent one is left, and the store is listed again for stragglers', async () => {
     const dry = sink();
-    await cleanupCommand(configFor(ext.endpoint), { dryRun: true, multipart: true, olderThanHours: 1 }, dry);
-    expect(dry.lines.filter((l) => l.startsWith('would abort\t')).map((l) => l.split('\t')[2])).toEqual([oldId]);
+    await cleanupCommand(config, { dryRun: true, multipart: true, olderThanHours: hoursSinceCut() }, dry);
+    expect(dry.lines.filter((l) => l.startsWith('would abort\t')).map((l) => l.split('\t').slice(1, 3))).toEqual([[oldUpload.key, oldUpload.id]]);
+    expect((await openUploads()).length).toBe(2);
 
     const out = sink();
-    await cleanupCommand(configFor(ext.endpoint), { force: true, multipart: true, olderThanHours: 1 }, out);
-    expect(out.lines.filter((l) => l.startsWith('aborted\t')).map((l) => l.split('\t')[2])).toEqual([oldId]);
-    expect((await readdir(s3rverUploadsDir(s3))).sort()).toEqual([freshId]);
-    expect(proxy.stats.abortRequests).toBe(1);
+    await cleanupCommand(config, { force: true, multipart: true, olderThanHours: hoursSinceCut() }, out);
+    expect(out.lines.filter((l) => l.startsWith('aborted\t')).map((l) => l.split('\t').slice(1, 3))).toEqual([[oldUpload.key, oldUpload.id]]);
+    expect((await openUploads()).map((u) => [u.key, u.id])).toEqual([[freshUpload.key, freshUpload.id]]);
+    // Aborting removed the upload, not an object of that name (there never was one).
+    expect(await keysUnder('mp/')).toEqual([]);
     const [last] = await listCleanupLogs(db, 1);
     expect(last).toMatchObject({ mode: 'multipart', scanned: 2, deleted: 1, errors: 0, dryRun: false, details: { stragglers: 0 } });
   });
 
   it('against plain s3rver, --multipart fails with a one-line message', async () => {
-    const err = await cleanupCommand(configFor(s3.endpoint), { force: true, multipart: true }, sink()).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'STOWAGE_ERR_STORE' });
-    expect((err as Error).message).toMatch(/^the object store does not implement ListMultipartUploads \(HTTP 501 NotImplemented\)/);
-    expect((err as Error).message).not.toContain('\n');
-    const [last] = await listCleanupLogs(db, 1);
-    expect(last).toMatchObject({ mode: 'multipart', deleted: 0, errors: 1 });
+    const plain = await startS3rver(iso.bucket);
+    try {
+      const err = await cleanupCommand(configFor(plain), { force: true, multipart: true }, sink()).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'STOWAGE_ERR_STORE' });
+      expect((err as Error).message).toMatch(/^the object store does not implement ListMultipartUploads \(HTTP 501 NotImplemented\)/);
+      expect((err as Error).message).not.toContain('\n');
+      const [last] = await listCleanupLogs(db, 1);
+      expect(last).toMatchObject({ mode: 'multipart', deleted: 0, errors: 1 });
+    } finally {
+      await plain.close();
+    }
   });
 });
 
 describe('--enforce-lifecycle', () => {
   it('applies the default rules by listing and deleting: old snapshots with their sidecars, stale uploads', async () => {
-    const config = configFor(ext.endpoint);
-    // The upload left open by the multipart test, now started two days ago: past the 1-day rule.
-    const [open] = await readdir(s3rverUploadsDir(s3));
-    const past = new Date(Date.now() - 2 * DAY);
-    await utimes(join(s3rverUploadsDir(s3), open!, 'key'), past, past);
+    // As of 30 days after the cut: the old snapshots are past the 30-day rule, the new ones are
+    // not yet, and the upload left open by the multipart test is past the 1-day abort rule.
+    const now = cut + 30 * DAY;
     const expected = oldSnapshots.flatMap((k) => [k, sha256SidecarKey(k)]);
 
-    const real = await runRecordedCleanup({ storage, db, config, options: { dryRun: false, enforceLifecycle: true } });
+    const dry = await runRecordedCleanup({ storage, db, config, now, options: { dryRun: true, enforceLifecycle: true } });
+    expect(dry.report.objects.map((o) => o.key)).toEqual(expected);
+    expect(dry.report.uploads.map((u) => u.uploadId)).toEqual([freshUpload.id]);
+    expect((await keysUnder('u1/')).length).toBe(1700);
+    expect((await openUploads()).length).toBe(1);
+
+    const real = await runRecordedCleanup({ storage, db, config, now, options: { dryRun: false, enforceLifecycle: true } });
     expect(real.report.objects.map((o) => o.key)).toEqual(expected);
     expect(new Set(real.report.objects.map((o) => o.reason))).toEqual(new Set(['lifecycle:snapshots-30d']));
-    expect(real.report.uploads.map((u) => u.reason)).toEqual(['lifecycle:abort-incomplete-multipart-1d']);
-    expect(await readdir(s3rverUploadsDir(s3))).toEqual([]);
+    expect(real.report.uploads.map((u) => [u.uploadId, u.reason])).toEqual([[freshUpload.id, 'lifecycle:abort-incomplete-multipart-1d']]);
+    expect(await openUploads()).toEqual([]);
     expect(await keysUnder('u1/')).toEqual(newSnapshots);
     expect(await keysUnder('keep/')).toEqual(keep);
     const [last] = await listCleanupLogs(db, 1);
-    expect(last).toMatchObject({ mode: 'lifecycle', deleted: 1201, errors: 0, dryRun: false });
+    expect(last).toMatchObject({ id: real.logId, mode: 'lifecycle', deleted: 1201, errors: 0, dryRun: false });
   });
 });

@@ -1,107 +1,43 @@
 /**
- * Manifest updates under concurrency, against s3rver. s3rver ignores If-Match / If-None-Match, so
- * detection picks the Redis-lock path there. The conditional (ETag) path is exercised through
- * `conditionalProxy` below: a test double in front of s3rver that enforces If-Match /
- * If-None-Match on PUT (atomically per key, from the ETags it has seen). It is not a real R2, S3
- * or MinIO; those remain untested here.
+ * Manifest updates under concurrency, against real stores: radosgw, which enforces If-Match and
+ * If-None-Match (in its own way: it honours only the unquoted ETag), so updates take the
+ * conditional path; and s3rver, which ignores both headers, so updates take the Redis lock. The
+ * lock path is also pinned on radosgw (`etagForm: null`), and the quoted form is pinned there to
+ * show what happens on a store that refuses its own ETag: a switch to the lock, never a livelock.
  */
-import { Agent, createServer, request as httpRequest, type IncomingMessage } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
+import { createLogger } from '../../src/observability/logger.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
+import { resetCapabilities } from '../../src/storage/capabilities.js';
 import {
   findManifestEntry,
   manifestLockKey,
+  manifestWriteMode,
   readManifest,
   readManifestHead,
   serializeManifest,
-  resetConditionalWriteDetection,
-  storeEnforcesConditionalWrites,
   upsertManifestEntry,
+  type ManifestDeps,
   type ManifestEntry,
 } from '../../src/storage/manifest.js';
 import { exportRecords } from '../../src/workers/export.js';
 import { processorTestEnv, type ProcessorTestEnv } from '../helpers/fleet.js';
 import { isolate } from '../helpers/isolation.js';
-import type { TestS3 } from '../helpers/s3.js';
+import { startS3rver, storageConfig, type TestS3 } from '../helpers/s3.js';
 
 const iso = isolate('manifest');
 
-const UNKNOWN_ETAG = 'unknown: a write failed in flight';
-
-/** A proxy that enforces conditional PUTs, serialized per path (see the file comment). */
-async function conditionalProxy(upstream: string) {
-  const target = new URL(upstream);
-  const etags = new Map<string, string>();
-  const locks = new Map<string, Promise<void>>();
-  const stats = { preconditionFailed: 0 };
-  const readBody = async (req: IncomingMessage) => {
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    return Buffer.concat(chunks);
-  };
-  // A fresh connection per request: a reused keep-alive socket that s3rver has just closed fails
-  // with ECONNRESET, and a failed request leaves this proxy unsure of the object's state.
-  const agent = new Agent({ keepAlive: false });
-  const server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0]!;
-    const previous = locks.get(path) ?? Promise.resolve();
-    const done = previous.then(async () => {
-      const body = await readBody(req);
-      const ifMatch = req.headers['if-match'];
-      const ifNoneMatch = req.headers['if-none-match'];
-      if (req.method === 'PUT' && ((ifNoneMatch === '*' && etags.has(path)) || (ifMatch !== undefined && etags.get(path) !== ifMatch))) {
-        stats.preconditionFailed++;
-        res.writeHead(412, { 'content-type': 'application/xml' });
-        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>');
-        return;
-      }
-      await new Promise<void>((resolve, reject) => {
-        const up = httpRequest(
-          { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers, agent },
-          (upRes) => {
-            const status = upRes.statusCode ?? 500;
-            const etag = upRes.headers.etag;
-            if (req.method === 'PUT' && status < 300 && etag) etags.set(path, etag);
-            if ((req.method === 'GET' || req.method === 'HEAD') && status < 300 && etag) etags.set(path, etag);
-            if (req.method === 'DELETE' && status < 300) etags.delete(path);
-            res.writeHead(status, upRes.headers);
-            upRes.pipe(res);
-            upRes.on('end', resolve);
-            upRes.on('error', reject);
-          },
-        );
-        up.on('error', reject);
-        up.end(body);
-      }).catch((err: unknown) => {
-        // The write may or may not have landed: refuse every conditional write on this path (as a
-        // store that cannot tell would) until a read learns its ETag again.
-        if (req.method === 'PUT') etags.set(path, UNKNOWN_ETAG);
-        throw err;
-      });
-    });
-    locks.set(path, done.catch(() => {}));
-    done.catch(() => res.destroy());
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    stats,
-    close: () => new Promise<void>((r) => server.close(() => r())),
-  };
-}
 let env: ProcessorTestEnv<'export'>;
-let s3: TestS3;
 let redis: Redis;
 let config: Config;
 let storage: Storage;
 
 beforeAll(async () => {
   env = await processorTestEnv(iso, 'export', exportRecords);
-  ({ s3, redis, config } = env);
+  ({ redis, config } = env);
   storage = createStorage(config);
 });
 
@@ -136,15 +72,21 @@ async function expectCompacted(s: Storage, module: string, userId: string, ids: 
 
 const ENTRY_BYTES = Buffer.byteLength(serializeManifest([entry('c00')]));
 
-describe('manifest', () => {
-  it('detects that s3rver does not enforce conditional writes (once per process and store)', async () => {
-    resetConditionalWriteDetection();
-    const first = storeEnforcesConditionalWrites(storage);
-    expect(storeEnforcesConditionalWrites(storage)).toBe(first);
-    expect(await first).toBe(false);
+/** Deps whose Redis must never be asked for: the conditional path takes no lock. */
+const noRedis = (): Redis => {
+  throw new Error('the conditional path must not take the lock');
+};
+
+describe('manifest on radosgw (conditional writes)', () => {
+  it('the probe picks conditional writes with the unquoted ETag, once per process and store', async () => {
+    resetCapabilities();
+    const first = manifestWriteMode(storage);
+    expect(manifestWriteMode(storage)).not.toBe(first); // a new promise each call ...
+    expect(await first).toBe('unquoted'); // ... of one cached probe
+    expect(await manifestWriteMode(storage)).toBe('unquoted');
   });
 
-  it('50 concurrent exports into one manifest leave 50 entries, no duplicates (lock path)', { timeout: 25_000 }, async () => {
+  it('50 concurrent exports into one manifest leave 50 entries, no duplicates, no lock', { timeout: 25_000 }, async () => {
     const runs = Array.from({ length: 50 }, (_, i) =>
       env.run({ module: 'finance', userId: 'busy', format: 'jsonl', records: [{ n: i }], id: `e${i}` }),
     );
@@ -152,73 +94,108 @@ describe('manifest', () => {
     const { entries } = await readManifest(storage, 'finance', 'busy');
     expect(entries).toHaveLength(50);
     expect(new Set(entries.map((e) => e.id)).size).toBe(50);
-    // The lock is released after every update.
-    expect(await redis.exists(manifestLockKey(config.prefix, 'finance', 'busy'))).toBe(0);
+    expect(await redis.exists(`${manifestLockKey(config.prefix, 'finance', 'busy')}:fence`)).toBe(0);
   });
 
-  it('an update replaces an entry with the same id', async () => {
-    const deps = { storage, redis: () => redis, prefix: iso.prefix };
-    await upsertManifestEntry(deps, 'm', 'u', entry('a'));
-    await upsertManifestEntry(deps, 'm', 'u', entry('b'));
-    const update = await upsertManifestEntry(deps, 'm', 'u', { ...entry('a'), record_count: 7 });
-    expect(update).toMatchObject({ entries: 2, mode: 'lock' });
-    const { entries } = await readManifest(storage, 'm', 'u');
-    expect(entries.map((e) => [e.id, e.record_count])).toEqual([
-      ['b', 1],
-      ['a', 7],
-    ]);
-  });
-
-  it('waits for a held lock, and gives up at its timeout without writing', async () => {
-    const lockKey = manifestLockKey(iso.prefix, 'm', 'held');
-    await redis.set(lockKey, 'someone-else', 'PX', 10_000);
-    const deps = { storage, redis: () => redis, prefix: iso.prefix, timeoutMs: 300 };
-    await expect(upsertManifestEntry(deps, 'm', 'held', entry('x'))).rejects.toThrow(/lock not acquired/);
-    // The other holder's lock is untouched (release only deletes our own token).
-    expect(await redis.get(lockKey)).toBe('someone-else');
-    expect((await readManifest(storage, 'm', 'held')).entries).toEqual([]);
-    await redis.del(lockKey);
-    await upsertManifestEntry({ ...deps, timeoutMs: 5_000 }, 'm', 'held', entry('x'));
-    expect((await readManifest(storage, 'm', 'held')).entries.map((e) => e.id)).toEqual(['x']);
-  });
-});
-
-describe('manifest on a store that enforces conditional writes (test proxy)', () => {
-  let proxy: Awaited<ReturnType<typeof conditionalProxy>>;
-  let guarded: Storage;
-  beforeAll(async () => {
-    proxy = await conditionalProxy(s3.endpoint);
-    guarded = createStorage(iso.config({ storage: { endpoint: proxy.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }));
-  });
-  afterAll(async () => {
-    guarded?.close();
-    await proxy?.close();
-  });
-
-  it('detects enforcement, and 50 concurrent updates via If-Match / If-None-Match retries leave 50 entries without Redis', { timeout: 25_000 }, async () => {
-    expect(await storeEnforcesConditionalWrites(guarded)).toBe(true);
-    const deps = {
-      storage: guarded,
-      redis: (): Redis => {
-        throw new Error('the conditional path must not take the lock');
-      },
-      prefix: iso.prefix,
-    };
-    const updates = await Promise.all(Array.from({ length: 50 }, (_, i) => upsertManifestEntry(deps, 'cond', 'busy', entry(`c${i}`))));
+  it('20 concurrent updates retry on 412 and all land, without Redis', { timeout: 25_000 }, async () => {
+    const deps: ManifestDeps = { storage, redis: noRedis, prefix: iso.prefix };
+    const updates = await Promise.all(Array.from({ length: 20 }, (_, i) => upsertManifestEntry(deps, 'cond', 'busy', entry(`c${i}`))));
     expect(updates.every((u) => u.mode === 'conditional')).toBe(true);
-    expect(proxy.stats.preconditionFailed).toBeGreaterThan(0);
     expect(updates.some((u) => u.attempts > 1)).toBe(true);
     const { entries } = await readManifest(storage, 'cond', 'busy');
-    expect(entries).toHaveLength(50);
-    expect(new Set(entries.map((e) => e.id)).size).toBe(50);
+    expect(entries.map((e) => e.id).sort()).toEqual(Array.from({ length: 20 }, (_, i) => `c${i}`).sort());
+  });
+
+  it('a store refusing the ETag form it seemed to honour: 20 writers switch to the lock, all land, and the switch is logged', { timeout: 25_000 }, async () => {
+    const lines: string[] = [];
+    const logger = createLogger({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+    // radosgw answers 412 to the quoted form of its own ETag (it compares byte for byte).
+    const deps: ManifestDeps = { storage, redis: () => redis, prefix: iso.prefix, etagForm: 'quoted', logger };
+    await upsertManifestEntry({ ...deps, etagForm: 'unquoted' }, 'stuck', 'u', entry('first'));
+    const started = Date.now();
+    const updates = await Promise.all(Array.from({ length: 20 }, (_, i) => upsertManifestEntry(deps, 'stuck', 'u', entry(`w${i}`))));
+    const { entries } = await readManifest(storage, 'stuck', 'u');
+    expect(entries.map((e) => e.id).sort()).toEqual(['first', ...Array.from({ length: 20 }, (_, i) => `w${i}`)].sort());
+    expect(updates.every((u) => u.mode === 'lock')).toBe(true);
+    const warnings = lines.map((l) => JSON.parse(l) as { msg: string; key: string });
+    expect(warnings.some((w) => /unchanged ETag.*Redis lock/.test(w.msg) && w.key === 'manifests/stuck/u/manifest.jsonl')).toBe(true);
+    // Bounded by the switch (a few conflicts), not by the 60 s conflict deadline.
+    expect(Date.now() - started).toBeLessThan(20_000);
+    // Later updates of that manifest go straight to the lock.
+    expect(await upsertManifestEntry(deps, 'stuck', 'u', entry('later'))).toMatchObject({ mode: 'lock', attempts: 1 });
   });
 });
+
+for (const where of ['radosgw, lock pinned', 's3rver'] as const) {
+  describe(`manifest on the lock path (${where})`, () => {
+    let lockStorage: Storage;
+    let own: TestS3 | undefined;
+    beforeAll(async () => {
+      if (where === 's3rver') {
+        own = await startS3rver(`${iso.bucket}-lock`);
+        lockStorage = createStorage(iso.config({ storage: storageConfig(own) }));
+      } else lockStorage = storage;
+    });
+    afterAll(async () => {
+      if (own) {
+        lockStorage.close();
+        await own.close();
+      }
+    });
+    const deps = (more: Partial<ManifestDeps> = {}): ManifestDeps => ({
+      storage: lockStorage,
+      redis: () => redis,
+      prefix: iso.prefix,
+      ...(where === 's3rver' ? {} : { etagForm: null }),
+      ...more,
+    });
+    const m = where === 's3rver' ? 'm3' : 'm';
+
+    it('the probe chooses the lock on s3rver', async () => {
+      if (where === 's3rver') expect(await manifestWriteMode(lockStorage)).toBeNull();
+      else expect(await manifestWriteMode(lockStorage)).toBe('unquoted');
+    });
+
+    it('50 concurrent updates leave 50 entries, and the lock is released', { timeout: 25_000 }, async () => {
+      const updates = await Promise.all(Array.from({ length: 50 }, (_, i) => upsertManifestEntry(deps(), m, 'busy', entry(`l${i}`))));
+      expect(updates.every((u) => u.mode === 'lock')).toBe(true);
+      const { entries } = await readManifest(lockStorage, m, 'busy');
+      expect(entries).toHaveLength(50);
+      expect(new Set(entries.map((e) => e.id)).size).toBe(50);
+      expect(await redis.exists(manifestLockKey(iso.prefix, m, 'busy'))).toBe(0);
+    });
+
+    it('an update replaces an entry with the same id', async () => {
+      await upsertManifestEntry(deps(), m, 'u', entry('a'));
+      await upsertManifestEntry(deps(), m, 'u', entry('b'));
+      const update = await upsertManifestEntry(deps(), m, 'u', { ...entry('a'), record_count: 7 });
+      expect(update).toMatchObject({ entries: 2, mode: 'lock' });
+      const { entries } = await readManifest(lockStorage, m, 'u');
+      expect(entries.map((e) => [e.id, e.record_count])).toEqual([
+        ['b', 1],
+        ['a', 7],
+      ]);
+    });
+
+    it('waits for a held lock, and gives up at its timeout without writing', async () => {
+      const lockKey = manifestLockKey(iso.prefix, m, 'held');
+      await redis.set(lockKey, 'someone-else', 'PX', 10_000);
+      await expect(upsertManifestEntry(deps({ timeoutMs: 300 }), m, 'held', entry('x'))).rejects.toThrow(/lock not acquired/);
+      // The other holder's lock is untouched (release only deletes our own token).
+      expect(await redis.get(lockKey)).toBe('someone-else');
+      expect((await readManifest(lockStorage, m, 'held')).entries).toEqual([]);
+      await redis.del(lockKey);
+      await upsertManifestEntry(deps({ timeoutMs: 5_000 }), m, 'held', entry('x'));
+      expect((await readManifest(lockStorage, m, 'held')).entries.map((e) => e.id)).toEqual(['x']);
+    });
+  });
+}
 
 describe('compaction', () => {
   const COMPACT = 1024;
 
   it('rolls the head into dated segments past the threshold: every update rewrites a bounded head, and reads see every entry', async () => {
-    const deps = { storage, redis: () => redis, prefix: iso.prefix, compactBytes: COMPACT };
+    const deps: ManifestDeps = { storage, redis: noRedis, prefix: iso.prefix, compactBytes: COMPACT };
     const ids = Array.from({ length: 40 }, (_, i) => `s${String(i).padStart(2, '0')}`);
     let largestHead = 0;
     let compactions = 0;
@@ -247,35 +224,23 @@ describe('compaction', () => {
     expect(all).toHaveLength(40);
   });
 
-  it('50 concurrent writers with compaction on leave 50 entries, no duplicates (lock path)', { timeout: 25_000 }, async () => {
-    const deps = { storage, redis: () => redis, prefix: iso.prefix, compactBytes: COMPACT };
-    const ids = Array.from({ length: 50 }, (_, i) => `k${i}`);
-    const updates = await Promise.all(ids.map((id) => upsertManifestEntry(deps, 'conc', 'lock', entry(id))));
-    expect(updates.filter((u) => u.compacted).length).toBeGreaterThan(3);
-    await expectCompacted(storage, 'conc', 'lock', ids);
-  });
-
-  it('50 concurrent writers with compaction on leave 50 entries, no duplicates (conditional path, test proxy)', { timeout: 25_000 }, async () => {
-    const proxy = await conditionalProxy(s3.endpoint);
-    const guarded = createStorage(iso.config({ storage: { endpoint: proxy.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }));
-    try {
-      expect(await storeEnforcesConditionalWrites(guarded)).toBe(true);
-      const deps = {
-        storage: guarded,
-        redis: (): Redis => {
-          throw new Error('the conditional path must not take the lock');
-        },
+  for (const [path, etagForm] of [
+    ['lock', null],
+    ['conditional', undefined],
+  ] as const) {
+    it(`50 concurrent writers with compaction on leave 50 entries, no duplicates (${path} path)`, { timeout: 25_000 }, async () => {
+      const deps: ManifestDeps = {
+        storage,
+        redis: etagForm === null ? () => redis : noRedis,
         prefix: iso.prefix,
         compactBytes: COMPACT,
+        ...(etagForm === null ? { etagForm } : {}),
       };
-      const ids = Array.from({ length: 50 }, (_, i) => `q${i}`);
-      const updates = await Promise.all(ids.map((id) => upsertManifestEntry(deps, 'conc', 'cond', entry(id))));
-      expect(updates.every((u) => u.mode === 'conditional')).toBe(true);
+      const ids = Array.from({ length: 50 }, (_, i) => `${path}${i}`);
+      const updates = await Promise.all(ids.map((id) => upsertManifestEntry(deps, 'conc', path, entry(id))));
+      expect(updates.every((u) => u.mode === path)).toBe(true);
       expect(updates.filter((u) => u.compacted).length).toBeGreaterThan(3);
-      await expectCompacted(storage, 'conc', 'cond', ids);
-    } finally {
-      guarded.close();
-      await proxy.close();
-    }
-  });
+      await expectCompacted(storage, 'conc', path, ids);
+    });
+  }
 });

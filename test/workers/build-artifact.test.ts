@@ -1,5 +1,5 @@
 /**
- * The build-artifact processor against real services: s3rver, Postgres (migrated into this file's
+ * The build-artifact processor against real services: radosgw, Postgres (migrated into this file's
  * schema) and Redis (the domain-event stream). The ProcessorContext is built here by hand, as the
  * runtime would.
  */
@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
 import { getLatestProjectVersionWithArtifact } from '../../src/db/project-versions.js';
@@ -61,6 +61,20 @@ afterAll(async () => {
 });
 
 describe('buildArtifact', () => {
+  it("a multipart artifact's receipt carries the object's real ETag (radosgw's Complete answer has none)", async () => {
+    const multipart = join(work, 'multipart');
+    await mkdir(multipart);
+    // Random bytes are stored, not deflated: 20 MB is three 8 MiB parts.
+    await writeFile(join(multipart, 'blob.bin'), randomBytes(20_000_000));
+    const { result } = await run({ userId: 'u9', projectId: 'p9', versionId: 'v1', buildDir: multipart });
+    const key = artifactKey('u9', 'p9', 'v1');
+    const head = await env.reader.send(new HeadObjectCommand({ Bucket: env.s3.bucket, Key: key }));
+    expect(head.ETag).toMatch(/^"[0-9a-f]{32}-3"$/);
+    const receipt = await getUploadReceipt(env.db, env.s3.bucket, key);
+    expect(receipt?.etag).toBe(head.ETag);
+    expect(result).toMatchObject({ status: 'uploaded', etag: head.ETag });
+  });
+
   it('uploads the zip; the object, the receipt, the project_versions row and the event agree on size and SHA-256', async () => {
     const { result, progress, emitted, jobId } = await run({ userId: 'u1', projectId: 'p1', versionId: 'v1', buildDir, buildId: 'b1' });
     const key = artifactKey('u1', 'p1', 'v1');

@@ -1,5 +1,6 @@
 /**
- * The cleanup processor against real services: s3rver, Postgres (this file's schema) and Redis
+ * The cleanup processor against real services: radosgw (s3rver for a store without
+ * ListMultipartUploads), Postgres (this file's schema) and Redis
  * (the domain-event stream). The ProcessorContext is built by hand, as the runtime would.
  */
 import { PutObjectCommand } from '@aws-sdk/client-s3';
@@ -11,6 +12,7 @@ import { sha256SidecarKey } from '../../src/storage/keys.js';
 import { cleanup } from '../../src/workers/cleanup.js';
 import { processorTestEnv, type ProcessorTestEnv } from '../helpers/fleet.js';
 import { isolate } from '../helpers/isolation.js';
+import { startS3rver, storageConfig } from '../helpers/s3.js';
 
 const iso = isolate('cleanupjob');
 let env: ProcessorTestEnv<'cleanup'>;
@@ -59,11 +61,21 @@ describe('cleanup processor', () => {
     expect(emitted[0]).toMatchObject({ type: 'cleanup_completed', queue: 'cleanup', jobId, data: { mode: 'objects', scanned: 6, deleted: 4, bytesFreed: bytes, dryRun: false } });
   });
 
-  it('enforceLifecycle on a store without ListMultipartUploads completes and notes what it skipped', async () => {
+  it('enforceLifecycle completes on radosgw with nothing skipped', async () => {
     const { result } = await run({ dryRun: false, enforceLifecycle: true });
-    expect(result).toMatchObject({ mode: 'lifecycle', deleted: 0, errors: 0, unsupported: ['ListMultipartUploads'] });
-    const [row] = await listCleanupLogs(env.db, 1);
-    expect(row).toMatchObject({ mode: 'lifecycle', errors: 0, details: { unsupported: ['ListMultipartUploads'] } });
+    expect(result).toMatchObject({ mode: 'lifecycle', deleted: 0, errors: 0, unsupported: [] });
+  });
+
+  it('enforceLifecycle on a store without ListMultipartUploads (s3rver) completes and notes what it skipped', async () => {
+    const plain = await startS3rver(`${iso.bucket}-plain`);
+    try {
+      const { result } = await env.run({ dryRun: false, enforceLifecycle: true }, iso.config({ storage: storageConfig(plain) }));
+      expect(result).toMatchObject({ mode: 'lifecycle', deleted: 0, errors: 0, unsupported: ['ListMultipartUploads'] });
+      const [row] = await listCleanupLogs(env.db, 1);
+      expect(row).toMatchObject({ mode: 'lifecycle', errors: 0, details: { unsupported: ['ListMultipartUploads'] } });
+    } finally {
+      await plain.close();
+    }
   });
 
   it('refuses a payload that selects nothing, permanently', async () => {

@@ -22,7 +22,7 @@ import type { PayloadInput } from '../../queues/index.js';
 import { createStorage, type Storage } from '../../storage/client.js';
 import { BACKUP_KEY_PATTERN } from '../../storage/keys.js';
 import { DEFAULT_KEEP_LAST, type RetentionPolicy } from '../../storage/retention.js';
-import { storeError } from '../../storage/upload.js';
+import { storeError } from '../../storage/store-errors.js';
 import { probeStore } from '../../storage/verify.js';
 import { backupName, deleteBackupObject, describeBackup, pruneBackupSet, resolveBackup, withBackupLock } from '../../workers/backup.js';
 import {

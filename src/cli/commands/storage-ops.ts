@@ -11,6 +11,7 @@ import { StowageError } from '../../errors.js';
 import { createStorage, type Storage } from '../../storage/client.js';
 import { applyLifecycle, describeRule, getStoreLifecycle } from '../../storage/lifecycle.js';
 import { measureUsage } from '../../storage/usage.js';
+import { CAPABILITY_LABELS, formatCapability, probeCapabilities, type CapabilityName } from '../../storage/capabilities.js';
 import { listObjects, objectDetails, probeStore } from '../../storage/verify.js';
 import { runRecordedCleanup } from '../../workers/cleanup.js';
 
@@ -47,6 +48,7 @@ async function withStorage<T>(cfg: Config, fn: (storage: Storage) => Promise<T>)
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
 
 export interface VerifyOptions {
+  capabilities?: boolean;
   list?: boolean;
   prefix?: string;
   limit?: number;
@@ -55,8 +57,25 @@ export interface VerifyOptions {
 }
 
 export async function verifyCommand(cfg: Config, opts: VerifyOptions, io: Output = consoleOutput): Promise<void> {
-  if (opts.list && opts.head) throw new StowageError('STOWAGE_ERR_USAGE', 'verify: give --list or --head, not both');
+  if ([opts.list, opts.head, opts.capabilities].filter(Boolean).length > 1) {
+    throw new StowageError('STOWAGE_ERR_USAGE', 'verify: give one of --capabilities, --list or --head');
+  }
   await withStorage(cfg, async (storage) => {
+    if (opts.capabilities) {
+      const report = await probeCapabilities(storage);
+      if (opts.json) return io.out(JSON.stringify(report, null, 2));
+      io.out(`endpoint ${storage.endpoint}, bucket ${storage.bucket}`);
+      const width = Math.max(...Object.values(CAPABILITY_LABELS).map((l) => l.length));
+      for (const [name, label] of Object.entries(CAPABILITY_LABELS) as Array<[CapabilityName, string]>) {
+        const shown = formatCapability(report.capabilities[name]);
+        io.out(`${label.padEnd(width)}  ${shown.padEnd(19)}  ${report.evidence[name]}`);
+      }
+      const caps = report.capabilities;
+      io.out(`manifests: ${caps.createOnly && caps.compareAndSwap ? `conditional writes (If-Match with the ${caps.compareAndSwap} ETag)` : 'the Redis fenced lock'}`);
+      io.out(`uploads: ${caps.partChecksumSha256 ? 'a SHA-256 checksum with every part' : 'size checked by HEAD after the upload'}; ETag from ${caps.completeEtag ? 'CompleteMultipartUpload' : 'HEAD'}`);
+      io.out(`listings: ${caps.listObjectsV2 ? 'ListObjectsV2' : 'ListObjects (v1) markers'}`);
+      return;
+    }
     if (opts.head) {
       const d = await objectDetails(storage, opts.head);
       if (opts.json) return io.out(JSON.stringify(d, null, 2));
@@ -236,7 +255,8 @@ export function registerStorageCommands(program: Command, options: { config?: ()
 
   program
     .command('verify')
-    .description('check the object store: put, head, get, list and delete a probe (timed); or list objects; or show one')
+    .description('check the object store: put, head, get, list and delete a probe (timed); or what it supports; or list objects; or show one')
+    .option('--capabilities', 'probe what the store supports (conditional writes, multipart listing and abort, lifecycle, checksums) and how Stowage adapts')
     .option('--list', 'list objects (key order)')
     .option('--prefix <prefix>', 'with --list: only keys under this prefix')
     .option('--limit <n>', 'with --list: at most this many (0 = all)', number('--limit', true), 100)
