@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 /**
  * The chaos suite (`npm run test:chaos`): worker fleets as separate processes against real Redis,
- * Postgres and s3rver, with injected faults. One file at a time: each scenario runs several
+ * Postgres and radosgw (test/setup/rgw.ts), with injected faults. One file at a time: each scenario runs several
  * processes and the machine has 2 cores. Not part of `npm test` (vitest.config.ts excludes it).
  */
 export default defineConfig({

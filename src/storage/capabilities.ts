@@ -32,6 +32,7 @@ import {
   GetBucketLifecycleConfigurationCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
+  ListObjectsCommand,
   ListObjectsV2Command,
   ListPartsCommand,
   PutObjectCommand,
@@ -148,6 +149,7 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
   };
 
   try {
+    await sweepAbandonedProbes(storage);
     // create-only
     const fresh = `${base}create-only`;
     let createOnly = false;
@@ -301,6 +303,20 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
       ...[...written].map((key) => client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch(() => {})),
     ]);
   }
+}
+
+/**
+ * A process killed mid-probe leaves its objects (and an upload, which `cleanup --multipart` and
+ * the abort-incomplete lifecycle rule remove): the next probe deletes objects of probes over an
+ * hour old. Best effort: a store that cannot list is probed all the same.
+ */
+async function sweepAbandonedProbes(storage: Storage): Promise<void> {
+  const cutoff = Date.now() - 3_600_000;
+  const page = await storage.client
+    .send(new ListObjectsCommand({ Bucket: storage.bucket, Prefix: CAPABILITY_PROBE_PREFIX, MaxKeys: 1000 }))
+    .catch(() => null);
+  const stale = (page?.Contents ?? []).filter((o) => o.Key && (o.LastModified?.getTime() ?? Infinity) < cutoff);
+  await Promise.all(stale.map((o) => storage.client.send(new DeleteObjectCommand({ Bucket: storage.bucket, Key: o.Key! })).catch(() => {})));
 }
 
 const cache = new Map<string, Promise<CapabilityReport>>();

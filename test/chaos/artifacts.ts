@@ -6,7 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GetObjectCommand, ListObjectsCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import type pg from 'pg';
 import type { Readable } from 'node:stream';
 import { artifactKey, isSha256SidecarKey, sha256SidecarKey } from '../../src/storage/keys.js';
@@ -65,9 +65,10 @@ export interface ArtifactCheck {
 }
 
 /**
- * Read everything back straight from s3rver (not through any fault proxy) and Postgres. The source
- * check rebuilds each zip locally: the archive is deterministic (sorted entries, file mtimes), so
- * equal SHA-256 means the object holds exactly that folder.
+ * Read everything back straight from radosgw (not through any fault proxy), with the scenario's
+ * credentials, and from Postgres. The source check rebuilds each zip locally: the archive is
+ * deterministic (sorted entries, file mtimes), so equal SHA-256 means the object holds exactly
+ * that folder.
  */
 export async function checkArtifacts(s3: TestS3, pool: pg.Pool, jobs: ArtifactJob[]): Promise<ArtifactCheck> {
   const client = new S3Client({
@@ -80,19 +81,18 @@ export async function checkArtifacts(s3: TestS3, pool: pg.Pool, jobs: ArtifactJo
   });
   try {
     const keys: string[] = [];
-    let marker: string | undefined;
-    // v1 markers: s3rver's ListObjectsV2 pagination is broken past 1000.
+    let token: string | undefined;
     for (;;) {
-      const page = await client.send(new ListObjectsCommand({ Bucket: s3.bucket, ...(marker ? { Marker: marker } : {}) }));
-      const contents = page.Contents ?? [];
-      keys.push(...contents.map((c) => c.Key!));
-      if (!page.IsTruncated || !contents.length) break;
-      marker = contents[contents.length - 1]!.Key;
+      const page = await client.send(new ListObjectsV2Command({ Bucket: s3.bucket, ...(token ? { ContinuationToken: token } : {}) }));
+      keys.push(...(page.Contents ?? []).map((c) => c.Key!));
+      if (!page.IsTruncated) break;
+      token = page.NextContinuationToken;
+      if (!token) throw new Error('ListObjectsV2: a truncated page without NextContinuationToken');
     }
     // Artifacts only: other kinds a scenario runs (exports, manifests) have keys of their own.
     const isArtifact = (k: string) => /^[^/]+\/[^/]+\/snapshots\/[^/]+\.zip$/.test(k);
     const objects = keys.filter((k) => !isSha256SidecarKey(k) && isArtifact(k));
-    const receipts = (await pool.query<{ key: string; sha256: string; size: string }>('SELECT key, sha256, size FROM upload_receipts')).rows.filter((r) => isArtifact(r.key));
+    const receipts = (await pool.query<{ key: string; sha256: string; size: string; etag: string | null }>('SELECT key, sha256, size, etag FROM upload_receipts')).rows.filter((r) => isArtifact(r.key));
     const rows = (await pool.query<{ user_id: string; project_id: string; version_id: string; artifact_checksum: string; artifact_size: string }>(
       'SELECT user_id, project_id, version_id, artifact_checksum, artifact_size FROM project_versions',
     )).rows;
@@ -107,10 +107,13 @@ export async function checkArtifacts(s3: TestS3, pool: pg.Pool, jobs: ArtifactJo
       if (!receipt) why.push('no upload receipt');
       if (!row) why.push('no project_versions row');
       if (!why.length) {
-        const stored = await bodySha256((await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: job.key }))).Body as Readable);
+        const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: job.key }));
+        const stored = await bodySha256(object.Body as Readable);
         const sidecar = await bodyText((await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: sha256SidecarKey(job.key) }))).Body as Readable);
         const source = await bodySha256(createZipStream(await scanSource(job.buildDir)));
         if (stored !== receipt!.sha256) why.push(`object sha256 ${stored} != receipt ${receipt!.sha256}`);
+        // The store's own ETag of the object (radosgw's CompleteMultipartUpload answers an empty one).
+        if (!object.ETag || object.ETag === '""' || receipt!.etag !== object.ETag) why.push(`receipt etag ${JSON.stringify(receipt!.etag)} != object ETag ${object.ETag}`);
         if (row!.artifact_checksum !== receipt!.sha256) why.push('project_versions checksum != receipt');
         if (!sidecar.startsWith(`${stored}  `)) why.push('sidecar disagrees');
         if (source !== stored) why.push('object is not the zip of its source');

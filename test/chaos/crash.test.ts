@@ -5,19 +5,22 @@
  * mid-multipart, mid-receipt).
  *
  * End state: every job completed, one object per job whose SHA-256 equals its sidecar, its upload
- * receipt, its project_versions row and the zip of its source; nothing failed or parked; and the
- * multipart uploads that killed attempts left open are counted (s3rver keeps them as folders; it
- * cannot list them over the API, so `cleanup --multipart` cannot be exercised against it).
+ * receipt, its project_versions row and the zip of its source; nothing failed or parked. The
+ * multipart uploads that killed attempts left open are listed on the store (ListMultipartUploads):
+ * each is an upload of a job's own key (or of the capability probe), bounded by the kills; then
+ * `stowage cleanup --multipart` aborts exactly those, none is listed afterwards, and every artifact
+ * is still intact.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDb, type Db } from '../../src/db/pool.js';
 import { migrate } from '../../src/db/migrate.js';
 import { createProducer, type Producer } from '../../src/producers/index.js';
+import { CAPABILITY_PROBE_PREFIX } from '../../src/storage/keys.js';
 import { isolate, REDIS_URL, DATABASE_URL } from '../helpers/isolation.js';
-import { s3rverUploadsDir } from '../helpers/s3-proxy.js';
 import type { TestS3 } from '../helpers/s3.js';
 import { checkArtifacts, makeSources, type ArtifactJob } from './artifacts.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
@@ -28,6 +31,37 @@ const WORKERS = 3;
 const KILL_EVERY_MS = 2_000;
 
 const iso = isolate('chaoscrash');
+
+interface OpenUpload {
+  key: string;
+  uploadId: string;
+  /** Bytes of the parts it holds (ListParts). */
+  bytes: number;
+}
+
+/** Every incomplete multipart upload in the bucket, as the store lists it, with its parts' size. */
+async function listOpenUploads(s3: TestS3): Promise<OpenUpload[]> {
+  const out: OpenUpload[] = [];
+  let keyMarker: string | undefined;
+  let uploadIdMarker: string | undefined;
+  for (;;) {
+    const page = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: s3.bucket, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
+    for (const u of page.Uploads ?? []) {
+      let bytes = 0;
+      let partMarker: string | undefined;
+      for (;;) {
+        const parts = await s3.client.send(new ListPartsCommand({ Bucket: s3.bucket, Key: u.Key!, UploadId: u.UploadId!, PartNumberMarker: partMarker }));
+        bytes += (parts.Parts ?? []).reduce((n, p) => n + (p.Size ?? 0), 0);
+        if (!parts.IsTruncated) break;
+        partMarker = parts.NextPartNumberMarker;
+      }
+      out.push({ key: u.Key!, uploadId: u.UploadId!, bytes });
+    }
+    if (!page.IsTruncated) return out;
+    keyMarker = page.NextKeyMarker;
+    uploadIdMarker = page.NextUploadIdMarker;
+  }
+}
 const secrets = makeSecrets();
 let s3: TestS3;
 let proxy: FaultProxy;
@@ -128,13 +162,29 @@ describe('chaos: worker crash', () => {
     const parked = await deadLetterQueue(producer).getJobCounts('waiting', 'prioritized', 'delayed');
     const states = await Promise.all(jobIds.map((id) => queue.getJobState(id)));
     const check = await checkArtifacts(s3, db.pool, jobs);
-    let openUploads: string[] = [];
-    try {
-      openUploads = await readdir(s3rverUploadsDir(s3));
-    } catch {
-      // no multipart upload was ever left open
-    }
     await group.stopAll();
+    // With no worker left, whatever is still open was left by a kill (every other failure aborts
+    // its own upload). A kill ends at most `concurrency` (2) uploads, or the one open upload of the
+    // capability probe (a process probes before its first upload).
+    const openUploads = await listOpenUploads(s3);
+    const jobKeys = new Set(jobs.map((j) => j.key));
+    const strays = openUploads.filter((u) => !jobKeys.has(u.key) && !u.key.startsWith(CAPABILITY_PROBE_PREFIX));
+
+    // `stowage cleanup --multipart` (all of them: --older-than-hours 0), through the proxy.
+    const cleanup = await group.start('cleanup', ['cleanup', '--multipart', '--older-than-hours', '0', '--force'], { readyText: null });
+    const cleanupExit = await cleanup.exited;
+    const cleanupOut = group.output
+      .filter((l) => l.startsWith('[cleanup out] '))
+      .map((l) => l.slice('[cleanup out] '.length))
+      .join('');
+    const abortedIds = cleanupOut
+      .split('\n')
+      .filter((l) => l.startsWith('aborted\t'))
+      .map((l) => l.split('\t')[2]!);
+    const leftAfterCleanup = await listOpenUploads(s3);
+    // A kill mid-probe also leaves the probe's objects (its clean-up never ran); only counted.
+    const probeObjects = (await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: CAPABILITY_PROBE_PREFIX }))).KeyCount ?? 0;
+    const after = await checkArtifacts(s3, db.pool, jobs);
     await group.save('crash');
     const logs = expectNoSecrets(group.text(), secrets);
 
@@ -150,6 +200,11 @@ describe('chaos: worker crash', () => {
       lost: check.lost.length,
       duplicated: check.duplicated,
       incompleteMultipartLeftByKills: openUploads.length,
+      incompleteMultipartOfProbe: openUploads.filter((u) => u.key.startsWith(CAPABILITY_PROBE_PREFIX)).length,
+      incompleteMultipartBytes: openUploads.reduce((n, u) => n + u.bytes, 0),
+      abortedByCleanup: abortedIds.length,
+      incompleteMultipartAfterCleanup: leftAfterCleanup.length,
+      probeObjectsLeftByKills: probeObjects,
       logBytesScanned: logs.bytesScanned,
       seconds: Math.round((Date.now() - started) / 1000),
     });
@@ -160,8 +215,13 @@ describe('chaos: worker crash', () => {
     expect(parked).toMatchObject({ waiting: 0, prioritized: 0, delayed: 0 });
     expect(check.lost).toEqual([]);
     expect(check).toMatchObject({ objects: N, receipts: N, catalogRows: N, duplicated: 0 });
-    // Only a SIGKILL can leave a multipart upload open (every other failure aborts its own); each
-    // kill ends at most concurrency (2) uploads. Clearing them needs ListMultipartUploads.
+    expect(strays).toEqual([]);
     expect(openUploads.length).toBeLessThanOrEqual(kills * 2);
+    expect(cleanupExit, group.tail('cleanup')).toEqual({ code: 0, signal: null });
+    expect([...abortedIds].sort()).toEqual(openUploads.map((u) => u.uploadId).sort());
+    expect(leftAfterCleanup).toEqual([]);
+    // Aborting what the kills left touched no object.
+    expect(after.lost).toEqual([]);
+    expect(after).toMatchObject({ objects: N, receipts: N, catalogRows: N, duplicated: 0 });
   });
 });

@@ -1,19 +1,20 @@
 /**
  * Shared machinery of the chaos suite: Stowage roles as separate OS processes through the CLI
  * (`node --import tsx src/cli/main.ts …`), their captured output, configured secrets that must never
- * show up in that output, an s3rver with its own credentials, and the run summary.
+ * show up in that output, a radosgw bucket reached with credentials of the scenario's own, and the
+ * run summary.
  *
- * s3rver runs in this (test) process; the workers are other processes, so nothing here may block
- * the event loop (no execFileSync/spawnSync).
+ * The workers are other processes and this (test) process serves fault proxies, so nothing here
+ * may block the event loop (no execFileSync/spawnSync).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Queue } from 'bullmq';
-import { expect } from 'vitest';
+import { expect, inject } from 'vitest';
 import type { Producer } from '../../src/producers/index.js';
 import { DEAD_LETTER_QUEUE, type JobKind, type ParkedJob } from '../../src/queues/index.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
@@ -48,13 +49,46 @@ export function withPassword(url: string, password: string, port?: number): stri
   return u.toString();
 }
 
-/** s3rver with a key pair of our own (its built-in one is the public `S3RVER`, useless as a leak probe). */
+/** `radosgw-admin …` against the run's radosgw; its JSON answer, parsed. */
+async function radosgwAdmin(args: string[]): Promise<unknown> {
+  const { stdout } = await promisify(execFile)('radosgw-admin', args, { env: { ...process.env, CEPH_CONF: inject('rgw').cephConf } });
+  return stdout.trim() ? JSON.parse(stdout) : null;
+}
+
+/**
+ * A bucket of its own on the run's radosgw, reached with the scenario's own key pair (the run's
+ * key is in scripts/rgw.sh, useless as a leak probe): the pair is added to the bucket owner's user
+ * for the scenario and removed again by `close()`. radosgw checks every signature, so the
+ * scenario's processes really authenticate with this pair. `client` keeps the run's key.
+ */
 export async function startChaosS3(bucket: string, secrets: Secrets): Promise<TestS3> {
   const s3 = await startS3(bucket);
-  const require = createRequire(import.meta.url);
-  const account = require('s3rver/lib/models/account.js') as { DUMMY_ACCOUNT: { createKeyPair(id: string, secret: string): void } };
-  account.DUMMY_ACCOUNT.createKeyPair(secrets.accessKeyId, secrets.secretAccessKey);
-  return { ...s3, accessKeyId: secrets.accessKeyId, secretAccessKey: secrets.secretAccessKey };
+  try {
+    const owner = (await radosgwAdmin(['user', 'info', `--access-key=${s3.accessKeyId}`])) as { user_id: string };
+    await radosgwAdmin([
+      'key',
+      'create',
+      `--uid=${owner.user_id}`,
+      '--key-type=s3',
+      `--access-key=${secrets.accessKeyId}`,
+      `--secret-key=${secrets.secretAccessKey}`,
+    ]);
+    return {
+      ...s3,
+      accessKeyId: secrets.accessKeyId,
+      secretAccessKey: secrets.secretAccessKey,
+      async close() {
+        try {
+          await s3.close();
+        } finally {
+          await radosgwAdmin(['key', 'rm', `--uid=${owner.user_id}`, '--key-type=s3', `--access-key=${secrets.accessKeyId}`]);
+        }
+      },
+    };
+  } catch (err) {
+    await s3.close();
+    throw err;
+  }
 }
 
 export interface RoleProcess {

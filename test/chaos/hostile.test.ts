@@ -281,14 +281,26 @@ describe('hostile input: another user and credentials', () => {
     const job = await app.inject({ method: 'GET', url: `/v1/jobs/build-artifact/${jobId}`, headers: bearer(bobUser) });
     expect(job.statusCode, job.body).toBe(404);
     // The only signed URLs the API hands out are for the caller's own versions (bob got 404s
-    // above). Whether a store refuses a signed URL bent to another key is the store's part: s3rver
-    // does not enforce query signatures (a bent URL gets 200 there), R2 and S3 answer 403, so that
-    // is not asserted here. What is: the signature covers the key, so one URL is one object.
+    // above). The signature covers the key, so one URL is one object: the store (radosgw, like R2
+    // and S3) refuses alice's URL bent to bob's key, or with its signature changed, with 403.
     const signed = await presignDownload(storage, { key, filename: 'a.zip', expiresInSeconds: 60 });
-    expect((await fetch(signed.url)).status).toBe(200);
+    const got = await fetch(signed.url);
+    expect(got.status).toBe(200);
+    expect(await got.text()).toBe('alice zip');
     const other = await presignDownload(storage, { key: artifactKey('bob', 'p1', 'v1'), filename: 'a.zip', expiresInSeconds: 60 });
-    count('authz');
     expect(new URL(other.url).searchParams.get('X-Amz-Signature')).not.toBe(new URL(signed.url).searchParams.get('X-Amz-Signature'));
+    const bent = new URL(signed.url);
+    bent.pathname = new URL(other.url).pathname;
+    const tampered = new URL(signed.url);
+    tampered.searchParams.set('X-Amz-Signature', '0'.repeat(64));
+    for (const url of [bent, tampered]) {
+      count('authz');
+      const res = await fetch(url);
+      const body = await res.text();
+      expect(res.status, `${url.pathname}: ${body}`).toBe(403);
+      expect(body).toContain('SignatureDoesNotMatch');
+      expect(body).not.toContain('bob zip');
+    }
   });
 
   it('the API and the dashboard refuse no, wrong and expired credentials with 401', async () => {

@@ -1,6 +1,6 @@
 /**
- * The common set-up of a chaos scenario: an isolated prefix/schema/bucket, an s3rver with the
- * scenario's own credentials behind a fault proxy, a producer and a pool in this process, and a
+ * The common set-up of a chaos scenario: an isolated prefix/schema/bucket, a radosgw bucket with
+ * the scenario's own credentials behind a fault proxy, a producer and a pool in this process, and a
  * ProcessGroup whose environment points worker processes at all of it.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -19,7 +19,7 @@ export interface Scenario {
   iso: Isolation;
   secrets: Secrets;
   s3: TestS3;
-  /** In front of s3rver; workers' R2_ENDPOINT. */
+  /** In front of radosgw; workers' R2_ENDPOINT. */
   storeProxy: FaultProxy;
   producer: Producer;
   db: Db;

@@ -1,7 +1,8 @@
 /**
  * Child process for upload-memory.test.ts: scan → zip → upload one folder with the production
  * config path (env vars), then print one JSON line with the result and this process's peak RSS.
- * A separate process so the peak is the pipeline's own, not the test runner's or s3rver's.
+ * A separate process so the peak is the pipeline's own, not the test runner's. The store (the
+ * run's radosgw) comes through R2_* env vars: vitest's inject() is not available here.
  */
 import { loadConfig } from '../../src/config.js';
 import { createStorage } from '../../src/storage/client.js';
