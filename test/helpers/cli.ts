@@ -14,7 +14,8 @@ export interface CliRun {
 /**
  * `stowage …args` with a clean environment: PATH, HOME, the test Redis and Postgres, the file's
  * prefix and schema, silent logs, then `env` on top. Never throws: the exit code is in the result.
- * Async on purpose: a blocking spawn would freeze an in-process s3rver the CLI talks to.
+ * Async on purpose: a blocking spawn would freeze the test process, which may serve an in-process
+ * s3rver or a fault proxy the CLI talks to.
  */
 export function runCli(iso: Isolation, args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<CliRun> {
   return new Promise((resolve) => {

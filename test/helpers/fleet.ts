@@ -76,7 +76,7 @@ export async function runProcessor<K extends JobKind>(
 }
 
 /**
- * What a processor test needs, set up once per file: an s3rver with the file's bucket, a config
+ * What a processor test needs, set up once per file: a radosgw bucket of the file's, a config
  * pointing at it, the file's Postgres schema migrated, Redis with the domain-event stream, the
  * kind's queue (for Job objects) and a plain S3 client to read back what the processor wrote.
  * `close()` tears it all down, storages the processor opened included.

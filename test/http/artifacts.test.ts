@@ -1,5 +1,5 @@
 /**
- * Artifact download API against real s3rver, Postgres and a build that really ran: the latest
+ * Artifact download API against real radosgw, Postgres and a build that really ran: the latest
  * export and a version's download give presigned attachment URLs whose bytes match the receipt;
  * another user's project is 404; no artifact is 404 with canRebuild; links expire.
  */

@@ -1,5 +1,5 @@
 /**
- * /api/backups against real services (workers running the backup processor, s3rver, Postgres):
+ * /api/backups against real services (workers running the backup processor, radosgw, Postgres):
  * admin only (401 without a token, 403 for other roles), take two ad hoc-requested backups of one
  * set (never deduped), list, download (bytes match the recorded SHA-256), stage and cancel a
  * restore, test-connection, delete.

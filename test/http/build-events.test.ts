@@ -1,6 +1,6 @@
 /**
  * A build-artifact job followed live over SSE: its progress (archiving, uploading), then its
- * artifact_uploaded event, then completed, in that order. Real s3rver, Redis, Postgres, runtime.
+ * artifact_uploaded event, then completed, in that order. Real radosgw, Redis, Postgres, runtime.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -1,6 +1,6 @@
 /**
  * Real dependencies for the HTTP server in tests: Redis queues under the file's prefix, a Postgres
- * pool, an s3rver bucket, a registry, and a logger whose lines the test can read.
+ * pool, a radosgw bucket, a registry, and a logger whose lines the test can read.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';

@@ -1,6 +1,6 @@
 /**
  * The records API through the real server (bearer tokens → user), a real export worker, Redis,
- * Postgres and s3rver. The routes answer under both /api/v1/records and /v1/records.
+ * Postgres and radosgw. The routes answer under both /api/v1/records and /v1/records.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';

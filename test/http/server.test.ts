@@ -1,5 +1,5 @@
 /**
- * The HTTP server against real Redis, Postgres and s3rver, through server.inject() (and real
+ * The HTTP server against real Redis, Postgres and radosgw, through server.inject() (and real
  * sockets for listening). The Bull Board UI in a browser is in board.browser.test.ts.
  */
 import { spawnSync } from 'node:child_process';
