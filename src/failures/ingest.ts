@@ -94,7 +94,7 @@ export async function recordFailures(deps: RecordFailuresDeps, tenantId: string,
   if (!tenantId) throw new ValidationError('failures', ['tenant: must not be empty']);
   const parsed = parseBatch(input);
   if (!parsed.success) {
-    throw new ValidationError('failures', parsed.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(body)'}: ${i.message}`));
+    throw ValidationError.fromZod('failures', parsed.error, '(body)');
   }
   const now = new Date().toISOString();
   const records = parsed.data.map((f) => ({

@@ -30,7 +30,7 @@ const query = z.strictObject({
 
 function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const r = schema.safeParse(value);
-  if (!r.success) throw new ValidationError(what, r.error.issues.map((i) => `${i.path.join('.') || what}: ${i.message}`));
+  if (!r.success) throw ValidationError.fromZod(what, r.error);
   return r.data;
 }
 

@@ -63,10 +63,7 @@ export function isJobKind(value: string): value is JobKind {
 export function parsePayload<K extends JobKind>(kind: K, data: unknown): Payload<K> {
   const result = PAYLOAD_SCHEMAS[kind].safeParse(data);
   if (!result.success) {
-    throw new ValidationError(
-      `${kind} payload`,
-      result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(payload)'}: ${i.message}`),
-    );
+    throw ValidationError.fromZod(`${kind} payload`, result.error, '(payload)');
   }
   return result.data as Payload<K>;
 }

@@ -186,7 +186,7 @@ export async function recordUrl(
 /** The JSON value stored under `json_blobs/{key}.json`; null when there is none. */
 export async function getJsonBlob<T = unknown>(storage: Storage, key: string): Promise<T | null> {
   const valid = safeId.safeParse(key);
-  if (!valid.success) throw new ValidationError('json blob key', valid.error.issues.map((i) => `key: ${i.message}`));
+  if (!valid.success) throw ValidationError.fromZod('json blob key', valid.error, 'key');
   const objectKey = jsonBlobKey(key);
   try {
     const res = await storage.client.send(new GetObjectCommand({ Bucket: storage.bucket, Key: objectKey }));
