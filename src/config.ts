@@ -1,15 +1,29 @@
 /**
  * The one place that reads `process.env`.
  *
- * Every setting comes from an environment variable, and structured settings (schedules, backup
- * sets, lifecycle rules) may also come from a JSON file named by `STOWAGE_CONFIG`. Environment
- * variables win over the file. `loadConfig()` validates everything with one zod schema and reports
- * every bad setting at once, by its variable name, never echoing a secret's value.
+ * One zod schema holds every setting, and the environment variables derive from it (ENV_VARS):
+ * a setting at `group.someName` is `STOWAGE_GROUP_SOME_NAME` (a group may shorten its segment:
+ * `storage` is `S3`), so names follow one convention by construction. The names the seeds and
+ * earlier versions used (`R2_BUCKET`, `REDIS_URL`, `STOWAGE_CONCURRENCY`, …) stay as documented
+ * aliases, declared beside their setting. Structured settings (schedules, backup sets, lifecycle
+ * rules) take JSON, in their variable or in the file named by `STOWAGE_CONFIG`. Environment
+ * variables win over the file. `loadConfig()` validates everything and reports every bad setting at
+ * once, by the variable that carried it, never echoing a secret's value.
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { safeId } from './queues/ids.js';
+import { absolutePath, safeId } from './queues/ids.js';
+
+/** Environment metadata on a schema node: a group's variable segment, a setting's aliases. */
+interface EnvMeta {
+  /** On a group: the segment its variables use instead of its key (`storage` → `S3`). */
+  envSegment?: string;
+  /** On a setting: the older names that still set it. */
+  aliases?: string[];
+  [key: string]: unknown;
+}
+const aka = (...aliases: string[]): EnvMeta => ({ aliases });
 
 const bool = z
   .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
@@ -64,12 +78,11 @@ export const DEFAULT_LIFECYCLE_RULES: LifecycleRule[] = [
   { id: 'abort-incomplete-multipart-1d', prefix: '', abortIncompleteMultipartDays: 1, enabled: true },
 ];
 
-const backupAbsolutePath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\u0000'), 'must be an absolute path');
 /** A backup set: its SQLite (and PostgreSQL) databases and its retention policy (restic's keep-* rules). */
 export const backupSetSchema = z
   .strictObject({
     name: safeId,
-    sqlite: z.array(z.strictObject({ name: safeId, path: backupAbsolutePath })).default([]),
+    sqlite: z.array(z.strictObject({ name: safeId, path: absolutePath })).default([]),
     postgres: z.array(z.strictObject({ name: safeId, url: z.string().min(1) })).default([]),
     /** When the scheduler runs it (UTC): daily, weekly (Sunday) or monthly (the 1st), at `at` (HH:MM). Absent: on demand only. */
     schedule: z
@@ -94,40 +107,41 @@ export type BackupSet = z.output<typeof backupSetSchema>;
 
 export const configSchema = z.object({
   /** Redis for the BullMQ queues. Default redis://127.0.0.1:6379. */
-  redisUrl: z.string().url().default('redis://127.0.0.1:6379'),
+  redisUrl: z.string().url().default('redis://127.0.0.1:6379').meta(aka('REDIS_URL')),
   /** BullMQ key prefix; may hold a `{hash-tag}` for Redis Cluster. Default `stowage`. */
   prefix: z
     .string()
     .regex(/^[A-Za-z0-9_{}.-]{1,64}$/, 'letters, digits, _ . - { } only (1-64)')
     .default('stowage'),
   /** PostgreSQL for receipts and catalogs. Default postgres://postgres@127.0.0.1:5432/postgres. */
-  databaseUrl: z.string().min(1).default('postgres://postgres@127.0.0.1:5432/postgres'),
+  databaseUrl: z.string().min(1).default('postgres://postgres@127.0.0.1:5432/postgres').meta(aka('DATABASE_URL')),
   /** Schema that holds Stowage's tables. Default `stowage`. Tests use one schema per file. */
   databaseSchema: z
     .string()
     .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'lowercase identifier')
-    .default('stowage'),
+    .default('stowage')
+    .meta(aka('STOWAGE_DB_SCHEMA')),
   storage: z.object({
     /** Cloudflare account id; the endpoint is derived from it when R2_ENDPOINT is absent. */
-    accountId: z.string().optional(),
-    accessKeyId: z.string().optional(),
-    secretAccessKey: z.string().optional(),
-    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name').optional(),
+    accountId: z.string().optional().meta(aka('R2_ACCOUNT_ID')),
+    accessKeyId: z.string().optional().meta(aka('R2_ACCESS_KEY_ID')),
+    secretAccessKey: z.string().optional().meta(aka('R2_SECRET_ACCESS_KEY')),
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name').optional().meta(aka('R2_BUCKET')),
     /** Any S3-compatible endpoint (MinIO, s3rver, AWS). */
-    endpoint: z.string().url().optional(),
+    endpoint: z.string().url().optional().meta(aka('R2_ENDPOINT')),
     /** Path-style addressing; default true for non-R2 endpoints, false for R2. */
-    forcePathStyle: bool.optional(),
+    forcePathStyle: bool.optional().meta(aka('R2_FORCE_PATH_STYLE')),
     /** Region; `auto` is what R2 expects. */
-    region: z.string().default('auto'),
+    region: z.string().default('auto').meta(aka('R2_REGION')),
     /** Multipart part size in MiB (R2 wants equal parts; S3 needs at least 5). Default 8. */
-    partSizeMb: int(5, 5120).default(8),
+    partSizeMb: int(5, 5120).default(8).meta(aka('STOWAGE_PART_SIZE_MB')),
     /** Parts in flight per upload. Memory is bounded by partSize x this. Default 4. */
-    queueSize: int(1, 64).default(4),
+    queueSize: int(1, 64).default(4).meta(aka('STOWAGE_UPLOAD_QUEUE_SIZE')),
     /** SDK attempts per request (first try included). Default 3. */
     maxAttempts: int(1, 20).default(3),
     /** Per-request socket timeout in ms. Default 60000. */
-    requestTimeoutMs: int(1000, 3_600_000).default(60_000),
-  }),
+    requestTimeoutMs: int(1000, 3_600_000).default(60_000).meta(aka('STOWAGE_S3_TIMEOUT_MS')),
+  }).meta({ envSegment: 'S3' }),
   /** HMAC secret for bearer tokens (at least 32 characters). */
   authSecret: z.string().min(32, 'at least 32 characters').optional(),
   /** `user:password` for HTTP basic auth on Bull Board, as an alternative to tokens. */
@@ -136,38 +150,38 @@ export const configSchema = z.object({
     .regex(/^[^:]+:.+$/, 'user:password')
     .optional(),
   http: z.object({
-    host: z.string().default('127.0.0.1'),
-    port: int(0, 65535).default(3000),
+    host: z.string().default('127.0.0.1').meta(aka('HTTP_HOST')),
+    port: int(0, 65535).default(3000).meta(aka('HTTP_PORT')),
   }),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').meta(aka('LOG_LEVEL')),
   worker: z.object({
     /** Jobs in flight per queue per process. Default 4. */
-    concurrency: int(1, 1000).default(4),
+    concurrency: int(1, 1000).default(4).meta(aka('STOWAGE_CONCURRENCY')),
     /** How long SIGTERM waits for active jobs before closing anyway (ms). Default 30000. */
-    shutdownTimeoutMs: int(0, 3_600_000).default(30_000),
+    shutdownTimeoutMs: int(0, 3_600_000).default(30_000).meta(aka('STOWAGE_SHUTDOWN_TIMEOUT_MS')),
     /** Job lock TTL (ms): a dead worker's job is considered stalled after at most this. Default 30000. */
-    lockDurationMs: int(1000, 3_600_000).default(30_000),
+    lockDurationMs: int(1000, 3_600_000).default(30_000).meta(aka('STOWAGE_LOCK_DURATION_MS')),
     /** How often each worker checks for stalled jobs (ms). Default 15000. */
-    stalledIntervalMs: int(1000, 3_600_000).default(15_000),
+    stalledIntervalMs: int(1000, 3_600_000).default(15_000).meta(aka('STOWAGE_STALLED_INTERVAL_MS')),
     /** Times a job may stall (its worker died) before it fails. Default 2. */
-    maxStalledCount: int(0, 100).default(2),
+    maxStalledCount: int(0, 100).default(2).meta(aka('STOWAGE_MAX_STALLED_COUNT')),
     /**
      * Which jobs get a row in job_receipts: `parked` (final failures only; default) or `all`
      * (completed too, written behind in batches). Uploads always get their own receipt.
      */
-    jobReceipts: z.enum(['parked', 'all']).default('parked'),
+    jobReceipts: z.enum(['parked', 'all']).default('parked').meta(aka('STOWAGE_JOB_RECEIPTS')),
     /** How often each worker parks final failures the failed event missed (ms). Default 30000. */
-    sweepIntervalMs: int(100, 3_600_000).default(30_000),
+    sweepIntervalMs: int(100, 3_600_000).default(30_000).meta(aka('STOWAGE_SWEEP_INTERVAL_MS')),
   }),
   deadLetter: z.object({
     /** Automatic redrive of parked jobs: every this many ms (0 = off). Default 1 hour. */
     retryIntervalMs: int(0, 30 * 86_400_000).default(3_600_000),
     /** At most this many automatic redrives per job. Default 3. */
     maxRetries: int(0, 1000).default(3),
-  }),
+  }).meta({ envSegment: 'DLQ' }),
   events: z.object({
     /** Approximate length bound of the domain-event stream. Default 10000. */
-    maxLen: int(100, 10_000_000).default(10_000),
+    maxLen: int(100, 10_000_000).default(10_000).meta(aka('STOWAGE_EVENTS_MAXLEN')),
     /** Open SSE streams one http process serves at most; more get 503. Default 1000. */
     maxClients: int(1, 1_000_000).default(1000),
   }),
@@ -185,19 +199,19 @@ export const configSchema = z.object({
   failures: z
     .object({
       /** Key prefix of aggregation exports, no leading or trailing `/`. Default `failure_patterns`. */
-      uploadPrefix: z.string().regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /').default('failure_patterns'),
+      uploadPrefix: z.string().regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /').default('failure_patterns').meta(aka('R2_UPLOAD_PREFIX')),
       /** Upload retries after the first attempt, with exponential backoff. Default 5. */
-      maxRetries: int(0, 20).default(5),
+      maxRetries: int(0, 20).default(5).meta(aka('R2_MAX_RETRIES')),
       /** First backoff delay between upload attempts (ms), doubled each retry. Default 1000. */
-      retryBaseDelayMs: int(0, 600_000).default(1000),
+      retryBaseDelayMs: int(0, 600_000).default(1000).meta(aka('AGG_RETRY_BASE_DELAY_MS')),
       /** Where an export goes when the store cannot take it. Default `.stowage/fallback-uploads`. */
-      localFallbackDir: z.string().min(1).default('.stowage/fallback-uploads'),
+      localFallbackDir: z.string().min(1).default('.stowage/fallback-uploads').meta(aka('AGG_LOCAL_FALLBACK')),
       /** Failed re-uploads of one fallback file before its status becomes `failed`. Default 10. */
-      fallbackMaxTries: int(1, 1000).default(10),
+      fallbackMaxTries: int(1, 1000).default(10).meta(aka('AGG_FALLBACK_MAX_TRIES')),
       /** Failures the writer inserts per Postgres transaction. Default 500. */
-      writerBatchSize: int(1, 10_000).default(500),
+      writerBatchSize: int(1, 10_000).default(500).meta(aka('FAILURE_WRITER_BATCH_SIZE')),
       /** Accepted-but-unwritten failures Redis may hold; past this, ingestion refuses more (HTTP 502). Default 1000000. */
-      maxPending: int(1, 100_000_000).default(1_000_000),
+      maxPending: int(1, 100_000_000).default(1_000_000).meta(aka('FAILURE_MAX_PENDING')),
     })
     .prefault({}),
   /** Record exports (see docs/exports.md). */
@@ -211,13 +225,13 @@ export const configSchema = z.object({
       searchableFields: z.preprocess(
         (v) => (typeof v === 'string' ? parseSearchableFields(v) : v),
         z.record(safeId, z.array(z.string().min(1).max(128)).max(32, 'at most 32 fields per module')),
-      ).default({}),
+      ).default({}).meta(aka('STOWAGE_EXPORT_SEARCHABLE_FIELDS')),
       /** Distinct values kept per searchable field and object (the first seen). Default 20. */
       searchableMaxValues: int(1, 1000).default(20),
       /** Characters kept of each searchable string value. Default 200. */
       searchableMaxChars: int(1, 10_000).default(200),
       /** Once the head manifest's entries pass this many bytes, they roll into a segment. Default 256 KiB. */
-      manifestCompactBytes: int(256, 64 * 1024 * 1024).default(256 * 1024),
+      manifestCompactBytes: int(256, 64 * 1024 * 1024).default(256 * 1024).meta(aka('STOWAGE_MANIFEST_COMPACT_BYTES')),
     })
     .prefault({}),
   /** Job Schedulers (cron + tz), from the config file. */
@@ -249,63 +263,72 @@ export const configSchema = z.object({
       /** Free class B operations per month (R2: 10 million). */
       freeClassBOps: z.coerce.number().min(0).default(10_000_000),
       /** Monthly budget in USD; an estimate above it is reported (seed 001's cost alert). Unset: no budget. */
-      monthlyBudgetUsd: z.coerce.number().min(0).optional(),
+      monthlyBudgetUsd: z.coerce.number().min(0).optional().meta(aka('STOWAGE_MONTHLY_BUDGET_USD')),
     })
-    .prefault({}),
+    .prefault({})
+    .meta({ envSegment: 'COST' }),
 });
 
 export type Config = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
 
-/** Environment variable → path in the config object. */
-export const ENV_VARS: Record<string, string[]> = {
-  REDIS_URL: ['redisUrl'],
-  STOWAGE_PREFIX: ['prefix'],
-  DATABASE_URL: ['databaseUrl'],
-  STOWAGE_DB_SCHEMA: ['databaseSchema'],
-  R2_ACCOUNT_ID: ['storage', 'accountId'],
-  R2_ACCESS_KEY_ID: ['storage', 'accessKeyId'],
-  R2_SECRET_ACCESS_KEY: ['storage', 'secretAccessKey'],
-  R2_BUCKET: ['storage', 'bucket'],
-  R2_ENDPOINT: ['storage', 'endpoint'],
-  R2_FORCE_PATH_STYLE: ['storage', 'forcePathStyle'],
-  R2_REGION: ['storage', 'region'],
-  STOWAGE_PART_SIZE_MB: ['storage', 'partSizeMb'],
-  STOWAGE_UPLOAD_QUEUE_SIZE: ['storage', 'queueSize'],
-  STOWAGE_S3_MAX_ATTEMPTS: ['storage', 'maxAttempts'],
-  STOWAGE_S3_TIMEOUT_MS: ['storage', 'requestTimeoutMs'],
-  STOWAGE_AUTH_SECRET: ['authSecret'],
-  STOWAGE_BASIC_AUTH: ['basicAuth'],
-  HTTP_HOST: ['http', 'host'],
-  HTTP_PORT: ['http', 'port'],
-  LOG_LEVEL: ['logLevel'],
-  STOWAGE_CONCURRENCY: ['worker', 'concurrency'],
-  STOWAGE_SHUTDOWN_TIMEOUT_MS: ['worker', 'shutdownTimeoutMs'],
-  STOWAGE_LOCK_DURATION_MS: ['worker', 'lockDurationMs'],
-  STOWAGE_STALLED_INTERVAL_MS: ['worker', 'stalledIntervalMs'],
-  STOWAGE_MAX_STALLED_COUNT: ['worker', 'maxStalledCount'],
-  STOWAGE_SWEEP_INTERVAL_MS: ['worker', 'sweepIntervalMs'],
-  STOWAGE_JOB_RECEIPTS: ['worker', 'jobReceipts'],
-  STOWAGE_DLQ_RETRY_INTERVAL_MS: ['deadLetter', 'retryIntervalMs'],
-  STOWAGE_DLQ_MAX_RETRIES: ['deadLetter', 'maxRetries'],
-  STOWAGE_EVENTS_MAXLEN: ['events', 'maxLen'],
-  STOWAGE_EVENTS_MAX_CLIENTS: ['events', 'maxClients'],
-  STOWAGE_ARTIFACT_WARN_BYTES: ['artifact', 'warnBytes'],
-  STOWAGE_ARTIFACT_LIMIT_BYTES: ['artifact', 'limitBytes'],
-  STOWAGE_COST_STORAGE_PER_GB_MONTH: ['usage', 'storagePerGbMonth'],
-  STOWAGE_COST_CLASS_A_PER_MILLION: ['usage', 'classAPerMillion'],
-  STOWAGE_COST_CLASS_B_PER_MILLION: ['usage', 'classBPerMillion'],
-  STOWAGE_MONTHLY_BUDGET_USD: ['usage', 'monthlyBudgetUsd'],
-  R2_UPLOAD_PREFIX: ['failures', 'uploadPrefix'],
-  R2_MAX_RETRIES: ['failures', 'maxRetries'],
-  AGG_RETRY_BASE_DELAY_MS: ['failures', 'retryBaseDelayMs'],
-  AGG_LOCAL_FALLBACK: ['failures', 'localFallbackDir'],
-  AGG_FALLBACK_MAX_TRIES: ['failures', 'fallbackMaxTries'],
-  FAILURE_WRITER_BATCH_SIZE: ['failures', 'writerBatchSize'],
-  FAILURE_MAX_PENDING: ['failures', 'maxPending'],
-  STOWAGE_EXPORT_SEARCHABLE_FIELDS: ['exports', 'searchableFields'],
-  STOWAGE_MANIFEST_COMPACT_BYTES: ['exports', 'manifestCompactBytes'],
-};
+/** One variable of the configuration: its name, the path it sets, and its older names. */
+export interface EnvVar {
+  name: string;
+  path: string[];
+  aliases: string[];
+  /** Takes JSON (a list: schedules, backup sets, lifecycle rules), not a scalar. */
+  json: boolean;
+}
+
+interface ZodNode {
+  _zod: { def: { type: string; innerType?: ZodNode; in?: ZodNode; out?: ZodNode; shape?: Record<string, ZodNode> } };
+  meta(): EnvMeta | undefined;
+}
+
+/** The schema under defaults, optionals and pipes: what the value really is. */
+function unwrap(node: ZodNode): ZodNode {
+  for (;;) {
+    const def = node._zod.def;
+    if (def.innerType && ['default', 'prefault', 'optional', 'nullable', 'readonly'].includes(def.type)) node = def.innerType;
+    else if (def.type === 'pipe' && def.in && def.out) node = def.in._zod.def.type === 'transform' ? def.out : def.in;
+    else return node;
+  }
+}
+
+/** `partSizeMb` → `PART_SIZE_MB`. */
+const screaming = (key: string) =>
+  key
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/([A-Z])([A-Z][a-z])/g, '$1_$2')
+    .toUpperCase();
+
+function envVarsOf(node: ZodNode, path: string[], segments: string[]): EnvVar[] {
+  const inner = unwrap(node);
+  const meta = node.meta() ?? inner.meta() ?? {};
+  if (inner._zod.def.type === 'object' && path.length > 0 && inner._zod.def.shape) {
+    const segment = meta.envSegment ?? screaming(path.at(-1)!);
+    return Object.entries(inner._zod.def.shape).flatMap(([key, child]) => envVarsOf(child, [...path, key], [...segments, segment]));
+  }
+  if (inner._zod.def.type === 'object' && inner._zod.def.shape) {
+    return Object.entries(inner._zod.def.shape).flatMap(([key, child]) => envVarsOf(child, [key], []));
+  }
+  const type = inner._zod.def.type;
+  return [
+    {
+      name: ['STOWAGE', ...segments, screaming(path.at(-1)!)].join('_'),
+      path,
+      aliases: meta.aliases ?? [],
+      json: type === 'array',
+    },
+  ];
+}
+
+/** Every environment variable Stowage reads, derived from the schema (see the file comment). */
+export const ENV_VARS: readonly EnvVar[] = envVarsOf(configSchema as unknown as ZodNode, [], []);
+
+/** Every name that sets something: primary names and aliases. */
+export const ENV_NAMES: readonly string[] = ['STOWAGE_CONFIG', ...ENV_VARS.flatMap((v) => [v.name, ...v.aliases])];
 
 /** `module:field,field;module2:field` → `{module: [field, field], module2: [field]}`; bad parts are left for zod to name. */
 function parseSearchableFields(text: string): unknown {
@@ -321,7 +344,6 @@ function parseSearchableFields(text: string): unknown {
 /** Settings whose values are never printed, even in an error. */
 const SECRET_PATHS = new Set(['storage.secretAccessKey', 'authSecret', 'basicAuth', 'storage.accessKeyId']);
 
-const PATH_TO_ENV = new Map(Object.entries(ENV_VARS).map(([env, path]) => [path.join('.'), env]));
 
 function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
   let node = target;
@@ -364,22 +386,42 @@ export function loadConfig(
   const fromFile = file ? readConfigFile(file) : {};
   deepMerge(raw, fromFile);
   deepMerge(raw, overrides as Record<string, unknown>);
-  for (const [name, path] of Object.entries(ENV_VARS)) {
-    const value = env[name];
-    if (value !== undefined && value !== '') setPath(raw, path, value);
+  // Which variable set each path, so a problem is reported by the name the operator used.
+  const setBy = new Map<string, string>();
+  const envProblems: string[] = [];
+  for (const v of ENV_VARS) {
+    const given = [v.name, ...v.aliases].filter((n) => env[n] !== undefined && env[n] !== '');
+    if (!given.length) continue;
+    const values = new Set(given.map((n) => env[n]));
+    if (values.size > 1) {
+      envProblems.push(`${given.join(' and ')} set the same setting to different values: set ${v.name} only`);
+      continue;
+    }
+    const name = given[0]!;
+    let value: unknown = env[name];
+    if (v.json) {
+      try {
+        value = JSON.parse(String(value));
+      } catch (err) {
+        envProblems.push(`${name}: not valid JSON: ${(err as Error).message}`);
+        continue;
+      }
+    }
+    setPath(raw, v.path, value);
+    setBy.set(v.path.join('.'), name);
   }
   const result = configSchema.safeParse(raw);
   const pairing = crossFieldProblems(raw);
-  if (!result.success || pairing.length) {
+  if (!result.success || pairing.length || envProblems.length) {
     const problems = (result.success ? [] : result.error.issues).map((issue) => {
       const dotted = issue.path.join('.');
-      const envName = PATH_TO_ENV.get(dotted);
+      const envName = [...setBy.entries()].find(([p]) => dotted === p || dotted.startsWith(`${p}.`))?.[1];
       const where = envName ?? (file ? `${file}: ${dotted}` : dotted);
       // zod messages never include the received value for these checks, but be explicit.
       const message = SECRET_PATHS.has(dotted) ? issue.message.replace(/".*"/, '"…"') : issue.message;
       return `${where}: ${message}`;
     });
-    throw new ConfigError([...problems, ...pairing]);
+    throw new ConfigError([...envProblems, ...problems, ...pairing]);
   }
   return derive(result.data!);
 }
@@ -388,7 +430,7 @@ export function loadConfig(
 function crossFieldProblems(raw: Record<string, unknown>): string[] {
   const s = (raw.storage ?? {}) as Record<string, unknown>;
   return Boolean(s.accessKeyId) !== Boolean(s.secretAccessKey)
-    ? ['R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together']
+    ? ['STOWAGE_S3_ACCESS_KEY_ID and STOWAGE_S3_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY) must be set together']
     : [];
 }
 

@@ -3,7 +3,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig, redactConfig } from '../src/config.js';
+import { readFileSync } from 'node:fs';
+import { ENV_VARS, loadConfig, redactConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
 function problems(env: Record<string, string>): string[] {
@@ -43,7 +44,7 @@ describe('loadConfig', () => {
     })();
     expect(err.message).toContain('STOWAGE_AUTH_SECRET');
     expect(err.message).not.toContain(secret);
-    expect(err.message).toContain('R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY must be set together');
+    expect(err.message).toContain('STOWAGE_S3_ACCESS_KEY_ID and STOWAGE_S3_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY) must be set together');
     expect(err.message).not.toContain('AKIAEXAMPLE');
     const ok = loadConfig({ STOWAGE_AUTH_SECRET: 'x'.repeat(40), R2_ACCESS_KEY_ID: 'AKIA', R2_SECRET_ACCESS_KEY: 'shh-its-secret' });
     const withUrls = loadConfig({ DATABASE_URL: 'postgres://app:db-pass-123@db:5432/x', REDIS_URL: 'redis://:redis-pass-9@cache:6379' });
@@ -83,5 +84,50 @@ describe('loadConfig', () => {
     await writeFile(file, '{ not json');
     expect(problems({ STOWAGE_CONFIG: file })[0]).toMatch(/^STOWAGE_CONFIG: .* is not valid JSON/);
     expect(problems({ STOWAGE_CONFIG: join(dir, 'missing.json') })[0]).toMatch(/^STOWAGE_CONFIG: cannot read/);
+  });
+
+  it('derives one variable per setting from the schema, STOWAGE_ + group + setting, and reads the older names as aliases', () => {
+    const byPath = new Map(ENV_VARS.map((v) => [v.path.join('.'), v]));
+    expect(byPath.get('worker.concurrency')).toMatchObject({ name: 'STOWAGE_WORKER_CONCURRENCY', aliases: ['STOWAGE_CONCURRENCY'] });
+    expect(byPath.get('storage.bucket')).toMatchObject({ name: 'STOWAGE_S3_BUCKET', aliases: ['R2_BUCKET'] });
+    expect(byPath.get('failures.maxRetries')).toMatchObject({ name: 'STOWAGE_FAILURES_MAX_RETRIES', aliases: ['R2_MAX_RETRIES'] });
+    expect(byPath.get('usage.classAPerMillion')).toMatchObject({ name: 'STOWAGE_COST_CLASS_A_PER_MILLION' });
+    for (const v of ENV_VARS) expect(v.name).toMatch(/^STOWAGE_[A-Z0-9]+(_[A-Z0-9]+)*$/);
+    // Every setting has a variable: the leaves of a default config are exactly the derived paths
+    // (optional settings without a default are absent from it, so compare in one direction).
+    const leaves = (o: Record<string, unknown>, at: string[] = []): string[] =>
+      Object.entries(o).flatMap(([k, v]) =>
+        v && typeof v === 'object' && !Array.isArray(v) && !['searchableFields'].includes(k) ? leaves(v as Record<string, unknown>, [...at, k]) : [[...at, k].join('.')],
+      );
+    for (const leaf of leaves(loadConfig({}) as unknown as Record<string, unknown>)) expect(byPath.has(leaf), leaf).toBe(true);
+    const names = ENV_VARS.flatMap((v) => [v.name, ...v.aliases]);
+    expect(new Set(names).size).toBe(names.length);
+
+    expect(loadConfig({ STOWAGE_WORKER_CONCURRENCY: '7' }).worker.concurrency).toBe(7);
+    expect(loadConfig({ STOWAGE_CONCURRENCY: '8' }).worker.concurrency).toBe(8);
+    expect(loadConfig({ STOWAGE_CONCURRENCY: '9', STOWAGE_WORKER_CONCURRENCY: '9' }).worker.concurrency).toBe(9);
+    expect(problems({ STOWAGE_CONCURRENCY: '2', STOWAGE_WORKER_CONCURRENCY: '3' })).toEqual([
+      'STOWAGE_WORKER_CONCURRENCY and STOWAGE_CONCURRENCY set the same setting to different values: set STOWAGE_WORKER_CONCURRENCY only',
+    ]);
+    // A problem is reported by the name that carried the value.
+    expect(problems({ STOWAGE_CONCURRENCY: 'lots' })[0]).toMatch(/^STOWAGE_CONCURRENCY: /);
+    expect(problems({ STOWAGE_WORKER_CONCURRENCY: 'lots' })[0]).toMatch(/^STOWAGE_WORKER_CONCURRENCY: /);
+  });
+
+  it('takes structured settings as JSON in their variables', () => {
+    const c = loadConfig({ STOWAGE_SCHEDULES: JSON.stringify([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *' }]) });
+    expect(c.schedules).toEqual([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *', tz: 'UTC', data: {}, enabled: true }]);
+    expect(problems({ STOWAGE_LIFECYCLE_RULES: '[{' })[0]).toMatch(/^STOWAGE_LIFECYCLE_RULES: not valid JSON/);
+    expect(problems({ STOWAGE_BACKUP_SETS: '[{"name":"a"}]' })[0]).toMatch(/^STOWAGE_BACKUP_SETS: /);
+  });
+
+  it('README and .env.example name every variable and alias', () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
+    for (const v of ENV_VARS) {
+      expect(readme, v.name).toMatch(new RegExp(`^\\| \`${v.name}\` \\| ${v.aliases.map((a) => `\`${a}\``).join(', ')} \\|`, 'm'));
+      expect(example, v.name).toMatch(new RegExp(`^${v.name}=`, 'm'));
+      for (const a of v.aliases) expect(example, a).toContain(a);
+    }
   });
 });

@@ -2,7 +2,7 @@
  * `stowage dev` (`npm run dev`): the whole fleet in one process on embedded defaults, for a
  * newcomer to watch. An s3rver S3 server keeps its data under .stowage/, migrations run, workers
  * for every kind with a processor, the scheduler and the HTTP server start, and sample jobs are
- * enqueued. Environment variables still win (point R2_ENDPOINT elsewhere to use a real store).
+ * enqueued. Environment variables still win (point STOWAGE_S3_ENDPOINT elsewhere to use a real store).
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';

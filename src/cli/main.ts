@@ -17,7 +17,7 @@ import { registerFailureCommands } from './commands/failures.js';
 import { registerStorageCommands } from './commands/storage-ops.js';
 import { chooseKinds, runUntilSignal, startSchedulerRole, startWorkerRole } from './roles.js';
 
-const VERSION = '0.1.0';
+import { VERSION } from '../version.js';
 
 function config(): Config {
   return loadConfig();

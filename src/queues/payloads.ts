@@ -2,16 +2,8 @@
  * Payload and result schemas for every job kind. Producers validate with these before enqueueing
  * and workers validate again before processing (a job may come from another producer version).
  */
-import { isAbsolute } from 'node:path';
 import { z } from 'zod';
-import { safeId } from './ids.js';
-
-const absolutePath = z
-  .string()
-  .min(1, 'must not be empty')
-  .max(4096)
-  .refine((p) => isAbsolute(p), 'must be an absolute path')
-  .refine((p) => !p.includes('\u0000'), 'must not contain NUL');
+import { absolutePath, safeId } from './ids.js';
 
 export const buildArtifactPayload = z.strictObject({
   userId: safeId,

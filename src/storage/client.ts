@@ -30,13 +30,13 @@ export interface Storage {
 export function createStorage(config: Pick<Config, 'storage'>): Storage {
   const s = config.storage;
   const missing = [
-    !s.endpoint && 'R2_ENDPOINT or R2_ACCOUNT_ID',
-    !s.bucket && 'R2_BUCKET',
-    !s.accessKeyId && 'R2_ACCESS_KEY_ID',
-    !s.secretAccessKey && 'R2_SECRET_ACCESS_KEY',
+    !s.endpoint && 'STOWAGE_S3_ENDPOINT or STOWAGE_S3_ACCOUNT_ID',
+    !s.bucket && 'STOWAGE_S3_BUCKET',
+    !s.accessKeyId && 'STOWAGE_S3_ACCESS_KEY_ID',
+    !s.secretAccessKey && 'STOWAGE_S3_SECRET_ACCESS_KEY',
   ].filter(Boolean);
   if (missing.length) {
-    throw new StowageError('STOWAGE_ERR_CONFIG', `object storage is not configured: set ${missing.join(', ')}`);
+    throw new StowageError('STOWAGE_ERR_CONFIG', `object storage is not configured: set ${missing.join(', ')} (the R2_* names work too)`);
   }
   const client = new S3Client({
     region: s.region,

@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { ENV_VARS, loadConfig } from '../../src/config.js';
+import { ENV_NAMES, loadConfig } from '../../src/config.js';
 import { JOB_KINDS } from '../../src/queues/index.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -193,7 +193,7 @@ describe('deploy/k8s', () => {
   });
 
   it('the ConfigMap holds only variables Stowage reads', () => {
-    for (const key of Object.keys(configMap.data ?? {})) expect(Object.keys(ENV_VARS), key).toContain(key);
+    for (const key of Object.keys(configMap.data ?? {})) expect(ENV_NAMES, key).toContain(key);
   });
 
   it('the KEDA ScaledObject scales the worker Deployment on every job kind\'s wait list', () => {
