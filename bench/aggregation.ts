@@ -15,7 +15,7 @@ import { migrate } from '../src/db/migrate.js';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
-import { SAMPLES } from '../src/workers/aggregation.js';
+import { SAMPLES } from '../src/failures/aggregation.js';
 import { startS3 } from '../test/helpers/s3.js';
 import { cleanupPrefix, fmtMb, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain } from './lib.js';
 

@@ -13,7 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { absolutePath, safeId } from './queues/ids.js';
+import { absolutePath, safeId } from './ids.js';
 
 /** Environment metadata on a schema node: a group's variable segment, a setting's aliases. */
 interface EnvMeta {
@@ -415,8 +415,10 @@ export function loadConfig(
   if (!result.success || pairing.length || envProblems.length) {
     const problems = (result.success ? [] : result.error.issues).map((issue) => {
       const dotted = issue.path.join('.');
-      const envName = [...setBy.entries()].find(([p]) => dotted === p || dotted.startsWith(`${p}.`))?.[1];
-      const where = envName ?? (file ? `${file}: ${dotted}` : dotted);
+      // A variable that carries a structure (JSON, searchable fields) names the part inside it too.
+      const carrier = [...setBy.entries()].find(([p]) => dotted === p || dotted.startsWith(`${p}.`));
+      const inside = carrier && dotted !== carrier[0] ? ` (${dotted.slice(carrier[0].length + 1)})` : '';
+      const where = carrier ? `${carrier[1]}${inside}` : file ? `${file}: ${dotted}` : dotted;
       // zod messages never include the received value for these checks, but be explicit.
       const message = SECRET_PATHS.has(dotted) ? issue.message.replace(/".*"/, '"…"') : issue.message;
       return `${where}: ${message}`;

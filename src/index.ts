@@ -32,7 +32,7 @@ export { loadConfig, type Config } from './config.js';
 export { StowageError, PermanentError, ValidationError, ConfigError, ERROR_CODES, type ErrorCode } from './errors.js';
 export { createToken, verifyToken, type Principal, type Role } from './auth/tokens.js';
 
-export type { ApplyOptions, ApplyResult } from './workers/backup-restore.js';
+export type { ApplyOptions, ApplyResult } from './backups/restore.js';
 /**
  * Call at start-up, before opening the databases in `dir`: applies a restore staged there by
  * `stowage backup restore` (safety copy, swap, quick_check, rollback on failure) and returns what
@@ -40,9 +40,9 @@ export type { ApplyOptions, ApplyResult } from './workers/backup-restore.js';
  */
 export async function applyPendingRestore(
   dir: string,
-  options?: import('./workers/backup-restore.js').ApplyOptions,
-): Promise<import('./workers/backup-restore.js').ApplyResult | null> {
-  const { applyPendingRestore: apply } = await import('./workers/backup-restore.js');
+  options?: import('./backups/restore.js').ApplyOptions,
+): Promise<import('./backups/restore.js').ApplyResult | null> {
+  const { applyPendingRestore: apply } = await import('./backups/restore.js');
   return apply(dir, options);
 }
 

@@ -118,7 +118,7 @@ describe('loadConfig', () => {
     const c = loadConfig({ STOWAGE_SCHEDULES: JSON.stringify([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *' }]) });
     expect(c.schedules).toEqual([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *', tz: 'UTC', data: {}, enabled: true }]);
     expect(problems({ STOWAGE_LIFECYCLE_RULES: '[{' })[0]).toMatch(/^STOWAGE_LIFECYCLE_RULES: not valid JSON/);
-    expect(problems({ STOWAGE_BACKUP_SETS: '[{"name":"a"}]' })[0]).toMatch(/^STOWAGE_BACKUP_SETS: /);
+    expect(problems({ STOWAGE_BACKUP_SETS: '[{"name":"a"}]' })[0]).toMatch(/^STOWAGE_BACKUP_SETS \(0\.sqlite\): a backup set needs at least one database/);
   });
 
   it('README and .env.example name every variable and alias', () => {

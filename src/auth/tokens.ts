@@ -15,7 +15,7 @@
 import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
 import { z } from 'zod';
 import { AuthError, StowageError } from '../errors.js';
-import { safeId } from '../queues/ids.js';
+import { safeId } from '../ids.js';
 
 export const TOKEN_ISSUER = 'stowage';
 export const TOKEN_ALGORITHM = 'HS256';

@@ -13,8 +13,8 @@ import { createDb } from '../db/pool.js';
 import { createLogger } from '../observability/logger.js';
 import { createMetrics } from '../observability/metrics.js';
 import { createProducer } from '../producers/index.js';
+import { startScheduler } from '../queues/scheduler.js';
 import { PROCESSORS } from '../workers/processors.js';
-import { startScheduler } from '../workers/scheduler.js';
 import { startHttpRole } from './http-role.js';
 import { chooseKinds, runUntilSignal, startWorkerRole, type Closable } from './roles.js';
 

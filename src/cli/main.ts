@@ -11,7 +11,7 @@ import { codeOf, ERROR_CODES, StowageError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { createProducer } from '../producers/index.js';
 import { createEventStream, createRedis, isJobKind, JOB_KINDS, type DomainEvent, type JobKind } from '../queues/index.js';
-import { DeadLetter, type RedriveSelector } from '../workers/dead-letter.js';
+import { DeadLetter, type RedriveSelector } from '../queues/dead-letter.js';
 import { registerBackupCommands } from './commands/backup.js';
 import { registerFailureCommands } from './commands/failures.js';
 import { registerStorageCommands } from './commands/storage-ops.js';

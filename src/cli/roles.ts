@@ -9,9 +9,9 @@ import { StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { JOB_KINDS, isJobKind, type JobKind } from '../queues/index.js';
+import { startScheduler, type Scheduler } from '../queues/scheduler.js';
 import { PROCESSORS } from '../workers/processors.js';
 import { startRuntime, type ProcessorMap, type Runtime } from '../workers/runtime.js';
-import { startScheduler, type Scheduler } from '../workers/scheduler.js';
 
 export interface Closable {
   close(): Promise<void>;

@@ -11,7 +11,7 @@ import { z } from 'zod';
 import type { Db } from '../db/pool.js';
 import { findUserVersion, getLatestProjectVersionWithArtifact, type ProjectVersion } from '../db/project-versions.js';
 import { StowageError, ValidationError } from '../errors.js';
-import { safeId } from '../queues/ids.js';
+import { safeId } from '../ids.js';
 import type { Storage } from '../storage/client.js';
 import { MAX_PRESIGN_SECONDS } from '../storage/client.js';
 import { parseObjectUrl } from '../storage/keys.js';

@@ -23,13 +23,14 @@ import type { Db } from '../db/pool.js';
 import { AuthError, ValidationError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
-import { safeId } from '../queues/ids.js';
+import { deleteBackupObject, describeBackup, resolveBackup } from '../backups/catalog.js';
+import { cancelRestore, stageRestore } from '../backups/restore.js';
+import { safeId } from '../ids.js';
+import { backupName } from '../storage/keys.js';
 import type { PayloadInput } from '../queues/index.js';
 import type { Storage } from '../storage/client.js';
 import { storeError } from '../storage/store-errors.js';
 import { probeStore } from '../storage/verify.js';
-import { backupName, deleteBackupObject, describeBackup, resolveBackup } from '../workers/backup.js';
-import { cancelRestore, stageRestore } from '../workers/backup-restore.js';
 
 export interface BackupRoutesDeps {
   db: Db;

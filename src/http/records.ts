@@ -18,7 +18,7 @@ import { z } from 'zod';
 import { AuthError, StowageError, ValidationError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
-import { safeId } from '../queues/ids.js';
+import { safeId } from '../ids.js';
 import { MAX_PRESIGN_SECONDS, type Storage } from '../storage/client.js';
 import { DEFAULT_PRESIGN_SECONDS } from '../storage/presign.js';
 import { getRecord, listRecords, recordUrl, searchRecords } from '../storage/records.js';

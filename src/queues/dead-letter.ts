@@ -1,3 +1,24 @@
+/**
+ * The dead-letter queue: where jobs that failed for good are parked, and from where they are
+ * redriven into their origin queue.
+ *
+ * BullMQ has no dead-letter queue of its own. A job whose retries are spent (or whose error is
+ * permanent, or which stalled too often) lands in its queue's *failed* set; that set stays the
+ * source of truth until the job is parked: `park()` first adds the dead-letter job (its id is
+ * derived from the origin, so parking twice is a no-op), and only then removes the failed job.
+ * A crash between the two leaves the failed job, which the next sweep parks again, harmlessly.
+ *
+ * Parked jobs sit *waiting* in the `dead-letter` queue; no worker consumes it. They leave it by
+ * redrive (by hand, or automatically on a slow schedule at most N times) or purge.
+ */
+import { Queue, type Job, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { DEAD_LETTER_QUEUE, DEFAULT_JOB_OPTIONS, isJobKind } from './contract.js';
+import type { EventStream } from './event-stream.js';
+import { parkedJobId, redisKeys } from './keys.js';
+
 /** The record a parked job carries in the dead-letter queue. */
 export interface ParkedJob {
   originQueue: string;
@@ -13,4 +34,242 @@ export interface ParkedJob {
   timestamps: { created: number; processed?: number; failed?: number; parked: number };
   /** Why it was parked: a permanent error, retries spent, or stalled too often. */
   reason: 'permanent' | 'retries_exhausted' | 'stalled';
+}
+
+export interface DeadLetterDeps {
+  connection: Redis;
+  prefix: string;
+  logger: Logger;
+  metrics?: Metrics;
+  events?: EventStream;
+  /** Called after a job is parked (the runtime writes a receipt). */
+  onParked?: (record: ParkedJob) => Promise<void>;
+}
+
+export interface RedriveSelector {
+  /** Dead-letter job ids or origin job ids. */
+  ids?: string[];
+  /** Origin queue. */
+  queue?: string;
+  all?: boolean;
+}
+
+export interface RedriveOutcome {
+  id: string;
+  originQueue: string;
+  originJobId: string;
+  action: 'redriven' | 'would_redrive' | 'skipped';
+  reason?: string;
+}
+
+const STALLED_REASON = /stalled more than allowable limit/i;
+const PAGE = 500;
+/** How long a job's automatic-redrive count is remembered (it expires on its own: no cleanup). */
+const REDRIVE_MEMORY_SECONDS = 30 * 86_400;
+const PERMANENT_NAMES = new Set(['PermanentError', 'ValidationError', 'UnrecoverableError']);
+
+export class DeadLetter {
+  readonly queue: Queue<ParkedJob>;
+  private readonly origins = new Map<string, Queue>();
+
+  constructor(private readonly deps: DeadLetterDeps) {
+    this.queue = new Queue<ParkedJob>(DEAD_LETTER_QUEUE, {
+      connection: deps.connection,
+      prefix: deps.prefix,
+      // Parked jobs are removed by redrive or purge, never by age.
+      defaultJobOptions: { removeOnComplete: true, removeOnFail: false, attempts: 1 },
+    });
+  }
+
+  origin(name: string): Queue {
+    let q = this.origins.get(name);
+    if (!q) {
+      q = new Queue(name, {
+        connection: this.deps.connection,
+        prefix: this.deps.prefix,
+        ...(isJobKind(name) ? { defaultJobOptions: DEFAULT_JOB_OPTIONS[name] } : {}),
+      });
+      this.origins.set(name, q);
+    }
+    return q;
+  }
+
+  /**
+   * Park a job that is in its queue's failed set. Idempotent. Returns false when the job is not
+   * (or no longer) failed, e.g. another process parked it first or it was retried.
+   */
+  async park(job: Job): Promise<boolean> {
+    const queueName = job.queueName;
+    const jobId = job.id;
+    if (!jobId) return false;
+    if ((await job.getState()) !== 'failed') return false;
+    const id = parkedJobId(queueName, jobId);
+    const redrives = Number((await this.deps.connection.get(redisKeys.redrives(this.deps.prefix, id))) ?? 0);
+    const [errorName, code] = parseErrorTag(job.failedReason ?? '');
+    const reason: ParkedJob['reason'] = STALLED_REASON.test(job.failedReason ?? '')
+      ? 'stalled'
+      : PERMANENT_NAMES.has(errorName)
+        ? 'permanent'
+        : 'retries_exhausted';
+    const record: ParkedJob = {
+      originQueue: queueName,
+      originJobId: jobId,
+      name: job.name,
+      payload: job.data,
+      error: {
+        message: job.failedReason ?? 'unknown error',
+        name: errorName,
+        ...(job.stacktrace?.length ? { stack: job.stacktrace[job.stacktrace.length - 1]! } : {}),
+        ...(code ? { code } : {}),
+      },
+      attemptsMade: job.attemptsMade,
+      opts: {
+        ...(job.opts.attempts !== undefined ? { attempts: job.opts.attempts } : {}),
+        ...(job.opts.backoff !== undefined ? { backoff: job.opts.backoff } : {}),
+        ...(job.opts.priority ? { priority: job.opts.priority } : {}),
+      },
+      redrives,
+      timestamps: {
+        created: job.timestamp,
+        ...(job.processedOn ? { processed: job.processedOn } : {}),
+        ...(job.finishedOn ? { failed: job.finishedOn } : {}),
+        parked: Date.now(),
+      },
+      reason,
+    };
+    const existed = (await this.queue.getJobState(id)) !== 'unknown';
+    await this.queue.add(job.name, record, { jobId: id });
+    // Only now may the failed job go: the dead-letter queue holds everything it had.
+    await job.remove().catch((err: unknown) => {
+      this.deps.logger.warn({ queue: queueName, jobId, err }, 'parked job could not be removed from the failed set; the next sweep retries');
+    });
+    if (!existed) {
+      this.deps.metrics?.jobsParked.inc({ queue: queueName, reason });
+      this.deps.logger.warn(
+        { queue: queueName, jobId, attempt: job.attemptsMade, reason, error: record.error.message },
+        'job parked in dead-letter queue',
+      );
+      await this.deps.events
+        ?.emit('job_parked', { queue: queueName, jobId, name: job.name, reason: record.error.message, attempts: job.attemptsMade }, { queue: queueName, jobId })
+        .catch(() => {});
+    }
+    // Also when the dead-letter job already existed: a process that died between the add and this
+    // call left the receipt unwritten, and the sweep that finishes the park writes it (an upsert).
+    await this.deps.onParked?.(record);
+    return true;
+  }
+
+  /** Park every job in the failed set of `queueName`. Returns how many were parked. */
+  async sweep(queueName: string): Promise<number> {
+    const q = this.origin(queueName);
+    let parked = 0;
+    // Parking removes jobs from the set, so always read the first page until it stops shrinking.
+    for (let guard = 0; guard < 1000; guard++) {
+      const jobs = (await q.getJobs(['failed'], 0, PAGE - 1)).filter(Boolean) as Job[];
+      if (!jobs.length) break;
+      let progressed = 0;
+      for (const job of jobs) if (await this.park(job)) progressed++;
+      parked += progressed;
+      if (progressed === 0 || jobs.length < PAGE) break;
+    }
+    return parked;
+  }
+
+  /** Parked jobs, oldest first. */
+  async list(filter: { queue?: string } = {}): Promise<Job<ParkedJob>[]> {
+    const out: Job<ParkedJob>[] = [];
+    for (let start = 0; ; start += PAGE) {
+      const page = (await this.queue.getJobs(['waiting', 'delayed', 'prioritized'], start, start + PAGE - 1, true)).filter(Boolean);
+      out.push(...page.filter((j) => !filter.queue || j.data.originQueue === filter.queue));
+      if (page.length < PAGE) break;
+    }
+    return out;
+  }
+
+  private async select(selector: RedriveSelector): Promise<Job<ParkedJob>[]> {
+    const chosen = [selector.ids?.length, selector.queue, selector.all].filter(Boolean).length;
+    if (chosen !== 1) throw new Error('choose exactly one of: ids, queue, all');
+    const jobs = await this.list(selector.queue ? { queue: selector.queue } : {});
+    if (!selector.ids) return jobs;
+    const wanted = new Set(selector.ids);
+    return jobs.filter((j) => wanted.has(j.id!) || wanted.has(j.data.originJobId));
+  }
+
+  /** Send parked jobs back to their origin queue with their payload. */
+  async redrive(selector: RedriveSelector, options: { dryRun?: boolean; automatic?: boolean } = {}): Promise<RedriveOutcome[]> {
+    const outcomes: RedriveOutcome[] = [];
+    for (const parked of await this.select(selector)) {
+      outcomes.push(await this.redriveOne(parked, options));
+    }
+    return outcomes;
+  }
+
+  private async redriveOne(parked: Job<ParkedJob>, options: { dryRun?: boolean; automatic?: boolean }): Promise<RedriveOutcome> {
+    const { originQueue, originJobId, name, payload } = parked.data;
+    const base = { id: parked.id!, originQueue, originJobId };
+    const origin = this.origin(originQueue);
+    const state = await origin.getJobState(originJobId);
+    // A job with the same id still in the origin queue would make the add a silent no-op.
+    if (state !== 'unknown' && state !== 'failed') {
+      return { ...base, action: 'skipped', reason: `a job with id ${originJobId} is ${state} in ${originQueue}` };
+    }
+    if (options.dryRun) return { ...base, action: 'would_redrive' };
+    if (state === 'failed') await (await origin.getJob(originJobId))?.remove();
+    await origin.add(name, payload, { ...(parked.data.opts as JobsOptions | undefined), jobId: originJobId });
+    if (options.automatic) {
+      const key = redisKeys.redrives(this.deps.prefix, parked.id!);
+      await this.deps.connection.multi().incr(key).expire(key, REDRIVE_MEMORY_SECONDS).exec();
+    }
+    await parked.remove();
+    const mode = options.automatic ? 'automatic' : 'manual';
+    this.deps.metrics?.jobsRedriven.inc({ queue: originQueue, mode });
+    this.deps.logger.info({ queue: originQueue, jobId: originJobId, mode }, 'parked job redriven');
+    await this.deps.events
+      ?.emit('job_redriven', { queue: originQueue, jobId: originJobId, automatic: Boolean(options.automatic) }, { queue: originQueue, jobId: originJobId })
+      .catch(() => {});
+    return { ...base, action: 'redriven' };
+  }
+
+  /**
+   * The slow automatic retry: redrive parked jobs that have waited at least `intervalMs` and have
+   * been redriven automatically fewer than `maxRetries` times. Permanent errors are not retried:
+   * bad input stays bad.
+   */
+  async autoRedrive(intervalMs: number, maxRetries: number, now = Date.now()): Promise<RedriveOutcome[]> {
+    const outcomes: RedriveOutcome[] = [];
+    for (const parked of await this.list()) {
+      const r = parked.data;
+      if (r.reason === 'permanent' || r.redrives >= maxRetries || now - r.timestamps.parked < intervalMs) continue;
+      outcomes.push(await this.redriveOne(parked, { automatic: true }));
+    }
+    return outcomes;
+  }
+
+  /** Remove parked jobs for good. */
+  async purge(selector: RedriveSelector, options: { dryRun?: boolean } = {}): Promise<string[]> {
+    const removed: string[] = [];
+    for (const parked of await this.select(selector)) {
+      if (!options.dryRun) {
+        await parked.remove();
+        await this.deps.connection.del(redisKeys.redrives(this.deps.prefix, parked.id!));
+      }
+      removed.push(parked.id!);
+    }
+    return removed;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.queue.close(), ...[...this.origins.values()].map((q) => q.close())]);
+  }
+}
+
+/** Errors are stored as `[Name STOWAGE_ERR_X] message` so their kind survives the failed set. */
+export function tagError(err: Error & { code?: unknown }): string {
+  const code = typeof err.code === 'string' && err.code.startsWith('STOWAGE_ERR_') ? ` ${err.code}` : '';
+  return `[${err.name}${code}] ${err.message}`;
+}
+
+function parseErrorTag(reason: string): [string, string | undefined] {
+  const m = /^\[([A-Za-z]+)(?: (STOWAGE_ERR_[A-Z_]+))?\] /.exec(reason);
+  return m ? [m[1]!, m[2]] : ['Error', undefined];
 }

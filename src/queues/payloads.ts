@@ -3,7 +3,7 @@
  * and workers validate again before processing (a job may come from another producer version).
  */
 import { z } from 'zod';
-import { absolutePath, safeId } from './ids.js';
+import { absolutePath, safeId } from '../ids.js';
 
 export const buildArtifactPayload = z.strictObject({
   userId: safeId,

@@ -74,7 +74,7 @@ export function scheduleJobOptions(queue: DesiredSchedule['queue']) {
  * Job Schedulers for the configured backup sets: each set with a `schedule` gets `backup-{set}`
  * (daily / weekly on Sunday / monthly on the 1st, at `at` UTC), and every set gets
  * `backup-prune-{set}`, its retention, daily at 03:30 UTC. Two backups of one set never overlap:
- * the processor holds a per-set lock (src/workers/backup.ts).
+ * the processor holds a per-set lock (src/backups/lock.ts).
  */
 export const BACKUP_PRUNE_CRON = '30 3 * * *';
 

@@ -33,7 +33,6 @@ import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Redis } from 'ioredis';
 import { mapLimit } from '../concurrency.js';
 import { StowageError } from '../errors.js';
-import { redisKeys } from '../queues/keys.js';
 import type { Logger } from '../observability/logger.js';
 import type { Storage } from './client.js';
 import { etagForIfMatch, storeCapabilities, type EtagForm } from './capabilities.js';
@@ -87,8 +86,12 @@ export interface ManifestDeps {
   storage: Storage;
   /** Needed only when the store does not enforce conditional writes (the lock path). */
   redis: () => Redis;
-  /** BullMQ/Stowage key prefix for the lock keys. */
-  prefix: string;
+  /**
+   * The Redis key of the lock of one manifest (the lock path only); its fencing counter sits beside
+   * it at `<key>:fence`. The caller owns the key layout (src/queues/keys.ts `manifestLock`), so
+   * storage knows no Redis key formats.
+   */
+  lockKey: (module: string, userId: string) => string;
   logger?: Logger;
   /** Give up after this long (lock wait or 412 retries). Default 60 s. */
   timeoutMs?: number;
@@ -372,12 +375,10 @@ async function updateConditionally(
 
 const RELEASE = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
-export const manifestLockKey = redisKeys.manifestLock;
-
 async function updateUnderLock(deps: ManifestDeps, module: string, userId: string, entry: ManifestEntry): Promise<ManifestUpdate> {
   const key = manifestKey(module, userId);
   const redis = deps.redis();
-  const lockKey = manifestLockKey(deps.prefix, module, userId);
+  const lockKey = deps.lockKey(module, userId);
   const token = String(await redis.incr(`${lockKey}:fence`));
   const deadline = Date.now() + (deps.timeoutMs ?? 60_000);
   let attempt = 0;

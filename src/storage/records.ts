@@ -7,7 +7,7 @@
  */
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { ValidationError } from '../errors.js';
-import { safeId } from '../queues/ids.js';
+import { safeId } from '../ids.js';
 import type { Storage } from './client.js';
 import { jsonBlobKey } from './keys.js';
 import { findManifestEntry, readManifest, type ManifestEntry } from './manifest.js';

@@ -25,7 +25,7 @@ import { uploadStream, type UploadResult } from '../storage/upload.js';
 import { createZipStream, scanSource, type ZipSource } from '../storage/zip.js';
 import type { Processor, ProcessorContext } from './context.js';
 
-export const SIZE_SUGGESTION =
+const SIZE_SUGGESTION =
   'Leave dependencies, caches and VCS data (node_modules, .git, .cache, .next/cache) out of the build output, or raise STOWAGE_ARTIFACT_LIMIT_BYTES.';
 
 /** At most one progress report per stage this often (the runtime throttles too; this spares it). */

@@ -19,14 +19,12 @@
  * it. See docs/exports.md.
  */
 import { Readable } from 'node:stream';
-import { deriveExportId, type ExportResult, type JsonBlobResult } from '../queues/index.js';
+import { deriveExportId, redisKeys, type ExportResult, type JsonBlobResult } from '../queues/index.js';
 import { jsonBlobKey, objectUrl, recordKey } from '../storage/keys.js';
 import { searchableValues, upsertManifestEntry, type ManifestEntry } from '../storage/manifest.js';
 import { parquetStream } from '../storage/parquet.js';
 import { uploadStream } from '../storage/upload.js';
 import type { Processor } from './context.js';
-
-export { deriveExportId, type ExportResult, type JsonBlobResult };
 
 /** JSON: an array, one record per line; JSONL: one record per line. Streamed in chunks. */
 function serialize(format: 'json' | 'jsonl', records: Record<string, unknown>[]): Readable {
@@ -103,7 +101,13 @@ export const exportRecords: Processor<'export'> = async (job, ctx) => {
     ...(searchable ? { searchable } : {}),
   };
   const update = await upsertManifestEntry(
-    { storage, redis: () => ctx.redis, prefix: ctx.config.prefix, logger: log, compactBytes: exportsConfig.manifestCompactBytes },
+    {
+      storage,
+      redis: () => ctx.redis,
+      lockKey: (module, userId) => redisKeys.manifestLock(ctx.config.prefix, module, userId),
+      logger: log,
+      compactBytes: exportsConfig.manifestCompactBytes,
+    },
     p.module,
     p.userId,
     entry,

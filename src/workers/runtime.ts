@@ -32,9 +32,9 @@ import {
   type JobProgress,
   MAINTENANCE_QUEUE,
 } from '../queues/index.js';
+import { DeadLetter, tagError } from '../queues/dead-letter.js';
 import { createStorage, type Storage } from '../storage/client.js';
 import type { Processor, ProcessorContext } from './context.js';
-import { DeadLetter, tagError } from './dead-letter.js';
 
 export type ProcessorMap = { [K in JobKind]?: Processor<K> };
 

@@ -25,7 +25,7 @@ import { buildServer, type StowageServer } from '../../src/http/server.js';
 import { JOB_KINDS, PAYLOAD_SCHEMAS, parsePayload, type JobKind } from '../../src/queues/index.js';
 import { artifactKey, objectUrl, sha256SidecarKey } from '../../src/storage/keys.js';
 import { presignDownload } from '../../src/storage/presign.js';
-import { stageRestore } from '../../src/workers/backup-restore.js';
+import { stageRestore } from '../../src/backups/restore.js';
 import { isolate } from '../helpers/isolation.js';
 import { BASIC_PASSWORD, basicHeader, harness, type Harness } from '../http/harness.js';
 import { recordSummary, sleep } from './fleet.js';

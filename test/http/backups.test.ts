@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
 import { getBackupByKey } from '../../src/db/backups.js';
 import { buildServer } from '../../src/http/server.js';
-import { STAGING_DIR_NAME } from '../../src/workers/backup-restore.js';
+import { STAGING_DIR_NAME } from '../../src/backups/restore.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
 import { harness, harnessRuntime, type Harness } from './harness.js';

@@ -25,6 +25,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupCommand, type Output } from '../../src/cli/commands/storage-ops.js';
+import { runRecordedCleanup } from '../../src/cleanup/recorded.js';
 import type { Config } from '../../src/config.js';
 import { listCleanupLogs } from '../../src/db/cleanup-logs.js';
 import { migrate } from '../../src/db/migrate.js';
@@ -32,7 +33,6 @@ import { createDb, type Db } from '../../src/db/pool.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { DELETE_BATCH } from '../../src/storage/cleanup.js';
 import { packKey, sha256SidecarKey } from '../../src/storage/keys.js';
-import { runRecordedCleanup } from '../../src/workers/cleanup.js';
 import { isolate } from '../helpers/isolation.js';
 import { startS3, startS3rver, storageConfig, type TestS3 } from '../helpers/s3.js';
 

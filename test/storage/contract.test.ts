@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { redisKeys } from '../../src/queues/keys.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { CAPABILITY_LABELS, capabilityReport, formatCapability, type CapabilityName } from '../../src/storage/capabilities.js';
 import { runCleanup } from '../../src/storage/cleanup.js';
@@ -96,7 +97,7 @@ for (const kind of ['rgw', 's3rver'] as const) {
     });
 
     it('20 concurrent manifest writers leave 20 entries', { timeout: 30_000 }, async () => {
-      const deps = { storage, redis: () => redis, prefix: iso.prefix };
+      const deps = { storage, redis: () => redis, lockKey: (module: string, userId: string) => redisKeys.manifestLock(iso.prefix, module, userId) };
       const entry = (id: string) => ({ id, key: `m/u/${id}.json`, format: 'json' as const, record_count: 1, size: 1, sha256: '0'.repeat(64), created_at: new Date().toISOString() });
       const updates = await Promise.all(Array.from({ length: 20 }, (_, i) => upsertManifestEntry(deps, 'contract', 'u', entry(`w${i}`))));
       expect(new Set(updates.map((u) => u.mode))).toEqual(new Set([kind === 'rgw' ? 'conditional' : 'lock']));

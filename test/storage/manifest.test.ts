@@ -9,12 +9,12 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
 import { createLogger } from '../../src/observability/logger.js';
+import { redisKeys } from '../../src/queues/keys.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { resetCapabilities } from '../../src/storage/capabilities.js';
 import {
   findManifestEntry,
-  manifestLockKey,
   manifestWriteMode,
   readManifest,
   readManifestHead,
@@ -29,6 +29,8 @@ import { isolate } from '../helpers/isolation.js';
 import { startS3rver, storageConfig, type TestS3 } from '../helpers/s3.js';
 
 const iso = isolate('manifest');
+/** The lock keys the export processor passes: `redisKeys.manifestLock` under this file's prefix. */
+const lockKey = (module: string, userId: string) => redisKeys.manifestLock(iso.prefix, module, userId);
 
 let env: ProcessorTestEnv<'export'>;
 let redis: Redis;
@@ -94,11 +96,11 @@ describe('manifest on radosgw (conditional writes)', () => {
     const { entries } = await readManifest(storage, 'finance', 'busy');
     expect(entries).toHaveLength(50);
     expect(new Set(entries.map((e) => e.id)).size).toBe(50);
-    expect(await redis.exists(`${manifestLockKey(config.prefix, 'finance', 'busy')}:fence`)).toBe(0);
+    expect(await redis.exists(`${redisKeys.manifestLock(config.prefix, 'finance', 'busy')}:fence`)).toBe(0);
   });
 
   it('20 concurrent updates retry on 412 and all land, without Redis', { timeout: 25_000 }, async () => {
-    const deps: ManifestDeps = { storage, redis: noRedis, prefix: iso.prefix };
+    const deps: ManifestDeps = { storage, redis: noRedis, lockKey };
     const updates = await Promise.all(Array.from({ length: 20 }, (_, i) => upsertManifestEntry(deps, 'cond', 'busy', entry(`c${i}`))));
     expect(updates.every((u) => u.mode === 'conditional')).toBe(true);
     expect(updates.some((u) => u.attempts > 1)).toBe(true);
@@ -110,7 +112,7 @@ describe('manifest on radosgw (conditional writes)', () => {
     const lines: string[] = [];
     const logger = createLogger({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
     // radosgw answers 412 to the quoted form of its own ETag (it compares byte for byte).
-    const deps: ManifestDeps = { storage, redis: () => redis, prefix: iso.prefix, etagForm: 'quoted', logger };
+    const deps: ManifestDeps = { storage, redis: () => redis, lockKey, etagForm: 'quoted', logger };
     await upsertManifestEntry({ ...deps, etagForm: 'unquoted' }, 'stuck', 'u', entry('first'));
     const started = Date.now();
     const updates = await Promise.all(Array.from({ length: 20 }, (_, i) => upsertManifestEntry(deps, 'stuck', 'u', entry(`w${i}`))));
@@ -145,7 +147,7 @@ for (const where of ['radosgw, lock pinned', 's3rver'] as const) {
     const deps = (more: Partial<ManifestDeps> = {}): ManifestDeps => ({
       storage: lockStorage,
       redis: () => redis,
-      prefix: iso.prefix,
+      lockKey,
       ...(where === 's3rver' ? {} : { etagForm: null }),
       ...more,
     });
@@ -162,7 +164,7 @@ for (const where of ['radosgw, lock pinned', 's3rver'] as const) {
       const { entries } = await readManifest(lockStorage, m, 'busy');
       expect(entries).toHaveLength(50);
       expect(new Set(entries.map((e) => e.id)).size).toBe(50);
-      expect(await redis.exists(manifestLockKey(iso.prefix, m, 'busy'))).toBe(0);
+      expect(await redis.exists(lockKey(m, 'busy'))).toBe(0);
     });
 
     it('an update replaces an entry with the same id', async () => {
@@ -178,13 +180,13 @@ for (const where of ['radosgw, lock pinned', 's3rver'] as const) {
     });
 
     it('waits for a held lock, and gives up at its timeout without writing', async () => {
-      const lockKey = manifestLockKey(iso.prefix, m, 'held');
-      await redis.set(lockKey, 'someone-else', 'PX', 10_000);
+      const held = lockKey(m, 'held');
+      await redis.set(held, 'someone-else', 'PX', 10_000);
       await expect(upsertManifestEntry(deps({ timeoutMs: 300 }), m, 'held', entry('x'))).rejects.toThrow(/lock not acquired/);
       // The other holder's lock is untouched (release only deletes our own token).
-      expect(await redis.get(lockKey)).toBe('someone-else');
+      expect(await redis.get(held)).toBe('someone-else');
       expect((await readManifest(lockStorage, m, 'held')).entries).toEqual([]);
-      await redis.del(lockKey);
+      await redis.del(held);
       await upsertManifestEntry(deps({ timeoutMs: 5_000 }), m, 'held', entry('x'));
       expect((await readManifest(lockStorage, m, 'held')).entries.map((e) => e.id)).toEqual(['x']);
     });
@@ -195,7 +197,7 @@ describe('compaction', () => {
   const COMPACT = 1024;
 
   it('rolls the head into dated segments past the threshold: every update rewrites a bounded head, and reads see every entry', async () => {
-    const deps: ManifestDeps = { storage, redis: noRedis, prefix: iso.prefix, compactBytes: COMPACT };
+    const deps: ManifestDeps = { storage, redis: noRedis, lockKey, compactBytes: COMPACT };
     const ids = Array.from({ length: 40 }, (_, i) => `s${String(i).padStart(2, '0')}`);
     let largestHead = 0;
     let compactions = 0;
@@ -232,7 +234,7 @@ describe('compaction', () => {
       const deps: ManifestDeps = {
         storage,
         redis: etagForm === null ? () => redis : noRedis,
-        prefix: iso.prefix,
+        lockKey,
         compactBytes: COMPACT,
         ...(etagForm === null ? { etagForm } : {}),
       };

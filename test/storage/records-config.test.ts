@@ -23,7 +23,7 @@ describe('exports config', () => {
     expect(() => loadConfig({ STOWAGE_EXPORT_SEARCHABLE_FIELDS: 'no-colon-here' })).toThrow(ConfigError);
     expect(() => loadConfig({ STOWAGE_EXPORT_SEARCHABLE_FIELDS: 'no-colon-here' })).toThrow(/STOWAGE_EXPORT_SEARCHABLE_FIELDS/);
     expect(() => loadConfig({ STOWAGE_MANIFEST_COMPACT_BYTES: '10' })).toThrow(/STOWAGE_MANIFEST_COMPACT_BYTES/);
-    expect(() => loadConfig({ STOWAGE_EXPORT_SEARCHABLE_FIELDS: '../x:title' })).toThrow(/exports\.searchableFields/);
+    expect(() => loadConfig({ STOWAGE_EXPORT_SEARCHABLE_FIELDS: '../x:title' })).toThrow(/STOWAGE_EXPORT_SEARCHABLE_FIELDS \(\.\.\/x\): /);
   });
 });
 

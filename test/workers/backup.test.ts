@@ -16,12 +16,13 @@ import { getBackupByKey, listBackups, recordBackup } from '../../src/db/backups.
 import { isPermanent } from '../../src/errors.js';
 import { jobIdFor, parsePayload } from '../../src/queues/contract.js';
 import type { BackupPayload } from '../../src/queues/index.js';
-import type { BackupMetadata } from '../../src/storage/backup-archive.js';
+import { createBackupArchive, type BackupMetadata } from '../../src/backups/archive.js';
+import { pruneBackupSet } from '../../src/backups/prune.js';
+import { applyRestore, PENDING_RESTORE_FLAG, stageRestore, STAGING_DIR_NAME } from '../../src/backups/restore.js';
+import { quickCheck } from '../../src/backups/snapshot.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { backupKey, BACKUP_KEY_PATTERN } from '../../src/storage/keys.js';
-import { backup, pruneBackupSet, quickCheck } from '../../src/workers/backup.js';
-import { applyRestore, PENDING_RESTORE_FLAG, stageRestore, STAGING_DIR_NAME } from '../../src/workers/backup-restore.js';
-import { createBackupArchive } from '../../src/storage/backup-archive.js';
+import { backup } from '../../src/workers/backup.js';
 import { uploadStream } from '../../src/storage/upload.js';
 import { Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';

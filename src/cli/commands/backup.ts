@@ -1,6 +1,6 @@
 /**
- * `stowage backup …`: database backups (src/workers/backup.ts) and two-phase restores
- * (src/workers/backup-restore.ts). `now` enqueues a job for the workers; everything else runs in
+ * `stowage backup …`: database backups (the job: src/workers/backup.ts; the library:
+ * src/backups/) and two-phase restores (src/backups/restore.ts). `now` enqueues a job for the workers; everything else runs in
  * this process with this process's configuration. Results go to stdout, progress to stderr.
  */
 import { createHash } from 'node:crypto';
@@ -12,6 +12,12 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import type { Command } from 'commander';
+import { deleteBackupObject, describeBackup, resolveBackup } from '../../backups/catalog.js';
+import { runRestoreDrill } from '../../backups/drill.js';
+import { withBackupLock } from '../../backups/lock.js';
+import { pruneBackupSet } from '../../backups/prune.js';
+import { applyRestore, cancelRestore, readPendingRestore, stageRestore, stagingDirFor, STAGING_DIR_NAME, type PendingRestore } from '../../backups/restore.js';
+import { DEFAULT_KEEP_LAST, type RetentionPolicy } from '../../backups/retention.js';
 import { loadConfig, type Config } from '../../config.js';
 import { listAllBackups, markBackupDeleted } from '../../db/backups.js';
 import { createDb, type Db } from '../../db/pool.js';
@@ -20,21 +26,9 @@ import { createLogger, type Logger } from '../../observability/logger.js';
 import { createProducer } from '../../producers/index.js';
 import type { PayloadInput } from '../../queues/index.js';
 import { createStorage, type Storage } from '../../storage/client.js';
-import { BACKUP_KEY_PATTERN } from '../../storage/keys.js';
-import { DEFAULT_KEEP_LAST, type RetentionPolicy } from '../../storage/retention.js';
+import { BACKUP_KEY_PATTERN, backupName } from '../../storage/keys.js';
 import { storeError } from '../../storage/store-errors.js';
 import { probeStore } from '../../storage/verify.js';
-import { backupName, deleteBackupObject, describeBackup, pruneBackupSet, resolveBackup, withBackupLock } from '../../workers/backup.js';
-import {
-  applyRestore,
-  cancelRestore,
-  readPendingRestore,
-  runRestoreDrill,
-  stageRestore,
-  stagingDirFor,
-  STAGING_DIR_NAME,
-  type PendingRestore,
-} from '../../workers/backup-restore.js';
 
 interface Deps {
   config: Config;

@@ -7,10 +7,10 @@ import type { Command } from 'commander';
 import { loadConfig } from '../../config.js';
 import { createDb } from '../../db/pool.js';
 import { StowageError } from '../../errors.js';
+import { retryFallbacks, runAggregation, type AggregationDeps } from '../../failures/aggregation.js';
 import { createLogger } from '../../observability/logger.js';
 import { createMetrics } from '../../observability/metrics.js';
 import { createStorage, type Storage } from '../../storage/client.js';
-import { retryFallbacks, runAggregation, type AggregationDeps } from '../../workers/aggregation.js';
 
 function positive(name: string) {
   return (value: string): number => {

@@ -5,6 +5,7 @@
  * StowageErrors that the CLI prints as one line with the code's exit status.
  */
 import { Command } from 'commander';
+import { runRecordedCleanup } from '../../cleanup/recorded.js';
 import { loadConfig, type Config } from '../../config.js';
 import { createDb } from '../../db/pool.js';
 import { StowageError } from '../../errors.js';
@@ -13,7 +14,6 @@ import { applyLifecycle, describeRule, getStoreLifecycle } from '../../storage/l
 import { measureUsage } from '../../storage/usage.js';
 import { CAPABILITY_LABELS, formatCapability, probeCapabilities, type CapabilityName } from '../../storage/capabilities.js';
 import { listObjects, objectDetails, probeStore } from '../../storage/verify.js';
-import { runRecordedCleanup } from '../../workers/cleanup.js';
 
 /** Where a command writes: results on `out` (stdout), progress and warnings on `err` (stderr). */
 export interface Output {

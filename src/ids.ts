@@ -1,4 +1,7 @@
-/** Validation of the ids and paths that end up in object keys, job ids and file system calls. */
+/**
+ * Validation of the ids and paths that end up in object keys, job ids and file system calls.
+ * Shared by the queue contract, config, HTTP and storage, so it belongs to none of those layers.
+ */
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
 

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { isPermanent } from '../../src/errors.js';
 import { loadConfig } from '../../src/config.js';
 import { backupCron, backupSchedules } from '../../src/queues/schedules.js';
-import { applyRetentionPolicy, validateRetentionPolicy, type RetentionCandidate, type RetentionPolicy } from '../../src/storage/retention.js';
+import { applyRetentionPolicy, validateRetentionPolicy, type RetentionCandidate, type RetentionPolicy } from '../../src/backups/retention.js';
 
 const b = (iso: string, extra: Partial<RetentionCandidate> = {}): RetentionCandidate => ({
   key: `k-${iso}`,

@@ -1,99 +1,12 @@
 /**
- * The databases of a backup, one at a time: consistent SQLite snapshots and checks, and the
- * PostgreSQL client tools (pg_dump, pg_restore) run with the password kept off command lines.
- * Shared by the backup processor and the restore (backup-restore.ts).
+ * The PostgreSQL side of backups: a database URL split for libpq (the password kept off command
+ * lines and out of logs), and the client tools (pg_dump, pg_restore) run with the password in
+ * PGPASSWORD. Shared by the backup processor, the restore (src/backups/restore.ts) and the drill.
  */
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
-import Database from 'better-sqlite3';
 import { PermanentError, StowageError } from '../errors.js';
-/**
- * A consistent snapshot of a live SQLite database at `dest` with `VACUUM INTO`, then
- * `PRAGMA quick_check` on the snapshot. Throws PermanentError if the source is missing,
- * StowageError if the snapshot is not ok.
- */
-export function snapshotSqlite(source: string, dest: string): void {
-  let db: Database.Database;
-  try {
-    db = new Database(source, { readonly: true, fileMustExist: true });
-  } catch (err) {
-    throw new PermanentError(`sqlite ${source}: cannot open: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    db.pragma('busy_timeout = 10000');
-    db.prepare('VACUUM INTO ?').run(dest);
-  } finally {
-    db.close();
-  }
-  const problems = quickCheck(dest);
-  if (problems.length) {
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: snapshot failed quick_check: ${problems.slice(0, 5).join('; ')}`);
-  }
-}
-
-const SNAPSHOT_THREAD = `
-const { parentPort, workerData } = require('node:worker_threads');
-const Database = require(workerData.module);
-let stage = 'open';
-try {
-  const src = new Database(workerData.source, { readonly: true, fileMustExist: true });
-  stage = 'snapshot';
-  try {
-    src.pragma('busy_timeout = 10000');
-    src.prepare('VACUUM INTO ?').run(workerData.dest);
-  } finally {
-    src.close();
-  }
-  stage = 'check';
-  const snap = new Database(workerData.dest, { readonly: true, fileMustExist: true });
-  try {
-    const rows = snap.pragma('quick_check');
-    const messages = rows.map((r) => Object.values(r)[0] ?? '');
-    parentPort.postMessage({ ok: true, problems: messages.length === 1 && messages[0] === 'ok' ? [] : messages });
-  } finally {
-    snap.close();
-  }
-} catch (err) {
-  parentPort.postMessage({ ok: false, stage, message: String(err && err.message || err) });
-}
-`;
-
-/**
- * snapshotSqlite off the event loop: VACUUM INTO and quick_check are synchronous in better-sqlite3,
- * and a large database would otherwise block the worker past its BullMQ lock (the job would be
- * taken for stalled). Runs in a worker thread; same errors as snapshotSqlite.
- */
-export async function snapshotSqliteInThread(source: string, dest: string): Promise<void> {
-  const module = createRequire(import.meta.url).resolve('better-sqlite3');
-  const reply = await new Promise<{ ok: true; problems: string[] } | { ok: false; stage: string; message: string }>((resolve, reject) => {
-    const worker = new Worker(SNAPSHOT_THREAD, { eval: true, workerData: { module, source, dest } });
-    worker.once('message', resolve);
-    worker.once('error', reject);
-    worker.once('exit', (code) => reject(new Error(`snapshot thread exited with code ${code}`)));
-  });
-  if (!reply.ok) {
-    if (reply.stage === 'open') throw new PermanentError(`sqlite ${source}: cannot open: ${reply.message}`);
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: ${reply.stage} failed: ${reply.message}`);
-  }
-  if (reply.problems.length) {
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: snapshot failed quick_check: ${reply.problems.slice(0, 5).join('; ')}`);
-  }
-}
-
-/** `PRAGMA quick_check` (or `integrity_check`) of a database file: [] when ok, else the problems. */
-export function quickCheck(path: string, pragma: 'quick_check' | 'integrity_check' = 'quick_check'): string[] {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const rows = db.pragma(pragma) as Record<string, string>[];
-    const messages = rows.map((r) => Object.values(r)[0] ?? '');
-    return messages.length === 1 && messages[0] === 'ok' ? [] : messages;
-  } finally {
-    db.close();
-  }
-}
 
 /**
  * A PostgreSQL URL split for libpq: the URL without its password (safe to log, to store in the

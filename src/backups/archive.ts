@@ -11,7 +11,7 @@ import { PassThrough, pipeline, type Readable } from 'node:stream';
 import { pipeline as pipelineAsync } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { BackupDatabaseEntry } from '../db/backups.js';
-import { createParallelGzip } from './parallel-gzip.js';
+import { createParallelGzip } from '../storage/parallel-gzip.js';
 
 export const BACKUP_METADATA_FILE = 'backup-metadata.json';
 export const BACKUP_FORMAT_VERSION = '1';
@@ -52,7 +52,7 @@ export async function fileSize(path: string): Promise<number> {
  */
 export function createBackupArchive(metadata: BackupMetadata, files: readonly ArchiveFile[], options: { signal?: AbortSignal } = {}): Readable {
   const pack = tar.pack();
-  // gzip is where a backup's time goes, so it runs on every core (parallel-gzip.ts) at level 1:
+  // gzip is where a backup's time goes, so it runs on every core (src/storage/parallel-gzip.ts) at level 1:
   // on the benchmark's databases 1.6× faster than level 6 for 3–4 % more bytes (docs/performance.md).
   // Litestream (LZ4) and restic (zstd's default level) make the same trade.
   const gzip = createParallelGzip({ level: 1 });

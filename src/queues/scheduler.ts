@@ -1,5 +1,6 @@
 /**
- * The scheduler role: keeps BullMQ Job Schedulers equal to the configured schedules.
+ * The scheduler role: keeps BullMQ Job Schedulers equal to the configured schedules
+ * (src/queues/schedules.ts).
  *
  * Upserting a Job Scheduler by id is idempotent in BullMQ, so any number of schedulers may run at
  * once (for availability): they converge on exactly one scheduler per schedule. Schedulers that are
@@ -10,7 +11,9 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Logger } from '../observability/logger.js';
-import { createRedis, desiredSchedules, JOB_KINDS, MAINTENANCE_QUEUE, scheduleJobOptions } from '../queues/index.js';
+import { createRedis } from './connection.js';
+import { JOB_KINDS } from './contract.js';
+import { desiredSchedules, MAINTENANCE_QUEUE, scheduleJobOptions } from './schedules.js';
 
 export interface SyncResult {
   upserted: string[];

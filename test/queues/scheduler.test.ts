@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProducer } from '../../src/producers/index.js';
 import { MAINTENANCE_QUEUE, type ParkedJob } from '../../src/queues/index.js';
-import { startScheduler, syncSchedules } from '../../src/workers/scheduler.js';
+import { startScheduler, syncSchedules } from '../../src/queues/scheduler.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { isolate } from '../helpers/isolation.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
