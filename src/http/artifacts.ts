@@ -10,12 +10,13 @@ import type { Logger } from '../observability/logger.js';
 import { z } from 'zod';
 import type { Db } from '../db/pool.js';
 import { findUserVersion, getLatestProjectVersionWithArtifact, type ProjectVersion } from '../db/project-versions.js';
-import { StowageError, ValidationError } from '../errors.js';
+import { StowageError } from '../errors.js';
 import { safeId } from '../ids.js';
 import type { Storage } from '../storage/client.js';
 import { MAX_PRESIGN_SECONDS } from '../storage/client.js';
 import { parseObjectUrl } from '../storage/keys.js';
 import { DEFAULT_PRESIGN_SECONDS, presignDownload } from '../storage/presign.js';
+import { jsonSchema, parse, replies, validatedInHandler } from './schemas.js';
 
 export interface ArtifactRoutesDeps {
   db: Db;
@@ -28,11 +29,24 @@ const query = z.strictObject({
   projectId: safeId.optional(),
 });
 
-function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const r = schema.safeParse(value);
-  if (!r.success) throw ValidationError.fromZod(what, r.error);
-  return r.data;
-}
+const downloadLink = z.object({
+  downloadUrl: z.url().describe('a presigned GET URL: a bearer credential until it expires'),
+  expiresAt: z.iso.datetime(),
+  filename: z.string(),
+  size: z.number().int().nullable(),
+});
+const versionDownload = downloadLink.extend({ version: z.object({ id: z.string(), projectId: z.string(), createdAt: z.iso.datetime() }) });
+
+const exportSchema = {
+  params: jsonSchema(z.object({ projectId: safeId })),
+  querystring: jsonSchema(query),
+  response: replies({ 200: downloadLink }),
+};
+const downloadSchema = {
+  params: jsonSchema(z.object({ versionId: safeId })),
+  querystring: jsonSchema(query),
+  response: replies({ 200: versionDownload }),
+};
 
 /** 404 with `canRebuild: true`: the version exists (or may), but has no stored artifact. */
 class NoArtifactError extends StowageError {
@@ -47,7 +61,7 @@ class NoArtifactError extends StowageError {
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
 export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void {
-  const link = async (v: ProjectVersion, filename: string, expiresIn: number | undefined) => {
+  const link = async (v: ProjectVersion, filename: string, expiresIn: number | undefined): Promise<z.output<typeof downloadLink>> => {
     const where = v.artifactUrl ? parseObjectUrl(v.artifactUrl) : null;
     if (!where) throw new NoArtifactError(`version ${v.versionId} has no artifact`);
     const storage = deps.storage();
@@ -61,7 +75,7 @@ export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void
   // The signed URL is a bearer credential until it expires: keep it out of shared caches.
   const noStore = { 'cache-control': 'no-store' };
 
-  app.get<{ Params: { projectId: string }; Querystring: Record<string, string> }>('/v1/projects/:projectId/export', async (req, reply) => {
+  app.get<{ Params: { projectId: string }; Querystring: Record<string, string> }>('/v1/projects/:projectId/export', { schema: exportSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     const projectId = parse(safeId, req.params.projectId, 'projectId');
     const { expiresIn } = parse(query, req.query, 'query');
@@ -70,7 +84,7 @@ export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void
     return reply.headers(noStore).send(await link(latest, `${projectId}-latest.zip`, expiresIn));
   });
 
-  app.get<{ Params: { versionId: string }; Querystring: Record<string, string> }>('/v1/versions/:versionId/download', async (req, reply) => {
+  app.get<{ Params: { versionId: string }; Querystring: Record<string, string> }>('/v1/versions/:versionId/download', { schema: downloadSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     const versionId = parse(safeId, req.params.versionId, 'versionId');
     const { expiresIn, projectId } = parse(query, req.query, 'query');

@@ -18,19 +18,20 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { Role } from '../auth/tokens.js';
+import { deleteBackupObject, describeBackup, resolveBackup } from '../backups/catalog.js';
+import { cancelRestore, stageRestore } from '../backups/restore.js';
 import { listAllBackups, markBackupDeleted } from '../db/backups.js';
 import type { Db } from '../db/pool.js';
 import { AuthError, ValidationError } from '../errors.js';
+import { safeId } from '../ids.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
-import { deleteBackupObject, describeBackup, resolveBackup } from '../backups/catalog.js';
-import { cancelRestore, stageRestore } from '../backups/restore.js';
-import { safeId } from '../ids.js';
-import { backupName } from '../storage/keys.js';
 import type { PayloadInput } from '../queues/index.js';
 import type { Storage } from '../storage/client.js';
+import { backupName } from '../storage/keys.js';
 import { storeError } from '../storage/store-errors.js';
 import { probeStore } from '../storage/verify.js';
+import { jsonSchema, parse, replies, validatedInHandler } from './schemas.js';
 
 export interface BackupRoutesDeps {
   db: Db;
@@ -41,16 +42,27 @@ export interface BackupRoutesDeps {
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
-function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const r = schema.safeParse(value ?? {});
-  if (!r.success) throw ValidationError.fromZod(what, r.error);
-  return r.data;
-}
-
 const absolute = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\u0000'), 'must be an absolute path');
 const restoreBody = z.strictObject({ to: absolute.optional(), pgDatabase: z.string().min(1).max(63).optional(), force: z.boolean().optional() });
 const cancelBody = z.strictObject({ dir: absolute });
 const listQuery = z.strictObject({ set: safeId.optional() });
+
+const nameParams = jsonSchema(z.object({ name: z.string().describe('a backup name, as GET /api/backups lists them') }));
+const listSchema = { querystring: jsonSchema(listQuery), response: replies({ 200: z.object({ backups: z.array(z.looseObject({})) }) }) };
+const nowSchema = {
+  // Documentation only: the producer validates against the backup payload schema (queues/payloads.ts).
+  body: jsonSchema(z.looseObject({}).describe('a backup payload: {set} or {name, sqlite, postgres}')),
+  response: replies({ 202: z.object({ jobId: z.string(), kind: z.literal('backup'), created: z.boolean() }) }),
+};
+const downloadSchema = {
+  params: nameParams,
+  response: replies({ 200: { description: 'the archive (x-checksum-sha256 header)', content: { 'application/gzip': { schema: { type: 'string', format: 'binary' } } } } }),
+};
+const deleteSchema = { params: nameParams, response: replies({ 200: z.object({ deleted: z.string() }) }) };
+const probeResult = z.looseObject({ endpoint: z.string(), bucket: z.string(), ok: z.boolean() });
+const testConnectionSchema = { response: replies({ 200: probeResult, 502: probeResult }) };
+const restoreSchema = { params: nameParams, body: jsonSchema(restoreBody), response: replies({ 200: z.looseObject({ name: z.string(), stagingDir: z.string(), apply: z.string() }) }) };
+const cancelSchema = { body: jsonSchema(cancelBody), response: replies({ 200: z.object({ cancelled: z.string(), stagingDir: z.string() }) }) };
 
 export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
   const admin = async (req: FastifyRequest) => {
@@ -59,14 +71,14 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
     return caller;
   };
 
-  app.get<{ Querystring: Record<string, string> }>('/api/backups', async (req) => {
+  app.get<{ Querystring: Record<string, string> }>('/api/backups', { schema: listSchema, ...validatedInHandler }, async (req) => {
     await admin(req);
-    const { set } = parse(listQuery, req.query, 'query');
+    const { set } = parse(listQuery, req.query ?? {}, 'query');
     const rows = await listAllBackups(deps.db, set ? { set } : {});
     return { backups: rows.map((r) => describeBackup(r)) };
   });
 
-  app.post('/api/backups/now', async (req, reply) => {
+  app.post('/api/backups/now', { schema: nowSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await admin(req);
     if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw new ValidationError('backup request', ['the body must be a JSON object: {set} or {name, sqlite, postgres}']);
     // requestedAt makes each request its own job (see the backup payload); the schema checks the rest.
@@ -77,7 +89,7 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
     return reply.code(202).send(enqueued);
   });
 
-  app.get<{ Params: { name: string } }>('/api/backups/:name/download', async (req, reply) => {
+  app.get<{ Params: { name: string } }>('/api/backups/:name/download', { schema: downloadSchema, ...validatedInHandler }, async (req, reply) => {
     await admin(req);
     const storage = deps.storage();
     const row = await resolveBackup(deps.db, storage.bucket, req.params.name);
@@ -98,7 +110,7 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
       .send(res.Body as NodeJS.ReadableStream);
   });
 
-  app.delete<{ Params: { name: string } }>('/api/backups/:name', async (req) => {
+  app.delete<{ Params: { name: string } }>('/api/backups/:name', { schema: deleteSchema, ...validatedInHandler }, async (req) => {
     const caller = await admin(req);
     const storage = deps.storage();
     const row = await resolveBackup(deps.db, storage.bucket, req.params.name);
@@ -108,16 +120,16 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
     return { deleted: backupName(row.key) };
   });
 
-  app.post('/api/backups/test-connection', async (req, reply) => {
+  app.post('/api/backups/test-connection', { schema: testConnectionSchema, ...validatedInHandler }, async (req, reply) => {
     await admin(req);
     const storage = deps.storage();
     const probe = await probeStore(storage);
     return reply.code(probe.ok ? 200 : 502).send({ endpoint: storage.endpoint, bucket: storage.bucket, ...probe });
   });
 
-  app.post<{ Params: { name: string } }>('/api/backups/:name/restore', async (req) => {
+  app.post<{ Params: { name: string } }>('/api/backups/:name/restore', { schema: restoreSchema, ...validatedInHandler }, async (req) => {
     const caller = await admin(req);
-    const body = parse(restoreBody, req.body, 'restore request');
+    const body = parse(restoreBody, req.body ?? {}, 'restore request');
     const storage = deps.storage();
     const row = await resolveBackup(deps.db, storage.bucket, req.params.name);
     const staged = await stageRestore(storage, row.key, {
@@ -129,9 +141,9 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
     return { name: backupName(row.key), ...staged, apply: `stowage backup apply-restore --dir ${staged.stagingDir}` };
   });
 
-  app.post('/api/backups/cancel-restore', async (req) => {
+  app.post('/api/backups/cancel-restore', { schema: cancelSchema, ...validatedInHandler }, async (req) => {
     const caller = await admin(req);
-    const { dir } = parse(cancelBody, req.body, 'cancel request');
+    const { dir } = parse(cancelBody, req.body ?? {}, 'cancel request');
     const { stagingDir, pending } = await cancelRestore(dir);
     req.log.info({ stagingDir, user: caller.userId }, 'restore cancelled');
     return { cancelled: backupName(pending.key), stagingDir };

@@ -29,11 +29,13 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { QueueEvents, type Queue } from 'bullmq';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
+import { z } from 'zod';
 import { mayRead, type Role } from '../auth/tokens.js';
 import type { Config } from '../config.js';
 import { NotFoundError, StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { createEventStream, QUEUE_NAMES, redisKeys, type DomainEvent, type EventStream } from '../queues/index.js';
+import { jsonSchema, replies, validatedInHandler } from './schemas.js';
 
 export interface EventRoutesDeps {
   config: Config;
@@ -72,6 +74,19 @@ const TYPE_PATTERN = /^[a-z][a-z0-9_]{0,63}$/;
 /** Largest sequence number of a stream id. */
 const MAX_SEQ = '18446744073709551615';
 
+const sse = { description: 'Server-Sent Events', content: { 'text/event-stream': { schema: { type: 'string' } } } };
+const resume = jsonSchema(z.object({ 'last-event-id': z.string().optional().describe('the last `id:` received: a reconnect resumes after it') }));
+const allEventsSchema = {
+  querystring: jsonSchema(z.object({ type: z.union([z.string(), z.array(z.string())]).optional().describe('event types, comma-separated or repeated') })),
+  headers: resume,
+  response: replies({ 200: sse }),
+};
+const jobEventsSchema = {
+  params: jsonSchema(z.object({ kind: z.enum(QUEUE_NAMES), id: z.string() })),
+  headers: resume,
+  response: replies({ 200: sse, 204: z.null().describe(`the stream already ended (Last-Event-ID: ${DONE_ID})`) }),
+};
+
 /** The server's Fastify instance (its logger is Stowage's pino logger). */
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
@@ -106,7 +121,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     return client;
   };
 
-  app.get<{ Querystring: { type?: string | string[] } }>('/v1/events', async (req, reply) => {
+  app.get<{ Querystring: { type?: string | string[] } }>('/v1/events', { schema: allEventsSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     admit();
     const types = parseTypes(req.query.type);
@@ -139,7 +154,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     });
   });
 
-  app.get<{ Params: { kind: string; id: string } }>('/v1/jobs/:kind/:id/events', async (req, reply) => {
+  app.get<{ Params: { kind: string; id: string } }>('/v1/jobs/:kind/:id/events', { schema: jobEventsSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     admit();
     const { kind, id } = req.params;

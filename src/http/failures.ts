@@ -22,12 +22,13 @@ import type { Role } from '../auth/tokens.js';
 import type { Config } from '../config.js';
 import { failureStats, getFailure, listFailures, listUnrecovered, markRecovery, type FailureRecord } from '../db/failures.js';
 import type { Db } from '../db/pool.js';
-import { AuthError, NotFoundError, ValidationError } from '../errors.js';
-import { recordFailures, startFailureWriter, type FailureWriter } from '../failures/ingest.js';
+import { AuthError, NotFoundError } from '../errors.js';
+import { MAX_BATCH, failureInput, recordFailures, startFailureWriter, type FailureWriter } from '../failures/ingest.js';
 import { countRecovery, failureMetrics } from '../failures/metrics.js';
 import { normalizeErrorCode } from '../failures/signature.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
+import { jsonSchema, parse, replies, validatedInHandler } from './schemas.js';
 
 export interface FailureRoutesDeps {
   config: Pick<Config, 'prefix' | 'failures'>;
@@ -42,12 +43,6 @@ export interface FailureRoutesDeps {
 
 /** The server's instance type (its logger is our pino logger). */
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
-
-function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const r = schema.safeParse(value);
-  if (!r.success) throw ValidationError.fromZod(what, r.error);
-  return r.data;
-}
 
 const boolParam = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
@@ -75,7 +70,55 @@ const recoveryBody = z.strictObject({
 
 const uuidParam = z.uuid();
 
-function view(f: FailureRecord) {
+const nullableText = z.string().nullable();
+const failureView = z.object({
+  id: z.uuid(),
+  tenant_id: z.string(),
+  error_code: z.string(),
+  category: nullableText,
+  message: z.string(),
+  signature: z.string(),
+  catalog_entry: nullableText,
+  recovery_mode: nullableText,
+  recovery_succeeded: z.boolean().nullable(),
+  recovered_by: nullableText,
+  recovered_at: z.iso.datetime().nullable(),
+  notes: nullableText,
+  created_at: z.iso.datetime(),
+});
+const idParams = jsonSchema(z.object({ id: uuidParam }));
+/** Documentation only: recordFailures validates the body (failures/ingest.ts). */
+const reportBody = z.union([failureInput, z.array(failureInput).min(1).max(MAX_BATCH), z.strictObject({ failures: z.array(failureInput).min(1).max(MAX_BATCH) })]);
+
+const reportSchema = { body: jsonSchema(reportBody), response: replies({ 202: z.object({ accepted: z.number().int(), ids: z.array(z.uuid()) }) }) };
+const listSchema = {
+  querystring: jsonSchema(listQuery),
+  response: replies({ 200: z.object({ items: z.array(failureView), limit: z.number().int(), offset: z.number().int(), next_offset: z.number().int().nullable() }) }),
+};
+const statsSchema = {
+  querystring: jsonSchema(statsQuery),
+  response: replies({
+    200: z.object({
+      total: z.number().int(),
+      matched: z.number().int(),
+      unmatched: z.number().int(),
+      hit_rate: z.number().nullable(),
+      recovered: z.number().int(),
+      recovery_failed: z.number().int(),
+      unrecovered: z.number().int(),
+      top_error_codes: z.array(z.object({ error_code: z.string(), count: z.number().int() })),
+      by_category: z.array(z.object({ category: nullableText, count: z.number().int() })),
+    }),
+  }),
+};
+const unrecoveredSchema = {
+  querystring: jsonSchema(unrecoveredQuery),
+  response: replies({ 200: z.object({ items: z.array(failureView), since_hours: z.number().int(), limit: z.number().int() }) }),
+};
+const getSchema = { params: idParams, response: replies({ 200: failureView }) };
+const recoverySchema = { params: idParams, body: jsonSchema(recoveryBody), response: replies({ 200: failureView }) };
+
+function view(f: FailureRecord): z.output<typeof failureView> {
   return {
     id: f.id,
     tenant_id: f.tenantId,
@@ -113,13 +156,13 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
     app.addHook('onClose', async () => writer?.close());
   }
 
-  app.post('/api/v1/failures', async (req, reply) => {
+  app.post('/api/v1/failures', { schema: reportSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await admin(req);
     const { ids } = await recordFailures({ redis: deps.redis, config: deps.config, metrics }, caller.tenant, req.body);
     return reply.code(202).send({ accepted: ids.length, ids });
   });
 
-  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures', async (req) => {
+  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures', { schema: listSchema, ...validatedInHandler }, async (req) => {
     const caller = await deps.authenticate(req);
     const qy = parse(listQuery, req.query, 'query');
     const items = await listFailures(deps.db, caller.tenant, {
@@ -133,7 +176,7 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
     return { items: items.map(view), limit: qy.limit, offset: qy.offset, next_offset: items.length === qy.limit ? qy.offset + qy.limit : null };
   });
 
-  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures/stats', async (req) => {
+  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures/stats', { schema: statsSchema, ...validatedInHandler }, async (req) => {
     const caller = await deps.authenticate(req);
     const qy = parse(statsQuery, req.query, 'query');
     const since = qy.since_hours ? new Date(Date.now() - qy.since_hours * 3_600_000) : null;
@@ -151,14 +194,14 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
     };
   });
 
-  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures/unrecovered', async (req) => {
+  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures/unrecovered', { schema: unrecoveredSchema, ...validatedInHandler }, async (req) => {
     const caller = await deps.authenticate(req);
     const qy = parse(unrecoveredQuery, req.query, 'query');
     const items = await listUnrecovered(deps.db, caller.tenant, qy.since_hours, qy.limit);
     return { items: items.map(view), since_hours: qy.since_hours, limit: qy.limit };
   });
 
-  app.get<{ Params: { id: string } }>('/api/v1/failures/:id', async (req) => {
+  app.get<{ Params: { id: string } }>('/api/v1/failures/:id', { schema: getSchema, ...validatedInHandler }, async (req) => {
     const caller = await deps.authenticate(req);
     const id = idOf(req.params.id);
     const f = await getFailure(deps.db, caller.tenant, id);
@@ -166,7 +209,7 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
     return view(f);
   });
 
-  app.patch<{ Params: { id: string } }>('/api/v1/failures/:id/recovery', async (req) => {
+  app.patch<{ Params: { id: string } }>('/api/v1/failures/:id/recovery', { schema: recoverySchema, ...validatedInHandler }, async (req) => {
     const caller = await admin(req);
     const id = idOf(req.params.id);
     const body = parse(recoveryBody, req.body, 'body');

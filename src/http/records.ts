@@ -15,13 +15,14 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { AuthError, StowageError, ValidationError } from '../errors.js';
+import { AuthError, StowageError } from '../errors.js';
+import { safeId } from '../ids.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
-import { safeId } from '../ids.js';
 import { MAX_PRESIGN_SECONDS, type Storage } from '../storage/client.js';
 import { DEFAULT_PRESIGN_SECONDS } from '../storage/presign.js';
 import { getRecord, listRecords, recordUrl, searchRecords } from '../storage/records.js';
+import { jsonSchema, parse, replies, validatedInHandler } from './schemas.js';
 
 export interface RecordRoutesDeps {
   storage: () => Storage;
@@ -34,12 +35,6 @@ export interface RecordRoutesDeps {
 export const RECORD_ROUTE_PREFIXES = ['/api/v1/records', '/v1/records'] as const;
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
-
-function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const r = schema.safeParse(value);
-  if (!r.success) throw ValidationError.fromZod(what, r.error);
-  return r.data;
-}
 
 const listQuery = z.strictObject({
   q: z.string().min(1).max(256).optional(),
@@ -59,6 +54,34 @@ const body = z.object({
   id: safeId.optional(),
 });
 
+const moduleParams = z.object({ module: safeId });
+const recordParams = z.object({ module: safeId, id: safeId });
+/** A manifest entry (storage/manifest.ts). */
+const entry = z.looseObject({ id: z.string(), key: z.string(), format: z.string(), record_count: z.number().int(), size: z.number().int(), sha256: z.string(), created_at: z.iso.datetime() });
+const hit = z.looseObject({ source: z.enum(['record', 'manifest']), id: z.string(), key: z.string(), format: z.string(), created_at: z.iso.datetime() });
+
+const storeSchema = {
+  params: jsonSchema(moduleParams),
+  body: jsonSchema(body),
+  response: replies({ 202: z.object({ jobId: z.string(), kind: z.literal('export'), created: z.boolean(), id: z.string() }) }),
+};
+const listSchema = {
+  params: jsonSchema(moduleParams),
+  querystring: jsonSchema(listQuery),
+  response: replies({
+    200: z.union([z.object({ module: z.string(), entries: z.array(entry) }), z.object({ module: z.string(), q: z.string(), hits: z.array(hit) })]),
+  }),
+};
+const getSchema = {
+  params: jsonSchema(recordParams),
+  response: replies({ 200: z.object({ entry, records: z.array(z.record(z.string(), z.unknown())) }) }),
+};
+const urlSchema = {
+  params: jsonSchema(recordParams),
+  querystring: jsonSchema(urlQuery),
+  response: replies({ 200: z.object({ url: z.url(), expiresAt: z.iso.datetime(), filename: z.string(), size: z.number().int() }) }),
+};
+
 const notFound = (module: string, id: string) => new StowageError('STOWAGE_ERR_NOT_FOUND', `record ${id} not found in ${module}`);
 
 export function registerRecordRoutes(app: App, deps: RecordRoutesDeps): void {
@@ -70,7 +93,7 @@ export function registerRecordRoutes(app: App, deps: RecordRoutesDeps): void {
 function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
   const noStore = { 'cache-control': 'no-store' };
 
-  app.post<{ Params: { module: string } }>('/:module', async (req, reply) => {
+  app.post<{ Params: { module: string } }>('/:module', { schema: storeSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     // A user stores into their own space (the user id is the token's); a viewer is a read-only operator.
     if (caller.role === 'viewer') {
@@ -83,7 +106,7 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
     return reply.code(202).send(enqueued);
   });
 
-  app.get<{ Params: { module: string }; Querystring: Record<string, string> }>('/:module', async (req, reply) => {
+  app.get<{ Params: { module: string }; Querystring: Record<string, string> }>('/:module', { schema: listSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     const module = parse(safeId, req.params.module, 'module');
     const q = parse(listQuery, req.query, 'query');
@@ -100,7 +123,7 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
     return reply.headers(noStore).send({ module, entries });
   });
 
-  app.get<{ Params: { module: string; id: string } }>('/:module/:id', async (req, reply) => {
+  app.get<{ Params: { module: string; id: string } }>('/:module/:id', { schema: getSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     const module = parse(safeId, req.params.module, 'module');
     const id = parse(safeId, req.params.id, 'id');
@@ -109,7 +132,7 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
     return reply.headers(noStore).send(found);
   });
 
-  app.get<{ Params: { module: string; id: string }; Querystring: Record<string, string> }>('/:module/:id/url', async (req, reply) => {
+  app.get<{ Params: { module: string; id: string }; Querystring: Record<string, string> }>('/:module/:id/url', { schema: urlSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
     const module = parse(safeId, req.params.module, 'module');
     const id = parse(safeId, req.params.id, 'id');

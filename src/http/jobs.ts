@@ -1,0 +1,106 @@
+/**
+ * The job API: `POST /v1/jobs/:kind` enqueues (admin token; the same validation as the SDK) and
+ * `GET /v1/jobs/:kind/:id` reports a job's state, progress and outcome (any token; a `user` token
+ * sees its own jobs only). A job's live events are in events.ts.
+ */
+import type { JobState, Queue } from 'bullmq';
+import type { FastifyPluginAsync } from 'fastify';
+import { z } from 'zod';
+import { mayRead } from '../auth/tokens.js';
+import { NotFoundError, StowageError } from '../errors.js';
+import type { Producer } from '../producers/index.js';
+import { JOB_KINDS, PAYLOAD_SCHEMAS, QUEUE_NAMES, isJobKind, type PayloadInput } from '../queues/index.js';
+import { jsonSchema, replies, validatedInHandler } from './schemas.js';
+
+export interface JobRoutesOptions {
+  /** Enqueues: the same validation as the SDK. */
+  producer: Producer;
+  /** The server's queues; reads serve QUEUE_NAMES only. */
+  queues: readonly Queue[];
+}
+
+const enqueueParams = z.object({ kind: z.enum(JOB_KINDS) });
+const readParams = z.object({ kind: z.enum(QUEUE_NAMES), id: z.string() });
+/** Documentation only: producer.enqueue validates the body against its kind's schema. */
+const payload = z.union(Object.values(PAYLOAD_SCHEMAS)).describe("the payload of the path's kind");
+
+const enqueued = z.object({
+  jobId: z.string(),
+  kind: z.enum(JOB_KINDS),
+  created: z.boolean().describe('false when the same work was already enqueued'),
+});
+
+const JOB_STATES = [
+  'completed',
+  'failed',
+  'active',
+  'delayed',
+  'prioritized',
+  'waiting',
+  'waiting-children',
+  'unknown',
+] as const satisfies readonly (JobState | 'unknown')[];
+const iso = z.iso.datetime().nullable();
+const jobView = z.object({
+  jobId: z.string(),
+  kind: z.enum(QUEUE_NAMES),
+  state: z.enum(JOB_STATES),
+  progress: z.unknown(),
+  result: z.unknown(),
+  failedReason: z.string().nullable(),
+  attemptsMade: z.number().int(),
+  createdAt: iso,
+  processedAt: iso,
+  finishedAt: iso,
+});
+
+const enqueueSchema = { params: jsonSchema(enqueueParams), body: jsonSchema(payload), response: replies({ 202: enqueued }) };
+const readSchema = { params: jsonSchema(readParams), response: replies({ 200: jobView }) };
+
+export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps) => {
+  app.post<{ Params: { kind: string } }>(
+    '/v1/jobs/:kind',
+    { schema: enqueueSchema, ...validatedInHandler, preHandler: app.adminOnly('enqueue jobs') },
+    async (req, reply) => {
+      const caller = req.caller!;
+      const { kind } = req.params;
+      if (!isJobKind(kind)) throw unknownKind(kind, JOB_KINDS);
+      // producer.enqueue validates with the same schema as the SDK and names each bad field.
+      const result = await deps.producer.enqueue(kind, req.body as PayloadInput<typeof kind>);
+      req.log.info({ kind, jobId: result.jobId, created: result.created, user: caller.userId, tenant: caller.tenant }, 'job enqueued');
+      return reply.code(202).send(result satisfies z.output<typeof enqueued>);
+    },
+  );
+
+  app.get<{ Params: { kind: string; id: string } }>(
+    '/v1/jobs/:kind/:id',
+    { schema: readSchema, ...validatedInHandler, preHandler: app.authenticate },
+    async (req): Promise<z.output<typeof jobView>> => {
+      const caller = req.caller!;
+      const { kind, id } = req.params;
+      const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
+      if (!queue) throw unknownKind(kind, QUEUE_NAMES);
+      const job = await queue.getJob(id);
+      // Another user's job answers exactly like a missing one, so ids cannot be probed.
+      if (!job || !mayRead(caller, (job.data as { userId?: unknown } | undefined)?.userId))
+        throw new NotFoundError(`job ${id} not found in queue ${kind}`);
+      const at = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : null);
+      return {
+        jobId: job.id ?? id,
+        kind: kind as (typeof QUEUE_NAMES)[number],
+        state: await job.getState(),
+        progress: job.progress ?? null,
+        result: job.returnvalue ?? null,
+        failedReason: job.failedReason || null,
+        attemptsMade: job.attemptsMade,
+        createdAt: at(job.timestamp),
+        processedAt: at(job.processedOn),
+        finishedAt: at(job.finishedOn),
+      };
+    },
+  );
+};
+
+function unknownKind(kind: string, known: readonly string[]): StowageError {
+  return new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${known.join(', ')}`);
+}
