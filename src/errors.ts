@@ -84,11 +84,27 @@ export class AuthError extends StowageError {
   }
 }
 
+/** Error names that mean "do not retry", here or revived from another process (BullMQ's own too). */
+export const PERMANENT_ERROR_NAMES: ReadonlySet<string> = new Set(['PermanentError', 'ValidationError', 'UnrecoverableError']);
+
 /** True for errors that must not be retried, whether thrown here or revived from another process. */
 export function isPermanent(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
-  if (err instanceof PermanentError) return true;
-  return err.name === 'PermanentError' || err.name === 'ValidationError' || err.name === 'UnrecoverableError';
+  return err instanceof PermanentError || PERMANENT_ERROR_NAMES.has(err.name);
+}
+
+/** An error as data: what survives a process boundary (a failed job, a parked job, a log line). */
+export interface ErrorData {
+  name: string;
+  /** A STOWAGE_ERR_* code, when the error had one. */
+  code?: ErrorCode;
+  message: string;
+}
+
+export function errorData(err: unknown): ErrorData {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const code = (e as { code?: unknown }).code;
+  return { name: e.name, ...(typeof code === 'string' && code in ERROR_CODES ? { code: code as ErrorCode } : {}), message: e.message };
 }
 
 export function codeOf(err: unknown): ErrorCode {

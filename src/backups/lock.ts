@@ -17,7 +17,7 @@ const LOCK_NAMESPACE = 0x5354_4f57; // 'STOW'
  */
 export async function withBackupLock<T>(db: Db, set: string, fn: () => Promise<T>): Promise<T> {
   const lock = await tryAdvisoryLock(db, { namespace: LOCK_NAMESPACE, name: `backup:${set}` });
-  if (!lock) throw new StowageError('STOWAGE_ERR_INTERNAL', `another backup of set ${set} is running; will retry`);
+  if (!lock) throw new StowageError('STOWAGE_ERR_BUSY', `another backup of set ${set} is running; will retry`);
   try {
     return await fn();
   } finally {

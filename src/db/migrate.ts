@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { runner } from 'node-pg-migrate';
 import type { Config } from '../config.js';
+import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
 
@@ -28,7 +29,7 @@ export async function migrate(
       return await migrateOnce(config, options);
     } catch (err) {
       // The lock is tried, not waited for: wait here, then find the other run's work done.
-      if (!/Another migration is already running/.test((err as Error).message) || Date.now() > deadline) throw err;
+      if (!FOREIGN_ERROR_TEXT.pgMigrateLocked.test((err as Error).message) || Date.now() > deadline) throw err;
       await new Promise((resolve) => setTimeout(resolve, 200 + Math.random() * 300));
     }
   }

@@ -79,6 +79,14 @@ export const probeRoutes: FastifyPluginAsync<ProbeOptions> = async (app, deps) =
   });
 };
 
+/** A readiness check that did not answer in time (its message is safe to show: no host, no user). */
+class CheckTimeout extends Error {
+  constructor(ms: number) {
+    super(`timed out after ${ms} ms`);
+    this.name = 'CheckTimeout';
+  }
+}
+
 async function timedCheck(run: (signal: AbortSignal) => Promise<unknown>, timeoutMs: number): Promise<ReadyCheck> {
   const started = performance.now();
   const controller = new AbortController();
@@ -86,7 +94,7 @@ async function timedCheck(run: (signal: AbortSignal) => Promise<unknown>, timeou
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       controller.abort();
-      reject(new Error(`timed out after ${timeoutMs} ms`));
+      reject(new CheckTimeout(timeoutMs));
     }, timeoutMs);
   });
   try {
@@ -105,7 +113,7 @@ async function timedCheck(run: (signal: AbortSignal) => Promise<unknown>, timeou
  */
 function describeFailure(err: unknown): string {
   if (!(err instanceof Error)) return 'error';
-  if (/^timed out after \d+ ms$/.test(err.message)) return err.message;
+  if (err instanceof CheckTimeout) return err.message;
   const code = (err as { code?: unknown }).code;
   const http = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
   const label = typeof code === 'string' ? code : err.name;

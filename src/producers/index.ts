@@ -13,6 +13,7 @@ import { Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import { StowageError } from '../errors.js';
+import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import {
   DEAD_LETTER_QUEUE,
   DEFAULT_JOB_OPTIONS,
@@ -152,7 +153,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
       const until = Date.now() + PARK_GRACE_MS;
       for (;;) {
         p = await parked().catch(() => undefined);
-        if (p || Date.now() >= until || (err instanceof Error && /timed out/i.test(err.message))) break;
+        if (p || Date.now() >= until || (err instanceof Error && FOREIGN_ERROR_TEXT.bullmqWaitTimedOut.test(err.message))) break;
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;

@@ -13,6 +13,8 @@
  */
 import { Queue, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { PERMANENT_ERROR_NAMES, type ErrorData } from '../errors.js';
+import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { DEAD_LETTER_QUEUE, DEFAULT_JOB_OPTIONS, isJobKind } from './contract.js';
@@ -62,11 +64,9 @@ export interface RedriveOutcome {
   reason?: string;
 }
 
-const STALLED_REASON = /stalled more than allowable limit/i;
 const PAGE = 500;
 /** How long a job's automatic-redrive count is remembered (it expires on its own: no cleanup). */
 const REDRIVE_MEMORY_SECONDS = 30 * 86_400;
-const PERMANENT_NAMES = new Set(['PermanentError', 'ValidationError', 'UnrecoverableError']);
 
 export class DeadLetter {
   readonly queue: Queue<ParkedJob>;
@@ -105,10 +105,15 @@ export class DeadLetter {
     if ((await job.getState()) !== 'failed') return false;
     const id = parkedJobId(queueName, jobId);
     const redrives = Number((await this.deps.connection.get(redisKeys.redrives(this.deps.prefix, id))) ?? 0);
-    const [errorName, code] = parseErrorTag(job.failedReason ?? '');
-    const reason: ParkedJob['reason'] = STALLED_REASON.test(job.failedReason ?? '')
+    // The error as data, written by the runtime next to BullMQ's failedReason; absent when BullMQ
+    // itself failed the job (stalled too often) or an older worker did.
+    const errorKey = redisKeys.jobError(this.deps.prefix, queueName, jobId);
+    const stored = await this.deps.connection.get(errorKey);
+    const data = stored ? (JSON.parse(stored) as Partial<ErrorData>) : {};
+    const errorName = data.name ?? 'Error';
+    const reason: ParkedJob['reason'] = FOREIGN_ERROR_TEXT.bullmqStalled.test(job.failedReason ?? '')
       ? 'stalled'
-      : PERMANENT_NAMES.has(errorName)
+      : PERMANENT_ERROR_NAMES.has(errorName)
         ? 'permanent'
         : 'retries_exhausted';
     const record: ParkedJob = {
@@ -117,10 +122,10 @@ export class DeadLetter {
       name: job.name,
       payload: job.data,
       error: {
-        message: job.failedReason ?? 'unknown error',
+        message: job.failedReason ?? data.message ?? 'unknown error',
         name: errorName,
         ...(job.stacktrace?.length ? { stack: job.stacktrace[job.stacktrace.length - 1]! } : {}),
-        ...(code ? { code } : {}),
+        ...(data.code ? { code: data.code } : {}),
       },
       attemptsMade: job.attemptsMade,
       opts: {
@@ -143,6 +148,7 @@ export class DeadLetter {
     await job.remove().catch((err: unknown) => {
       this.deps.logger.warn({ queue: queueName, jobId, err }, 'parked job could not be removed from the failed set; the next sweep retries');
     });
+    await this.deps.connection.del(errorKey).catch(() => {});
     if (!existed) {
       this.deps.metrics?.jobsParked.inc({ queue: queueName, reason });
       this.deps.logger.warn(
@@ -263,13 +269,3 @@ export class DeadLetter {
   }
 }
 
-/** Errors are stored as `[Name STOWAGE_ERR_X] message` so their kind survives the failed set. */
-export function tagError(err: Error & { code?: unknown }): string {
-  const code = typeof err.code === 'string' && err.code.startsWith('STOWAGE_ERR_') ? ` ${err.code}` : '';
-  return `[${err.name}${code}] ${err.message}`;
-}
-
-function parseErrorTag(reason: string): [string, string | undefined] {
-  const m = /^\[([A-Za-z]+)(?: (STOWAGE_ERR_[A-Z_]+))?\] /.exec(reason);
-  return m ? [m[1]!, m[2]] : ['Error', undefined];
-}

@@ -7,6 +7,11 @@ export const redisKeys = {
   events: (prefix: string) => `${prefix}:stowage:events`,
   /** How many times a parked job has been redriven automatically (expires after 30 days). */
   redrives: (prefix: string, parkedId: string) => `${prefix}:stowage:redrives:${parkedId}`,
+  /**
+   * A failed attempt's error as data ({name, code, message}), next to the failedReason BullMQ keeps
+   * as text; read when the job is parked. Expires with BullMQ's failed-job retention.
+   */
+  jobError: (prefix: string, queue: string, jobId: string) => `${prefix}:stowage:job-error:${queue}:${jobId}`,
   /** Lock serializing updates of one records manifest on stores without conditional writes; `:fence` beside it. */
   manifestLock: (prefix: string, module: string, userId: string) => `${prefix}:stowage:manifest-lock:${module}/${userId}`,
   /** Failure ingestion (src/failures/ingest.ts). */

@@ -2,8 +2,10 @@
  * The worker runtime: the only place that creates BullMQ Workers.
  *
  * For each chosen kind it runs a Worker whose processor validates the payload, builds the
- * processor's context, runs it, and writes the receipt. Errors keep their kind across the failed
- * set (see tagError); permanent ones are not retried. Final failures are parked in the
+ * processor's context, runs it, and writes the receipt. A failed attempt's error is kept as data
+ * ({name, code, message} under redisKeys.jobError, beside the failedReason BullMQ keeps as its
+ * plain message), so parking knows its kind without parsing text; permanent ones are not
+ * retried. Final failures are parked in the
  * dead-letter queue as soon as the `failed` event fires, and a periodic sweep parks any the event
  * missed (a worker that died mid-park, a job failed by the stalled checker, an undefined job).
  *
@@ -20,7 +22,7 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
 import { createReceiptWriter } from '../db/job-receipts.js';
-import { isPermanent, PermanentError } from '../errors.js';
+import { errorData, isPermanent, PermanentError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import {
@@ -32,7 +34,8 @@ import {
   type JobProgress,
   MAINTENANCE_QUEUE,
 } from '../queues/index.js';
-import { DeadLetter, tagError } from '../queues/dead-letter.js';
+import { DeadLetter } from '../queues/dead-letter.js';
+import { redisKeys } from '../queues/keys.js';
 import { createStorage, type Storage } from '../storage/client.js';
 import type { Processor, ProcessorContext } from './context.js';
 
@@ -71,6 +74,8 @@ export interface Runtime {
 }
 
 const PROGRESS_INTERVAL_MS = 250;
+/** As long as BullMQ keeps a failed job (removeOnFail, queues/contract.ts): a week. */
+const JOB_ERROR_TTL_SECONDS = 7 * 24 * 3600;
 /** How long close() waits for buffered job receipts. */
 const RECEIPT_FLUSH_BOUND_MS = 5_000;
 /** How long parking waits for the parked job's receipt before moving on (it is written later). */
@@ -180,6 +185,8 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
             .write({ queue: kind, jobId: job.id!, name: job.name, status: 'completed', attempts: attempt, result, error: null })
             .then(receiptWritten, (err: unknown) => log().warn({ err }, 'job receipt not written'));
         }
+        // An earlier attempt's error is moot now.
+        if (job.attemptsMade > 0) void connection.del(redisKeys.jobError(config.prefix, kind, job.id!)).catch(() => {});
         const seconds = (performance.now() - started) / 1000;
         durationCompleted.observe(seconds);
         if (infoEnabled) log().info({ durationMs: Math.round(seconds * 1000) }, 'job completed');
@@ -189,12 +196,16 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
         const err = raw instanceof Error ? raw : new Error(String(raw));
         const permanent = isPermanent(err);
         log().warn({ err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent }, 'job attempt failed');
+        // Before BullMQ records the failure: parking (on its `failed` event) reads this.
+        await connection
+          .set(redisKeys.jobError(config.prefix, kind, job.id!), JSON.stringify(errorData(err)), 'EX', JOB_ERROR_TTL_SECONDS)
+          .catch((e: unknown) => log().warn({ err: e }, 'the error of this attempt was not recorded; it will be parked as a plain Error'));
         if (permanent) {
-          const u = new UnrecoverableError(tagError(err));
+          // BullMQ's way to skip the remaining attempts; the message stays the error's own.
+          const u = new UnrecoverableError(err.message);
           if (err.stack) u.stack = err.stack;
           throw u;
         }
-        err.message = tagError(err);
         throw err;
       }
     };

@@ -204,6 +204,7 @@ describe('backup', () => {
     expect(failed).toHaveLength(1);
     const reason = (failed[0] as PromiseRejectedResult).reason as Error;
     expect(reason.message).toMatch(/another backup of set app is running/);
+    expect(reason).toMatchObject({ code: 'STOWAGE_ERR_BUSY' });
     expect(isPermanent(reason)).toBe(false);
   });
 

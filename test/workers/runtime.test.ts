@@ -150,7 +150,8 @@ describe('worker runtime', () => {
       reason: 'permanent',
       error: { name: 'PermanentError', code: 'STOWAGE_ERR_PERMANENT' },
     });
-    expect(rec.error.message).toContain('source for perm does not exist');
+    // The message is the error's own (its kind is data beside it, not a tag in the text).
+    expect(rec.error.message).toBe('source for perm does not exist');
     expect(rec.error.stack).toMatch(/PermanentError|exportProcessor|runtime\.test/);
     expect(rec.timestamps.created).toBeGreaterThan(0);
     expect(rec.timestamps.parked).toBeGreaterThanOrEqual(rec.timestamps.created);
@@ -169,7 +170,10 @@ describe('worker runtime', () => {
     expect(seen.get('always')).toBe(3);
     expect(rec.reason).toBe('retries_exhausted');
     expect(rec.attemptsMade).toBe(3);
-    expect(rec.error.message).toContain('store unavailable');
+    expect(rec.error).toMatchObject({ name: 'Error', message: 'store unavailable' });
+    expect(rec.error.code).toBeUndefined();
+    // The error record beside the failed job is gone once the job is parked.
+    expect(await redis.exists(`${iso.prefix}:stowage:job-error:export:${jobId}`)).toBe(0);
   });
 
   it('runs a duplicate enqueue once', async () => {
