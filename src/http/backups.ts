@@ -23,7 +23,7 @@ import { cancelRestore, stageRestore } from '../backups/restore.js';
 import { listAllBackups, markBackupDeleted } from '../db/backups.js';
 import type { Db } from '../db/pool.js';
 import { AuthError, ValidationError } from '../errors.js';
-import { safeId } from '../ids.js';
+import { absolutePath, safeId } from '../ids.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
 import type { PayloadInput } from '../queues/index.js';
@@ -42,9 +42,8 @@ export interface BackupRoutesDeps {
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
-const absolute = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\u0000'), 'must be an absolute path');
-const restoreBody = z.strictObject({ to: absolute.optional(), pgDatabase: z.string().min(1).max(63).optional(), force: z.boolean().optional() });
-const cancelBody = z.strictObject({ dir: absolute });
+const restoreBody = z.strictObject({ to: absolutePath.optional(), pgDatabase: z.string().min(1).max(63).optional(), force: z.boolean().optional() });
+const cancelBody = z.strictObject({ dir: absolutePath });
 const listQuery = z.strictObject({ set: safeId.optional() });
 
 const nameParams = jsonSchema(z.object({ name: z.string().describe('a backup name, as GET /api/backups lists them') }));

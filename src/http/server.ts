@@ -132,7 +132,7 @@ export async function startServer(deps: ServerDeps, options: ServerOptions = {})
     throw new StowageError(
       'STOWAGE_ERR_CONFIG',
       `refusing to listen on ${host}:${port} without authentication: set STOWAGE_AUTH_SECRET (bearer tokens) ` +
-        `or STOWAGE_BASIC_AUTH (user:password), or bind HTTP_HOST to 127.0.0.1`,
+        `or STOWAGE_BASIC_AUTH (user:password), or bind STOWAGE_HTTP_HOST to 127.0.0.1`,
     );
   }
   const app = buildServer(deps, options);
