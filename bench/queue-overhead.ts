@@ -4,24 +4,41 @@
  * same Redis, in the same run, same jobs, same concurrency. Goal: Stowage ≥ 0.85× raw jobs/s.
  */
 import { migrate } from '../src/db/migrate.js';
-import { Queue, Worker } from 'bullmq';
+import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../src/config.js';
 import { createDb, type Db } from '../src/db/pool.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
-import { jobIdFor, parsePayload, type PayloadInput } from '../src/queues/index.js';
+import { jobIdFor, openQueue, parsePayload, type ExportResult, type KindQueue, type PayloadInput } from '../src/queues/index.js';
+import type { Processor } from '../src/workers/context.js';
 import { startRuntime } from '../src/workers/runtime.js';
 import { cleanupPrefix, median, type BenchRow } from './lib.js';
 
 const CONCURRENCY = 16;
+
+/**
+ * What both sides' no-op returns: a records export's result for an object never stored. One object
+ * for both, so each side stores the same return value.
+ */
+const NOOP_RESULT: ExportResult = {
+  op: 'records',
+  id: 'noop',
+  key: 'bench/noop/1970/01/01/noop.json',
+  format: 'json',
+  record_count: 1,
+  size: 0,
+  sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855',
+  created_at: '1970-01-01T00:00:00.000Z',
+};
+const noopExport = (async () => NOOP_RESULT) satisfies Processor<'export'>;
 
 function payloads(n: number, tag: string): PayloadInput<'export'>[] {
   return Array.from({ length: n }, (_, i) => ({ module: 'bench', userId: tag, format: 'json' as const, records: [{ i }] }));
 }
 
 /** Fill a paused queue: the worker starts on a full queue when the caller resumes it. */
-async function fill(queue: Queue, n: number, tag: string): Promise<void> {
+async function fill(queue: KindQueue<'export'>, n: number, tag: string): Promise<void> {
   await queue.pause();
   const all = payloads(n, tag);
   for (let i = 0; i < all.length; i += 1000) {
@@ -57,9 +74,9 @@ async function drainRate(worker: Worker, n: number): Promise<number> {
 
 async function rawRun(redisUrl: string, prefix: string, n: number): Promise<number> {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
-  const queue = new Queue('export', { connection: redis, prefix });
+  const queue = openQueue('export', { connection: redis, prefix }, { jobDefaults: false });
   await fill(queue, n, 'raw');
-  const worker = new Worker('export', async () => ({ ok: true }), { connection: redis.duplicate(), prefix, concurrency: CONCURRENCY });
+  const worker = new Worker('export', noopExport, { connection: redis.duplicate(), prefix, concurrency: CONCURRENCY });
   const rate = drainRate(worker, n);
   await queue.resume();
   await rate;
@@ -78,7 +95,7 @@ interface StowageSetup {
 async function stowageRun(setup: StowageSetup, redisUrl: string, prefix: string, n: number): Promise<number> {
   const config = { ...setup.config, prefix };
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
-  const queue = new Queue('export', { connection: redis, prefix });
+  const queue = openQueue('export', { connection: redis, prefix }, { jobDefaults: false });
   await fill(queue, n, 'stowage');
   const metrics = createMetrics({ defaults: false });
   const runtime = await startRuntime({
@@ -87,7 +104,7 @@ async function stowageRun(setup: StowageSetup, redisUrl: string, prefix: string,
     metrics,
     logger: createLogger({ level: 'silent' }),
     kinds: ['export'],
-    processors: { export: async () => ({ ok: true }) },
+    processors: { export: noopExport },
     concurrency: { export: CONCURRENCY },
     maintenance: false,
   });

@@ -17,11 +17,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
-import { DEFAULT_JOB_OPTIONS, jobIdFor, parsePayload } from '../src/queues/index.js';
+import { DEFAULT_JOB_OPTIONS, jobIdFor, openQueue, parsePayload } from '../src/queues/index.js';
 import { startS3 } from '../test/helpers/s3.js';
 import { MB, cleanupPrefix, fmtMb, generateMixed, stowageEnv, type BenchRow, runIfMain } from './lib.js';
 
@@ -54,7 +53,7 @@ async function vmHwm(pid: number): Promise<number> {
 
 async function drainWith(procs: number, o: { env: NodeJS.ProcessEnv; prefix: string; redisUrl: string; buildDir: string; round: string }) {
   const redis = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
-  const queue = new Queue(KIND, { connection: redis, prefix: o.prefix });
+  const queue = openQueue(KIND, { connection: redis, prefix: o.prefix });
   const children: ChildProcess[] = [];
   try {
     for (let i = 0; i < procs; i++) {

@@ -9,16 +9,16 @@
  * `{ ms, maxRssBytes, result }`.
  */
 import { createReadStream } from 'node:fs';
-import { Job, Queue } from 'bullmq';
+import { Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { loadConfig } from '../src/config.js';
 import { createDb } from '../src/db/pool.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
-import { createEventStream, isJobKind, jobIdFor, parsePayload, type JobKind } from '../src/queues/index.js';
+import { createEventStream, isJobKind, jobIdFor, openQueue, parsePayload, type JobKind, type Payload, type Result } from '../src/queues/index.js';
 import { createStorage, type Storage } from '../src/storage/client.js';
 import { uploadStream } from '../src/storage/upload.js';
-import type { Processor, ProcessorContext } from '../src/workers/context.js';
+import type { ProcessorContext } from '../src/workers/context.js';
 import { PROCESSORS } from '../src/workers/processors.js';
 
 async function upload(file: string, key: string): Promise<unknown> {
@@ -33,16 +33,22 @@ async function upload(file: string, key: string): Promise<unknown> {
 
 async function processor(kind: string, payloadJson: string): Promise<unknown> {
   if (!isJobKind(kind)) throw new Error(`unknown kind ${kind}`);
+  return runProcessor(kind, payloadJson);
+}
+
+async function runProcessor<K extends JobKind>(kind: K, payloadJson: string): Promise<Result<K>> {
+  const run = PROCESSORS[kind];
+  if (!run) throw new Error(`no processor for kind ${kind}`);
   const config = loadConfig();
   const db = createDb(config);
   const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
-  const queue = new Queue(kind, { connection: redis, prefix: config.prefix });
+  const queue = openQueue(kind, { connection: redis, prefix: config.prefix }, { jobDefaults: false });
   const events = createEventStream(redis, config.prefix, config.events.maxLen);
   let storage: Storage | undefined;
   try {
     const payload = parsePayload(kind, JSON.parse(payloadJson));
     const jobId = jobIdFor(kind, payload);
-    const job = new Job(queue, kind, payload, {}, jobId);
+    const job = new Job<Payload<K>, Result<K>, string>(queue, kind, payload, {}, jobId);
     const ctx: ProcessorContext = {
       config,
       logger: createLogger({ level: 'silent' }),
@@ -58,7 +64,7 @@ async function processor(kind: string, payloadJson: string): Promise<unknown> {
       signal: new AbortController().signal,
       attempt: 1,
     };
-    return await (PROCESSORS[kind] as Processor<JobKind>)(job as never, ctx);
+    return await run(job, ctx);
   } finally {
     storage?.close();
     await queue.close();

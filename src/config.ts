@@ -200,7 +200,7 @@ export const configSchema = z.object({
     .object({
       /** Key prefix of aggregation exports, no leading or trailing `/`. Default `failure_patterns`. */
       uploadPrefix: z.string().regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /').default('failure_patterns').meta(aka('R2_UPLOAD_PREFIX')),
-      /** Upload retries after the first attempt, with exponential backoff. Default 5. */
+      /** Upload retries after the first attempt, with exponential backoff (a job BullMQ retries tries once). Default 5. */
       maxRetries: int(0, 20).default(5).meta(aka('R2_MAX_RETRIES')),
       /** First backoff delay between upload attempts (ms), doubled each retry. Default 1000. */
       retryBaseDelayMs: int(0, 600_000).default(1000).meta(aka('AGG_RETRY_BASE_DELAY_MS')),

@@ -18,7 +18,6 @@ import { applyRestore, dropPostgresDatabase, stageRestore, type ApplyResult } fr
 import { quickCheck } from './snapshot.js';
 
 export interface DrillResult {
-  [k: string]: unknown;
   ok: boolean;
   set: string;
   key: string | null;

@@ -1,11 +1,10 @@
 /** The http role: wires the Fastify server's dependencies from a config. */
-import { Queue } from 'bullmq';
 import type { Config } from '../config.js';
 import { createDb, type Db } from '../db/pool.js';
 import type { Logger } from '../observability/logger.js';
 import { createMetrics, type Metrics } from '../observability/metrics.js';
 import { createProducer } from '../producers/index.js';
-import { createRedis, MAINTENANCE_QUEUE, QUEUE_NAMES } from '../queues/index.js';
+import { createRedis, JOB_KINDS, openDeadLetterQueue, openMaintenanceQueue, openQueue } from '../queues/index.js';
 import { createStorage, type Storage } from '../storage/client.js';
 import { startServer } from '../http/server.js';
 
@@ -21,7 +20,13 @@ export async function startHttpRole(config: Config, logger: Logger, shared: { me
   const metrics = shared.metrics ?? createMetrics();
   // Its own fail-fast connection: an enqueue while Redis is away errors instead of hanging a request.
   const producer = createProducer(config);
-  const queues = [...QUEUE_NAMES, MAINTENANCE_QUEUE].map((name) => new Queue(name, { connection: redis, prefix: config.prefix }));
+  // QUEUE_NAMES' order, then maintenance. For reads and the board: no job defaults, as the board always had.
+  const at = { connection: redis, prefix: config.prefix };
+  const queues = [
+    ...JOB_KINDS.map((kind) => openQueue(kind, at, { jobDefaults: false })),
+    openDeadLetterQueue(at, { jobDefaults: false }),
+    openMaintenanceQueue(at),
+  ];
   let storage: Storage | undefined;
   const server = await startServer({
     config,

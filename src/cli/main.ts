@@ -10,7 +10,7 @@ import { migrate } from '../db/migrate.js';
 import { codeOf, ERROR_CODES, StowageError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { createProducer } from '../producers/index.js';
-import { createEventStream, createRedis, isJobKind, JOB_KINDS, type DomainEvent, type JobKind } from '../queues/index.js';
+import { createEventStream, createRedis, isJobKind, JOB_KINDS, type DomainEvent, type PayloadInput } from '../queues/index.js';
 import { DeadLetter, type RedriveSelector } from '../queues/dead-letter.js';
 import { registerBackupCommands } from './commands/backup.js';
 import { registerFailureCommands } from './commands/failures.js';
@@ -154,13 +154,14 @@ export function buildProgram(): Command {
       const cfg = config();
       const producer = createProducer(cfg);
       try {
-        const { jobId } = await producer.enqueue(kind as JobKind, payload as never);
+        // Unchecked JSON: enqueue validates it against the kind's schema and names each bad field.
+        const { jobId } = await producer.enqueue(kind, payload as PayloadInput<typeof kind>);
         if (!opts.wait) {
           console.log(jobId);
           return;
         }
         process.stderr.write(`${jobId}\n`);
-        const result = await producer.waitFor(kind as JobKind, jobId, opts.timeout);
+        const result = await producer.waitFor(kind, jobId, opts.timeout);
         console.log(JSON.stringify(result, null, 2));
       } finally {
         await producer.close();

@@ -1,4 +1,5 @@
 /** SQL for job_receipts: one row per finished job (completed or parked). */
+import { retry } from '../retry.js';
 import type { Db } from './pool.js';
 
 export interface JobReceipt {
@@ -48,8 +49,9 @@ function isDataError(err: unknown): boolean {
  * multi-row INSERT. Each caller still waits for its own commit, so a completed job never lacks its
  * receipt, but N concurrent jobs cost one round trip instead of N.
  *
- * Postgres away (refused, reset, timed out): the batch goes back to the head of the buffer and is
- * retried with exponential backoff (up to `maxBackoffMs`), so receipts wait rather than vanish.
+ * Postgres away (refused, reset, timed out): the batch is retried with exponential backoff (from
+ * `retryBaseMs`, 200 ms, doubling to `maxBackoffMs`, 10 s; src/retry.ts) until Postgres is back, and
+ * receipts written meanwhile ride the batches after it, so receipts wait rather than vanish.
  * They live in this process's memory meanwhile: a process killed during an outage loses its
  * unwritten audit rows (the job itself, completed or parked, is safe in Redis).
  */
@@ -62,10 +64,10 @@ export function createReceiptWriter(
   const maxBackoffMs = options.maxBackoffMs ?? 10_000;
   type Entry = { r: JobReceipt; resolve: () => void; reject: (e: unknown) => void };
   let buffer: Entry[] = [];
-  let inFlight: Promise<void> | null = null;
+  let draining: Promise<void> | null = null;
   let inFlightCount = 0;
-  let retryTimer: NodeJS.Timeout | null = null;
-  let backoff = retryBaseMs;
+  // Aborted by flush(): it cuts the current backoff short ("try now").
+  let wake: AbortController | null = null;
   let idleWaiters: (() => void)[] = [];
 
   const commit = async (batch: Entry[]) => {
@@ -89,43 +91,52 @@ export function createReceiptWriter(
     );
   };
 
-  const idle = () => !inFlight && !retryTimer && buffer.length === 0;
   const notifyIdle = () => {
-    if (!idle()) return;
+    if (draining || buffer.length) return;
     const waiters = idleWaiters;
     idleWaiters = [];
     waiters.forEach((w) => w());
   };
 
+  /** Commit batches until the buffer is empty; a batch Postgres cannot take now waits and retries. */
+  const drain = async () => {
+    while (buffer.length) {
+      const batch = buffer.splice(0, maxBatch);
+      inFlightCount = batch.length;
+      const nap = new AbortController();
+      wake = nap;
+      try {
+        // Postgres is away: retryBaseMs doubling to maxBackoffMs, until it is back.
+        await retry(() => commit(batch), {
+          maxAttempts: Number.POSITIVE_INFINITY,
+          delayMs: retryBaseMs,
+          maxDelayMs: maxBackoffMs,
+          jitter: 0,
+          signal: nap.signal,
+          // Never the reason a process stays up; close() flushes with a bound.
+          ref: false,
+          retryable: (err) => !isDataError(err),
+          onRetry: ({ error, delayMs }) => options.onRetry?.(error, buffer.length + batch.length, delayMs),
+        });
+        for (const b of batch) b.resolve();
+      } catch (err) {
+        // flush() cut the wait short: the batch goes back to the head, in order, and is tried now.
+        if (nap.signal.aborted && !isDataError(err)) buffer = [...batch, ...buffer];
+        else for (const b of batch) b.reject(err);
+      } finally {
+        inFlightCount = 0;
+      }
+    }
+  };
+
   const pump = (): void => {
-    if (inFlight || retryTimer || buffer.length === 0) return notifyIdle();
-    const batch = buffer.splice(0, maxBatch);
-    inFlightCount = batch.length;
-    inFlight = commit(batch).then(
-      () => {
-        backoff = retryBaseMs;
-        batch.forEach((b) => b.resolve());
-      },
-      (err: unknown) => {
-        if (isDataError(err)) {
-          batch.forEach((b) => b.reject(err));
-          return;
-        }
-        // Postgres is away: keep the batch, in order, and try again later.
-        buffer = [...batch, ...buffer];
-        const wait = backoff;
-        backoff = Math.min(maxBackoffMs, backoff * 2);
-        options.onRetry?.(err, buffer.length, wait);
-        retryTimer = setTimeout(() => {
-          retryTimer = null;
-          pump();
-        }, wait);
-        // Never the reason a process stays up; close() flushes with a bound.
-        retryTimer.unref();
-      },
-    ).finally(() => {
-      inFlight = null;
-      inFlightCount = 0;
+    if (draining) return;
+    if (!buffer.length) {
+      notifyIdle();
+      return;
+    }
+    draining = drain().finally(() => {
+      draining = null;
       pump();
     });
   };
@@ -135,15 +146,12 @@ export function createReceiptWriter(
       return new Promise<void>((resolve, reject) => {
         buffer.push({ r, resolve, reject });
         // Start now if idle; otherwise this receipt rides the next batch when the current commits.
-        if (!inFlight && !retryTimer) queueMicrotask(pump);
+        if (!draining) queueMicrotask(pump);
       });
     },
     async flush(timeoutMs) {
-      if (retryTimer) {
-        // Flushing means "try now": skip the rest of the backoff.
-        clearTimeout(retryTimer);
-        retryTimer = null;
-      }
+      // Flushing means "try now": skip the rest of the backoff.
+      wake?.abort();
       const drained = new Promise<void>((resolve) => idleWaiters.push(resolve));
       pump();
       let timer: NodeJS.Timeout | undefined;

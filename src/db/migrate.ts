@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { runner } from 'node-pg-migrate';
 import type { Config } from '../config.js';
 import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
+import { retry } from '../retry.js';
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
 
@@ -24,15 +25,18 @@ export async function migrate(
   options: { log?: (msg: string) => void } = {},
 ): Promise<string[]> {
   const deadline = Date.now() + LOCK_WAIT_MS;
-  for (;;) {
-    try {
-      return await migrateOnce(config, options);
-    } catch (err) {
+  // Polled every 200–500 ms; the condition below ends it (any other error, or the deadline).
+  return retry(() => migrateOnce(config, options), {
+    maxAttempts: Number.POSITIVE_INFINITY,
+    delayMs: 500,
+    factor: 1,
+    jitter: 0.6,
+    retryable: (err) => {
       // The lock is tried, not waited for: wait here, then find the other run's work done.
       if (!FOREIGN_ERROR_TEXT.pgMigrateLocked.test((err as Error).message) || Date.now() > deadline) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 200 + Math.random() * 300));
-    }
-  }
+      return true;
+    },
+  });
 }
 
 async function migrateOnce(config: Pick<Config, 'databaseUrl' | 'databaseSchema'>, options: { log?: (msg: string) => void }): Promise<string[]> {

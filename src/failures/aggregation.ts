@@ -13,10 +13,11 @@
  * Storing it: `{R2_UPLOAD_PREFIX}/YYYY/MM/DD/candidates_{YYYYMMDDTHHMMSSZ}_{sha12}.json`, uploaded
  * with R2_MAX_RETRIES retries and exponential backoff; HEAD verifies the size (uploadStream) and a
  * `.sha256` sidecar is written. If every attempt fails the file goes to AGG_LOCAL_FALLBACK and the
- * audit row says `fallback_local`. The audit row (failure_pattern_exports) is updated after every
- * attempt (status and notes); retry_count and last_retry_at count the retry task's re-uploads only,
- * so AGG_FALLBACK_MAX_TRIES bounds those. The job itself completes either way: a fallback is an
- * outcome, not a job failure.
+ * audit row says `fallback_local`. These retries own the upload: a job BullMQ retries makes one
+ * try (runAggregation's uploadRetries; docs/failures.md, "Who retries the upload"). The audit row
+ * (failure_pattern_exports) is updated after every attempt (status and notes); retry_count and
+ * last_retry_at count the retry task's re-uploads only, so AGG_FALLBACK_MAX_TRIES bounds those. The
+ * job itself completes either way: a fallback is an outcome, not a job failure.
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
@@ -30,6 +31,7 @@ import { codeOf } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { canonicalJson } from '../queues/contract.js';
+import { retry } from '../retry.js';
 import type { Storage } from '../storage/client.js';
 import { aggregationKey } from '../storage/keys.js';
 import { uploadStream } from '../storage/upload.js';
@@ -110,12 +112,6 @@ export async function buildExport(
   return { doc, body, sha256: createHash('sha256').update(body).digest('hex') };
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((res) => {
-    const t = setTimeout(res, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), res()), { once: true });
-  });
-
 function describe(err: unknown): string {
   return `${codeOf(err)}: ${(err as Error)?.message ?? String(err)}`.slice(0, 1000);
 }
@@ -158,11 +154,12 @@ async function writeFallback(dir: string, key: string, body: Buffer): Promise<st
 
 /**
  * Aggregate now and store the export. `skipStore`: build it only (no upload, no file, no audit
- * row); the caller prints it.
+ * row); the caller prints it. `uploadRetries`: upload retries after the first try, default
+ * R2_MAX_RETRIES (config `failures.maxRetries`).
  */
 export async function runAggregation(
   deps: AggregationDeps,
-  options: { days: number; minOccurrences: number; windowEnd: Date; skipStore?: boolean },
+  options: { days: number; minOccurrences: number; windowEnd: Date; skipStore?: boolean; uploadRetries?: number },
 ): Promise<{ summary: AggregationSummary; doc: AggregationExport }> {
   const { config, db, logger } = deps;
   const fm = failureMetrics(deps.metrics.registry);
@@ -174,30 +171,51 @@ export async function runAggregation(
   }
 
   const row = await createExport(db, { s3Key: key, uploader: UPLOADER, sizeBytes: body.length, sha256 });
-  const maxAttempts = config.failures.maxRetries + 1;
+  // The upload's retries are owned here, not by BullMQ: the CLI runs this without a queue, and a
+  // store that stays down ends in the local fallback, which the job reports as an outcome. BullMQ
+  // retries the job only when something else fails (Postgres, the fallback write), and then the
+  // processor passes uploadRetries 0, so the attempts do not multiply. PUTs of the export before
+  // the job is parked, at the defaults (R2_MAX_RETRIES 5, 5 job attempts, SDK maxAttempts 3):
+  // was 5 attempts × 6 uploads × 3 = 90; now 6 × 3 = 18 in the first attempt + 4 × 1 × 3 = 12: 30.
   let attempts = 0;
   let lastError: unknown;
-  for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-    attempts = attempt;
-    try {
-      await uploadOnce(deps, fm, key, body, sha256);
-      await recordExportAttempt(db, row.id, { status: 'uploaded', retried: false, notes: `uploaded on attempt ${attempt}`, localPath: null });
-      logger.info({ key, size: body.length, patterns: doc.pattern_count, attempt }, 'failure patterns exported');
-      return { summary: { ...base, status: 'uploaded', exportId: row.id, localPath: null, attempts }, doc };
-    } catch (err) {
-      lastError = err;
-      // Not configured: no attempt can succeed; go straight to the fallback.
-      const unconfigured = codeOf(err) === 'STOWAGE_ERR_CONFIG';
-      const last = attempt === maxAttempts || unconfigured || deps.signal?.aborted === true;
-      if (!last) {
-        await recordExportAttempt(db, row.id, { status: 'retrying', retried: false, notes: `attempt ${attempt} failed: ${describe(err)}`, localPath: null });
-        const delay = config.failures.retryBaseDelayMs * 2 ** (attempt - 1);
-        logger.warn({ key, attempt, retryInMs: delay, err: describe(err) }, 'export upload failed; retrying');
-        await sleep(delay * (0.5 + Math.random() * 0.5), deps.signal);
-        continue;
+  const uploaded = await retry(
+    async (attempt) => {
+      attempts = attempt;
+      try {
+        await uploadOnce(deps, fm, key, body, sha256);
+      } catch (err) {
+        lastError = err;
+        throw err;
       }
-      break;
-    }
+    },
+    {
+      maxAttempts: (options.uploadRetries ?? config.failures.maxRetries) + 1,
+      delayMs: config.failures.retryBaseDelayMs,
+      jitter: 0.5,
+      ...(deps.signal ? { signal: deps.signal } : {}),
+      // Not configured: no attempt can succeed; go straight to the fallback.
+      retryable: (err) => codeOf(err) !== 'STOWAGE_ERR_CONFIG',
+      onRetry: async ({ error, attempt, delayMs }) => {
+        await recordExportAttempt(db, row.id, { status: 'retrying', retried: false, notes: `attempt ${attempt} failed: ${describe(error)}`, localPath: null });
+        logger.warn({ key, attempt, retryInMs: Math.round(delayMs), err: describe(error) }, 'export upload failed; retrying');
+      },
+    },
+  ).then(
+    () => true,
+    (err: unknown) => {
+      // The upload failing (or the job aborted before it) falls back; the audit row's write failing
+      // fails the job, as it did before.
+      if (err !== lastError && !(deps.signal?.aborted && err === deps.signal.reason)) throw err;
+      lastError = err;
+      return false;
+    },
+  );
+  if (uploaded) {
+    // After the loop: Postgres failing here fails the job; it must not re-upload a stored object.
+    await recordExportAttempt(db, row.id, { status: 'uploaded', retried: false, notes: `uploaded on attempt ${attempts}`, localPath: null });
+    logger.info({ key, size: body.length, patterns: doc.pattern_count, attempt: attempts }, 'failure patterns exported');
+    return { summary: { ...base, status: 'uploaded', exportId: row.id, localPath: null, attempts }, doc };
   }
   const localPath = await writeFallback(config.failures.localFallbackDir, key, body);
   await recordExportAttempt(db, row.id, {

@@ -22,6 +22,7 @@ import type { Db } from '../db/pool.js';
 import { StowageError, ValidationError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { redisKeys } from '../queues/keys.js';
+import { retry, sleep } from '../retry.js';
 import { countMatch, countRecovery, type FailureMetrics } from './metrics.js';
 import { normalizeErrorCode, normalizeSignature } from './signature.js';
 
@@ -188,16 +189,8 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
   const leaseKey = failureKeys.writerLease(config.prefix);
   const token = randomUUID();
   const batchSize = config.failures.writerBatchSize;
-  let closed = false;
-  let wake: (() => void) | undefined;
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
-      wake = () => {
-        clearTimeout(t);
-        resolve();
-      };
-    });
+  // close() ends the idle wait and the backoff at once.
+  const stop = new AbortController();
 
   /** One batch; the number of list items handled (0: nothing to do or no lease). */
   const writeBatch = async (): Promise<number> => {
@@ -260,17 +253,22 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
   };
 
   const loop = (async () => {
-    let backoff = 100;
-    while (!closed) {
-      try {
-        const n = await nextBatch();
-        backoff = 100;
-        if (n < batchSize) await sleep(idleMs);
-      } catch (err) {
-        logger.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code }, retryInMs: backoff }, 'failure writer: batch not written; retrying');
-        await sleep(backoff);
-        backoff = Math.min(maxBackoffMs, backoff * 2);
-      }
+    while (!stop.signal.aborted) {
+      // Redis or Postgres away: 100 ms doubling to maxBackoffMs, until it works (the records wait
+      // in Redis meanwhile); only close() ends it. A written batch starts the next at 100 ms again.
+      const n = await retry(nextBatch, {
+        maxAttempts: Number.POSITIVE_INFINITY,
+        delayMs: 100,
+        maxDelayMs: maxBackoffMs,
+        jitter: 0,
+        signal: stop.signal,
+        onRetry: ({ error, delayMs }) =>
+          logger.warn(
+            { err: { message: (error as Error).message, code: (error as { code?: unknown }).code }, retryInMs: delayMs },
+            'failure writer: batch not written; retrying',
+          ),
+      }).catch(() => 0);
+      if (n < batchSize) await sleep(idleMs, stop.signal).catch(() => {});
     }
   })();
 
@@ -284,8 +282,7 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
       }
     },
     async close() {
-      closed = true;
-      wake?.();
+      stop.abort();
       // Bounded: with Redis or Postgres away a batch may wait forever; what it held stays in
       // Redis (records leave the list only after their insert), so nothing is lost by not waiting.
       const bound = (p: Promise<unknown>) =>

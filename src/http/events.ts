@@ -35,6 +35,7 @@ import type { Config } from '../config.js';
 import { NotFoundError, StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { createEventStream, QUEUE_NAMES, redisKeys, type DomainEvent, type EventStream } from '../queues/index.js';
+import { sleep } from '../retry.js';
 import { jsonSchema, replies, validatedInHandler } from './schemas.js';
 
 export interface EventRoutesDeps {
@@ -214,7 +215,8 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
         if (page.length < PAGE) return;
       }
     };
-    const fromQueueEvents = (event: string) => (args: Record<string, unknown>, eventId: string) => {
+    // Every lifecycle event's arguments carry the job id, and more by event (data, returnvalue, …).
+    const fromQueueEvents = (event: string) => (args: { jobId: string } & Record<string, unknown>, eventId: string) => {
       if (args.jobId !== id) return;
       run(() => {
         // Already sent by a catch-up read, or reflected in the snapshot.
@@ -239,11 +241,11 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
       });
 
     const listeners = LIFECYCLE_EVENTS.map((event) => [event, fromQueueEvents(event)] as const);
-    for (const [event, fn] of listeners) events.on(event, fn as never);
+    for (const [event, fn] of listeners) events.on(event, fn);
     const unsubscribe = hub.subscribe(fromHub);
     client.onEnd(() => {
       unsubscribe();
-      for (const [event, fn] of listeners) events.off(event, fn as never);
+      for (const [event, fn] of listeners) events.off(event, fn);
     });
 
     // Subscribed above; now the snapshot. Lifecycle entries after this cursor are sent live.
@@ -415,7 +417,7 @@ function createDomainHub(redis: Redis, config: Config, logger: Logger): DomainHu
         } catch (err) {
           if (closed) break;
           logger.warn({ err }, 'domain event reader failed; retrying in 1 s');
-          await new Promise((resolve) => setTimeout(resolve, 1000));
+          await sleep(1000);
         }
       }
     })();

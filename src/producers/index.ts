@@ -9,29 +9,32 @@
  * A bad payload throws ValidationError naming each bad field, before anything reaches Redis.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { Queue, QueueEvents, type JobsOptions } from 'bullmq';
+import { QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import { StowageError } from '../errors.js';
 import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import {
-  DEAD_LETTER_QUEUE,
-  DEFAULT_JOB_OPTIONS,
   JOB_KINDS,
   canonicalJson,
   createProducerRedis,
   deriveExportId,
   jobIdFor,
+  openDeadLetterQueue,
+  openQueue,
   parkedJobId,
   parsePayload,
+  type DeadLetterQueue,
   type JobKind,
   type ExportRecordsPayload,
   type ExportResult,
   type JsonBlobResult,
+  type KindQueue,
   type ParkedJob,
   type PayloadInput,
   type Result,
 } from '../queues/index.js';
+import { sleep } from '../retry.js';
 
 export interface EnqueueOptions {
   /** Override the derived job id (dedupe key). */
@@ -87,24 +90,36 @@ export interface Producer {
   /** Wait until the job completes (its result) or ends failed/parked (throws). */
   waitFor<K extends JobKind>(kind: K, jobId: string, timeoutMs?: number): Promise<Result<K>>;
   /** The queue for a kind (read-only uses: counts, getJob). */
-  queue(kind: JobKind): Queue;
+  queue<K extends JobKind>(kind: K): KindQueue<K>;
   close(): Promise<void>;
 }
 
 export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, options: { connection?: Redis } = {}): Producer {
   const connection = options.connection ?? createProducerRedis(config.redisUrl);
-  const queues = new Map<JobKind, Queue>();
-  const queueEvents = new Map<JobKind, QueueEvents>();
-  let dlq: Queue<ParkedJob> | undefined;
-  const deadLetter = () => (dlq ??= new Queue<ParkedJob>(DEAD_LETTER_QUEUE, { connection, prefix: config.prefix }));
-  const queue = (kind: JobKind): Queue => {
-    let q = queues.get(kind);
-    if (!q) {
-      q = new Queue(kind, { connection, prefix: config.prefix, defaultJobOptions: DEFAULT_JOB_OPTIONS[kind] });
-      queues.set(kind, q);
-    }
-    return q;
+  const at = { connection, prefix: config.prefix };
+  const opened: { close(): Promise<void> }[] = [];
+  // One opener per kind, each typed by its kind (a map of queues written by a generic kind is not).
+  const lazyQueue = <K extends JobKind>(kind: K) => {
+    let q: KindQueue<K> | undefined;
+    return (): KindQueue<K> => {
+      if (!q) {
+        q = openQueue(kind, at);
+        opened.push(q);
+      }
+      return q;
+    };
   };
+  const queues: { [K in JobKind]: () => KindQueue<K> } = {
+    'build-artifact': lazyQueue('build-artifact'),
+    aggregation: lazyQueue('aggregation'),
+    export: lazyQueue('export'),
+    backup: lazyQueue('backup'),
+    cleanup: lazyQueue('cleanup'),
+  };
+  const queue = <K extends JobKind>(kind: K): KindQueue<K> => queues[kind]();
+  const queueEvents = new Map<JobKind, QueueEvents>();
+  let dlq: DeadLetterQueue | undefined;
+  const deadLetter = () => (dlq ??= openDeadLetterQueue(at));
 
   const enqueue = async <K extends JobKind>(kind: K, payload: PayloadInput<K>, opts: EnqueueOptions = {}): Promise<Enqueued> => {
     if (!(JOB_KINDS as readonly string[]).includes(kind)) {
@@ -145,7 +160,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
       throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
     }
     try {
-      return (await job.waitUntilFinished(qe, timeoutMs)) as Result<K>;
+      return await job.waitUntilFinished(qe, timeoutMs);
     } catch (err) {
       // waitUntilFinished rejects on a final failure, which the worker parks right after the
       // `failed` event we just saw: give the park a moment to land so the answer says "parked".
@@ -154,7 +169,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
       for (;;) {
         p = await parked().catch(() => undefined);
         if (p || Date.now() >= until || (err instanceof Error && FOREIGN_ERROR_TEXT.bullmqWaitTimedOut.test(err.message))) break;
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await sleep(50);
       }
       const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;
       throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} ${why}`, { cause: err });
@@ -197,7 +212,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     waitFor,
     async close() {
       await Promise.all([...queueEvents.values()].map((qe) => qe.close()));
-      await Promise.all([...queues.values(), ...(dlq ? [dlq] : [])].map((q) => q.close()));
+      await Promise.all([...opened, ...(dlq ? [dlq] : [])].map((q) => q.close()));
       if (!options.connection) await connection.quit().catch(() => connection.disconnect());
     },
   };

@@ -17,7 +17,12 @@ import {
   buildArtifactPayload,
   cleanupPayload,
   exportPayload,
+  type AggregationResult,
+  type BackupResult,
   type BuildArtifactResult,
+  type CleanupResult,
+  type ExportResult,
+  type JsonBlobResult,
 } from './payloads.js';
 
 export const JOB_KINDS = ['build-artifact', 'aggregation', 'export', 'backup', 'cleanup'] as const;
@@ -40,11 +45,10 @@ export type Payload<K extends JobKind> = z.output<(typeof PAYLOAD_SCHEMAS)[K]>;
 /** What each kind's processor returns (and `stowage enqueue --wait` prints). */
 export interface JobResults {
   'build-artifact': BuildArtifactResult;
-  aggregation: Record<string, unknown>;
-  /** ExportResult | JsonBlobResult (kept wide so stand-in processors in benches still type-check). */
-  export: Record<string, unknown>;
-  backup: Record<string, unknown>;
-  cleanup: Record<string, unknown>;
+  aggregation: AggregationResult;
+  export: ExportResult | JsonBlobResult;
+  backup: BackupResult;
+  cleanup: CleanupResult;
 }
 export type Result<K extends JobKind> = JobResults[K];
 

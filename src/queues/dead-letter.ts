@@ -11,14 +11,15 @@
  * Parked jobs sit *waiting* in the `dead-letter` queue; no worker consumes it. They leave it by
  * redrive (by hand, or automatically on a slow schedule at most N times) or purge.
  */
-import { Queue, type Job, type JobsOptions } from 'bullmq';
+import type { Job, JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { PERMANENT_ERROR_NAMES, type ErrorData } from '../errors.js';
 import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { DEAD_LETTER_QUEUE, DEFAULT_JOB_OPTIONS, isJobKind } from './contract.js';
+import { DEAD_LETTER_QUEUE } from './contract.js';
 import type { EventStream } from './event-stream.js';
+import { createQueue, openQueueByName, type OpenQueueOptions, type QueueByName, type QueueConnection, type TypedQueue } from './factory.js';
 import { parkedJobId, redisKeys } from './keys.js';
 
 /** The record a parked job carries in the dead-letter queue. */
@@ -36,6 +37,16 @@ export interface ParkedJob {
   timestamps: { created: number; processed?: number; failed?: number; parked: number };
   /** Why it was parked: a permanent error, retries spent, or stalled too often. */
   reason: 'permanent' | 'retries_exhausted' | 'stalled';
+}
+
+/** The dead-letter queue. No worker runs a parked job, so it has no result. */
+export type DeadLetterQueue = TypedQueue<ParkedJob, never>;
+
+/** Open the dead-letter queue; with its job defaults (the default), what DeadLetter parks with. */
+export function openDeadLetterQueue(at: QueueConnection, options: OpenQueueOptions = {}): DeadLetterQueue {
+  // Parked jobs are removed by redrive or purge, never by age.
+  const parking = { removeOnComplete: true, removeOnFail: false, attempts: 1 };
+  return createQueue<ParkedJob, never>(DEAD_LETTER_QUEUE, at, options.jobDefaults === false ? undefined : parking);
 }
 
 export interface DeadLetterDeps {
@@ -69,26 +80,18 @@ const PAGE = 500;
 const REDRIVE_MEMORY_SECONDS = 30 * 86_400;
 
 export class DeadLetter {
-  readonly queue: Queue<ParkedJob>;
-  private readonly origins = new Map<string, Queue>();
+  readonly queue: DeadLetterQueue;
+  private readonly origins = new Map<string, QueueByName>();
 
   constructor(private readonly deps: DeadLetterDeps) {
-    this.queue = new Queue<ParkedJob>(DEAD_LETTER_QUEUE, {
-      connection: deps.connection,
-      prefix: deps.prefix,
-      // Parked jobs are removed by redrive or purge, never by age.
-      defaultJobOptions: { removeOnComplete: true, removeOnFail: false, attempts: 1 },
-    });
+    this.queue = openDeadLetterQueue(deps);
   }
 
-  origin(name: string): Queue {
+  /** A parked job's origin queue, by name: its payload is `unknown` here; the worker validates it. */
+  origin(name: string): QueueByName {
     let q = this.origins.get(name);
     if (!q) {
-      q = new Queue(name, {
-        connection: this.deps.connection,
-        prefix: this.deps.prefix,
-        ...(isJobKind(name) ? { defaultJobOptions: DEFAULT_JOB_OPTIONS[name] } : {}),
-      });
+      q = openQueueByName(name, this.deps);
       this.origins.set(name, q);
     }
     return q;

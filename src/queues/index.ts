@@ -6,4 +6,6 @@ export type { ParkedJob } from './dead-letter.js';
 export { safeId } from '../ids.js';
 export * from './event-stream.js';
 export * from './connection.js';
+export * from './factory.js';
+export { openDeadLetterQueue, type DeadLetterQueue } from './dead-letter.js';
 export * from './schedules.js';

@@ -42,6 +42,28 @@ export const aggregationPayload = z.strictObject({
   max: z.number().int().min(1).max(10_000).optional(),
 });
 
+/**
+ * What an aggregation job returns: for `aggregate`, the export's summary (src/failures/aggregation.ts
+ * `AggregationSummary`); for `retry-fallbacks`, how many fallback exports it handled and how.
+ */
+export type AggregationResult =
+  | {
+      task: 'aggregate';
+      /** `skipped`: a dry run, nothing stored. */
+      status: 'uploaded' | 'fallback_local' | 'skipped';
+      key: string;
+      sha256: string;
+      size: number;
+      patterns: number;
+      /** The audit row; null when nothing was stored. */
+      exportId: string | null;
+      /** Where the export waits for the retry task when the store refused it. */
+      localPath: string | null;
+      attempts: number;
+      window: { days: number; start: string; end: string; min_occurrences: number };
+    }
+  | { task: 'retry-fallbacks'; considered: number; uploaded: number; retrying: number; failed: number };
+
 /** Store records as one object (the default op; payloads without `op` are this). */
 export const exportRecordsPayload = z.strictObject({
   op: z.literal('records').optional(),
@@ -64,7 +86,7 @@ export const exportBlobPayload = z.strictObject({
 
 export const exportPayload = z.discriminatedUnion('op', [exportRecordsPayload, exportBlobPayload]);
 
-/** What an export job returns for a records export (a type alias: assignable to a JSON record). */
+/** What an export job returns for a records export. */
 export type ExportResult = {
   op: 'records';
   id: string;
@@ -122,6 +144,42 @@ export const backupPayload = z
     path: ['sqlite'],
   });
 
+/** One database in a backup: its entry in the archive's metadata and in the `backups` row. */
+export type BackedUpDatabase = {
+  name: string;
+  filename: string;
+  size_bytes: number;
+  checksum: string;
+  /** `postgres` for a pg_dump (custom format); absent or `sqlite` for a SQLite snapshot. */
+  kind?: 'sqlite' | 'postgres';
+  /** SQLite: the live database's absolute path. */
+  source_path?: string;
+  /** PostgreSQL: the database URL without its password. */
+  source?: string;
+};
+
+/** What a backup job returns, by task: the stored archive, the retention decisions, or the drill's checks. */
+export type BackupResult =
+  | { status: 'completed'; set: string; key: string; size: number; sha256: string; databases: BackedUpDatabase[] }
+  | {
+      status: 'pruned';
+      set: string;
+      dryRun: boolean;
+      /** Keys deleted (none in a dry run). */
+      deleted: string[];
+      decisions: { key: string; action: 'keep' | 'delete' | 'ignore'; reasons: string[] }[];
+    }
+  | {
+      /** src/backups/drill.ts `DrillResult`; a failed drill fails the job instead. */
+      status: 'drilled';
+      ok: boolean;
+      set: string;
+      key: string | null;
+      error?: string;
+      ms: number;
+      databases: { name: string; kind: 'sqlite' | 'postgres'; ok: boolean; detail: string }[];
+    };
+
 export const cleanupPayload = z.strictObject({
   dryRun: z.boolean().default(true),
   olderThanDays: z.number().min(0).max(36_500).optional(),
@@ -132,6 +190,25 @@ export const cleanupPayload = z.strictObject({
   olderThanHours: z.number().min(0).max(876_000).optional(),
   enforceLifecycle: z.boolean().optional(),
 });
+
+/** What a cleanup job returns: the run's counts (src/storage/cleanup.ts `CleanupReport`) and its log row. */
+export type CleanupResult = {
+  /** The modes that ran, joined with `+` (e.g. `objects`, `orphaned-packs+lifecycle`). */
+  mode: string;
+  scanned: number;
+  deleted: number;
+  bytesFreed: number;
+  dryRun: boolean;
+  /** The r2_cleanup_logs row. */
+  logId: number;
+  errors: number;
+  stragglers: number;
+  perMode: Record<string, { deleted: number; bytesFreed: number }>;
+  /** Operations the store does not implement; that part was skipped. */
+  unsupported: string[];
+  /** The first 100 keys deleted (or that would be). */
+  sample: string[];
+};
 
 export type BuildArtifactPayload = z.input<typeof buildArtifactPayload>;
 export type BuildArtifactResult = z.infer<typeof buildArtifactResult>;

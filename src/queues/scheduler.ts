@@ -7,12 +7,12 @@
  * no longer configured are removed. BullMQ's workers then create each next job; this process only
  * keeps the definitions right and re-syncs periodically to heal manual edits.
  */
-import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { Logger } from '../observability/logger.js';
 import { createRedis } from './connection.js';
 import { JOB_KINDS } from './contract.js';
+import { openQueueByName } from './factory.js';
 import { desiredSchedules, MAINTENANCE_QUEUE, scheduleJobOptions } from './schedules.js';
 
 export interface SyncResult {
@@ -24,7 +24,9 @@ export async function syncSchedules(config: Config, connection: Redis, logger?: 
   const desired = desiredSchedules(config);
   const result: SyncResult = { upserted: [], removed: [] };
   for (const name of [...JOB_KINDS, MAINTENANCE_QUEUE]) {
-    const queue = new Queue(name, { connection, prefix: config.prefix });
+    // By name: a schedule's data was checked by desiredSchedules, and the worker checks each job again.
+    // A kind's default job options under the template's own (the same four) change nothing.
+    const queue = openQueueByName(name, { connection, prefix: config.prefix });
     try {
       const want = desired.filter((d) => d.queue === name);
       for (const d of want) {

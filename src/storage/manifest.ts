@@ -34,6 +34,7 @@ import type { Redis } from 'ioredis';
 import { mapLimit } from '../concurrency.js';
 import { StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { retry, type BackoffOptions } from '../retry.js';
 import type { Storage } from './client.js';
 import { etagForIfMatch, storeCapabilities, type EtagForm } from './capabilities.js';
 import { manifestKey, manifestSegmentKey, type RecordFormat } from './keys.js';
@@ -116,8 +117,16 @@ export interface ManifestUpdate {
 
 const LOCK_TTL_MS = 15_000;
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-const backoff = (attempt: number, base = 20, cap = 1_000) => Math.min(cap, base * 2 ** Math.min(attempt, 10)) * (0.5 + Math.random() / 2);
+const DEFAULT_TIMEOUT_MS = 60_000;
+/** Between conflicting writes: 40 ms doubling to 1 s, up to half taken off (writers spread out). */
+const CONFLICT_BACKOFF: BackoffOptions = { delayMs: 40, maxDelayMs: 1_000, jitter: 0.5 };
+/** Polling a held lock: 20 ms doubling to 200 ms (a holder keeps it for one read-modify-write). */
+const LOCK_BACKOFF: BackoffOptions = { delayMs: 20, maxDelayMs: 200, jitter: 0.5 };
+
+/** Someone else holds the manifest's lock: the one failure the lock wait retries. */
+class LockHeld extends Error {
+  override name = 'LockHeld';
+}
 
 /** The entry lines of a manifest or segment text (pointer lines are skipped). */
 export function parseManifest(text: string): ManifestEntry[] {
@@ -341,35 +350,46 @@ async function updateConditionally(
   switched: () => boolean,
 ): Promise<ManifestUpdate | null> {
   const key = manifestKey(module, userId);
-  const deadline = Date.now() + (deps.timeoutMs ?? 60_000);
   let previous: string | null | undefined;
   let stuck = 0;
-  for (let attempt = 1; ; attempt++) {
-    // Another update in this process found the store refusing: its lock writes change the ETag,
-    // which would keep resetting this one's count.
-    if (switched()) return null;
-    const current = await readManifestHead(deps.storage, module, userId);
-    stuck = attempt > 1 && current.etag === previous ? stuck + 1 : 0;
-    if (stuck >= STUCK_CONFLICTS) {
-      deps.logger?.warn(
-        { key, attempt, etag: current.etag, form },
-        'manifest writes keep conflicting with an unchanged ETag: the store does not honour this If-Match form; using the Redis lock for this manifest',
-      );
-      return null;
-    }
-    previous = current.etag;
-    const next = await nextHead(deps, module, userId, current, entry);
-    try {
-      await putManifest(deps.storage, key, next.body, current.etag ? { IfMatch: etagForIfMatch(current.etag, form) } : { IfNoneMatch: '*' });
-      return outcome(next, attempt, 'conditional');
-    } catch (err) {
-      if (!isPreconditionFailed(err)) throw storeError(err, `writing manifest ${key}`);
-      if (Date.now() > deadline) {
-        throw new StowageError('STOWAGE_ERR_STORE', `manifest ${key}: still conflicting after ${attempt} attempts`, { cause: err });
-      }
-      deps.logger?.debug({ key, attempt }, 'manifest changed underneath; retrying');
-      await sleep(backoff(attempt));
-    }
+  let attempts = 0;
+  try {
+    // Only a 412 is retried (re-read, rebuild, write again), until the deadline.
+    return await retry(
+      async (attempt) => {
+        attempts = attempt;
+        // Another update in this process found the store refusing: its lock writes change the ETag,
+        // which would keep resetting this one's count.
+        if (switched()) return null;
+        const current = await readManifestHead(deps.storage, module, userId);
+        stuck = attempt > 1 && current.etag === previous ? stuck + 1 : 0;
+        if (stuck >= STUCK_CONFLICTS) {
+          deps.logger?.warn(
+            { key, attempt, etag: current.etag, form },
+            'manifest writes keep conflicting with an unchanged ETag: the store does not honour this If-Match form; using the Redis lock for this manifest',
+          );
+          return null;
+        }
+        previous = current.etag;
+        const next = await nextHead(deps, module, userId, current, entry);
+        try {
+          await putManifest(deps.storage, key, next.body, current.etag ? { IfMatch: etagForIfMatch(current.etag, form) } : { IfNoneMatch: '*' });
+        } catch (err) {
+          throw isPreconditionFailed(err) ? err : storeError(err, `writing manifest ${key}`);
+        }
+        return outcome(next, attempt, 'conditional');
+      },
+      {
+        ...CONFLICT_BACKOFF,
+        maxAttempts: Number.POSITIVE_INFINITY,
+        timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+        retryable: isPreconditionFailed,
+        onRetry: ({ attempt }) => deps.logger?.debug({ key, attempt }, 'manifest changed underneath; retrying'),
+      },
+    );
+  } catch (err) {
+    if (!isPreconditionFailed(err)) throw err;
+    throw new StowageError('STOWAGE_ERR_STORE', `manifest ${key}: still conflicting after ${attempts} attempts`, { cause: err });
   }
 }
 
@@ -380,16 +400,18 @@ async function updateUnderLock(deps: ManifestDeps, module: string, userId: strin
   const redis = deps.redis();
   const lockKey = deps.lockKey(module, userId);
   const token = String(await redis.incr(`${lockKey}:fence`));
-  const deadline = Date.now() + (deps.timeoutMs ?? 60_000);
-  let attempt = 0;
-  for (;;) {
-    attempt++;
-    const ok = await redis.set(lockKey, token, 'PX', LOCK_TTL_MS, 'NX');
-    if (ok === 'OK') break;
-    if (Date.now() > deadline) {
-      throw new StowageError('STOWAGE_ERR_STORE', `manifest ${key}: lock not acquired after ${attempt} attempts`);
-    }
-    await sleep(backoff(attempt, 10, 200));
+  let attempts = 0;
+  try {
+    await retry(
+      async (attempt) => {
+        attempts = attempt;
+        if ((await redis.set(lockKey, token, 'PX', LOCK_TTL_MS, 'NX')) !== 'OK') throw new LockHeld(lockKey);
+      },
+      { ...LOCK_BACKOFF, maxAttempts: Number.POSITIVE_INFINITY, timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS, retryable: (err) => err instanceof LockHeld },
+    );
+  } catch (err) {
+    if (!(err instanceof LockHeld)) throw err;
+    throw new StowageError('STOWAGE_ERR_STORE', `manifest ${key}: lock not acquired after ${attempts} attempts`);
   }
   try {
     const current = await readManifestHead(deps.storage, module, userId);
@@ -403,7 +425,7 @@ async function updateUnderLock(deps: ManifestDeps, module: string, userId: strin
     } catch (err) {
       throw storeError(err, `writing manifest ${key}`);
     }
-    return outcome(next, attempt, 'lock');
+    return outcome(next, attempts, 'lock');
   } finally {
     await redis.eval(RELEASE, 1, lockKey, token).catch((err: unknown) => deps.logger?.warn({ err, key }, 'releasing manifest lock failed'));
   }

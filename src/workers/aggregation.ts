@@ -21,7 +21,16 @@ export const aggregation: Processor<'aggregation'> = async (job, ctx) => {
   // enqueue time.
   const slot = job.repeatJobKey ? /:(\d{10,})$/.exec(job.id ?? '')?.[1] : undefined;
   const windowEnd = p.windowEnd ? new Date(p.windowEnd) : new Date(slot ? Number(slot) : job.timestamp);
-  const { summary } = await runAggregation(deps, { days: p.days, minOccurrences: p.minOccurrences, windowEnd, ...(p.dryRun ? { skipStore: true } : {}) });
+  // The upload retries R2_MAX_RETRIES times inside the first attempt and then falls back locally,
+  // so that attempt completes whatever the store does. A job that BullMQ retries failed on something
+  // else (Postgres, the fallback write): one upload try, not another full round of them.
+  const { summary } = await runAggregation(deps, {
+    days: p.days,
+    minOccurrences: p.minOccurrences,
+    windowEnd,
+    ...(p.dryRun ? { skipStore: true } : {}),
+    ...(ctx.attempt > 1 ? { uploadRetries: 0 } : {}),
+  });
   await ctx.emit('aggregation_completed', { key: summary.status === 'skipped' ? null : summary.key, patterns: summary.patterns, status: summary.status });
   return { task: 'aggregate', ...summary };
 };

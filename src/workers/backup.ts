@@ -34,6 +34,7 @@ import type { BackupSet, Config } from '../config.js';
 import { recordBackup, type BackupDatabaseEntry } from '../db/backups.js';
 import { upsertUploadReceipt } from '../db/upload-receipts.js';
 import { PermanentError } from '../errors.js';
+import type { BackupResult } from '../queues/index.js';
 import { backupKey, objectUrl } from '../storage/keys.js';
 import { uploadStream } from '../storage/upload.js';
 import { VERSION } from '../version.js';
@@ -54,15 +55,7 @@ function resolveBackupSet(config: Pick<Config, 'backupSets'>, p: { set?: string;
   return { name: p.name!, sqlite: p.sqlite ?? [], postgres: p.postgres ?? [] };
 }
 
-interface BackupRunResult {
-  [k: string]: unknown;
-  status: 'completed';
-  set: string;
-  key: string;
-  size: number;
-  sha256: string;
-  databases: BackupDatabaseEntry[];
-}
+type BackupRunResult = Extract<BackupResult, { status: 'completed' }>;
 
 export const backup: Processor<'backup'> = async (job, ctx) => {
   const set = resolveBackupSet(ctx.config, job.data);

@@ -176,7 +176,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           },
         };
         if (debugEnabled) log().debug('job started');
-        const result = await processor(job as never, ctx);
+        const result = await processor(job, ctx);
         if (config.worker.jobReceipts === 'all') {
           // Written behind, batched: the receipts that matter (uploads, project versions) are
           // written by processors inside the job; this audit row must not add a Postgres round

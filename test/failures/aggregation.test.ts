@@ -231,6 +231,18 @@ describe('aggregation export', () => {
     expect(await retryFallbacks(deps(up))).toEqual([]);
   });
 
+  it('a job BullMQ retries tries the upload once, not another R2_MAX_RETRIES round, and falls back', async () => {
+    const metrics = createMetrics({ defaults: false });
+    type Args = Parameters<typeof aggregation>;
+    const job = { id: 'agg-retried', timestamp: Date.now(), data: { task: 'aggregate', days: 2, minOccurrences: 1, windowEnd: WINDOW_END.toISOString() } };
+    const ctx = { ...deps(down, metrics), signal: new AbortController().signal, attempt: 2, emit: async () => {} };
+    const result = await aggregation(job as unknown as Args[0], ctx as unknown as Args[1]);
+    expect(result).toMatchObject({ status: 'fallback_local', attempts: 1 });
+    expect(await metrics.registry.metrics()).toMatch(/failure_agg_r2_upload_attempt_total\{status="failure"\} 1/);
+    // Leave no pending fallback for the tests below.
+    expect((await retryFallbacks(deps(up))).map((o) => o.status)).toEqual(['uploaded']);
+  });
+
   it('runs as the aggregation job: same window, same key; retry-fallbacks as a task of the same queue', async () => {
     const metrics = createMetrics({ defaults: false });
     const runtime = await startRuntime({ config: up, logger, metrics, db, kinds: ['aggregation'], processors: { aggregation }, maintenance: false });

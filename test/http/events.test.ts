@@ -15,7 +15,7 @@ import { migratedDb } from '../helpers/fleet.js';
 import { isolate } from '../helpers/isolation.js';
 import { harness, type Harness } from './harness.js';
 import { sseClient } from './sse-client.js';
-import { recordsJob } from '../helpers/export-data.js';
+import { recordsJob, standInResult } from '../helpers/export-data.js';
 
 const iso = isolate('httpevents');
 const HEARTBEAT_MS = 300;
@@ -81,7 +81,7 @@ beforeAll(async () => {
         if (first.fail) throw new PermanentError(`record ${first.n} is refused`);
         const key = `exports/reports/${first.n}.json`;
         await ctx.emit('export_completed', { module: recordsJob(job.data).module, userId: recordsJob(job.data).userId, key, records: recordsJob(job.data).records.length });
-        return { key, records: recordsJob(job.data).records.length };
+        return standInResult(String(first.n), { key, record_count: recordsJob(job.data).records.length });
       },
     },
   });
@@ -115,7 +115,7 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
       id: expect.stringMatching(/^\d+-\d+$/),
       data: { type: 'export_completed', queue: 'export', jobId, data: { key: 'exports/reports/1.json', records: 1 } },
     });
-    expect(completed).toEqual({ event: 'completed', id: 'done', data: { jobId, result: { key: 'exports/reports/1.json', records: 1 } } });
+    expect(completed).toEqual({ event: 'completed', id: 'done', data: { jobId, result: standInResult('1', { key: 'exports/reports/1.json' }) } });
   });
 
   it('still sends the domain event before completed when the shared domain reader lags', async () => {
@@ -160,7 +160,7 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
     await client.finished();
     expect(client.events.map((e) => e.event)).toEqual(['export_completed', 'state', 'completed']);
     expect(client.events[1]!.data).toMatchObject({ state: 'completed', progress: { stage: 'write', bytes: 100 } });
-    expect(client.events[2]!.data).toEqual({ jobId, result: { key: 'exports/reports/3.json', records: 1 } });
+    expect(client.events[2]!.data).toEqual({ jobId, result: standInResult('3', { key: 'exports/reports/3.json' }) });
 
     // EventSource reconnects after a stream ends, sending the last id it saw: 204 stops it.
     const again = await fetch(`${server.url}/v1/jobs/export/${jobId}/events`, { headers: { ...bearer(viewer), 'last-event-id': 'done' } });

@@ -12,7 +12,7 @@ import { startRuntime, type Runtime } from '../../src/workers/runtime.js';
 import { migratedDb } from '../helpers/fleet.js';
 import { isolate } from '../helpers/isolation.js';
 import { harness, type Harness } from './harness.js';
-import { recordsJob } from '../helpers/export-data.js';
+import { recordsJob, standInResult } from '../helpers/export-data.js';
 
 const iso = isolate('httpmetrics');
 const N = 4;
@@ -64,7 +64,7 @@ describe('/metrics after real jobs', () => {
         export: async (job) => {
           const first = recordsJob(job.data).records[0] as { n: number; fail?: boolean };
           if (first.fail) throw new PermanentError(`record ${first.n} is refused`);
-          return { n: first.n };
+          return standInResult(String(first.n));
         },
       },
     });

@@ -15,7 +15,7 @@ import type { Processor } from '../../src/workers/context.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
-import { recordsJob } from '../helpers/export-data.js';
+import { recordsJob, standInResult } from '../helpers/export-data.js';
 
 const iso = isolate('runtime');
 let config: Config;
@@ -36,17 +36,17 @@ const exportProcessor: Processor<'export'> = async (job, ctx) => {
   await ctx.progress({ stage: 'working', bytes: 1, totalBytes: 1 });
   switch (first.mode) {
     case 'ok':
-      return { tag: first.tag, attempt: ctx.attempt };
+      return standInResult(`${first.tag}@${ctx.attempt}`);
     case 'flaky':
       if (n <= (first.failures ?? 1)) throw new Error(`transient failure ${n}`);
-      return { tag: first.tag, attempt: ctx.attempt };
+      return standInResult(`${first.tag}@${ctx.attempt}`);
     case 'permanent':
       throw new PermanentError(`source for ${first.tag} does not exist`);
     case 'always':
       throw new Error('store unavailable');
     case 'until-fixed':
       if (!fixed) throw new Error('not yet');
-      return { tag: first.tag, fixed: true };
+      return standInResult(`${first.tag}:fixed`);
     default:
       throw new Error(`unknown mode ${first.mode}`);
   }
@@ -97,12 +97,12 @@ describe('worker runtime', () => {
     const { jobId, created } = await producer.export(payload('happy', 'ok'));
     expect(created).toBe(true);
     const result = await producer.waitFor('export', jobId, 15_000);
-    expect(result).toEqual({ tag: 'happy', attempt: 1 });
+    expect(result).toEqual(standInResult('happy@1'));
     const job = await producer.queue('export').getJob(jobId);
     expect(job?.progress).toEqual({ stage: 'working', bytes: 1, totalBytes: 1 });
     // Completed receipts are written behind the job, in batches.
     const receipt = await until(() => getJobReceipt(db, 'export', jobId), (r) => r !== null);
-    expect(receipt).toMatchObject({ status: 'completed', attempts: 1, result: { tag: 'happy', attempt: 1 } });
+    expect(receipt).toMatchObject({ status: 'completed', attempts: 1, result: standInResult('happy@1') });
   });
 
   it('refuses a bad payload at enqueue, naming the field, and enqueues nothing', async () => {
@@ -132,7 +132,7 @@ describe('worker runtime', () => {
   it('retries a transient error with backoff and then succeeds', async () => {
     const { jobId } = await producer.export(payload('flaky', 'flaky', { failures: 2 }), { attempts: 4, backoffMs: 100 });
     const result = await producer.waitFor('export', jobId, 20_000);
-    expect(result).toEqual({ tag: 'flaky', attempt: 3 });
+    expect(result).toEqual(standInResult('flaky@3'));
     expect(seen.get('flaky')).toBe(3);
   });
 
@@ -205,13 +205,13 @@ describe('worker runtime', () => {
 
     const byId = await dl.redrive({ ids: [parkedJobId('export', ids[0]!)] });
     expect(byId.map((o) => o.action)).toEqual(['redriven']);
-    expect(await producer.waitFor('export', ids[0]!, 15_000)).toEqual({ tag: 'rd-id', fixed: true });
+    expect(await producer.waitFor('export', ids[0]!, 15_000)).toEqual(standInResult('rd-id:fixed'));
 
     // Other tests' parked jobs are in the same queue: by queue redrives them all from export.
     const byQueue = await dl.redrive({ queue: 'export' });
     expect(byQueue.some((o) => o.originJobId === ids[1] && o.action === 'redriven')).toBe(true);
-    expect(await producer.waitFor('export', ids[1]!, 15_000)).toEqual({ tag: 'rd-queue', fixed: true });
-    expect(await producer.waitFor('export', ids[2]!, 15_000)).toEqual({ tag: 'rd-all', fixed: true });
+    expect(await producer.waitFor('export', ids[1]!, 15_000)).toEqual(standInResult('rd-queue:fixed'));
+    expect(await producer.waitFor('export', ids[2]!, 15_000)).toEqual(standInResult('rd-all:fixed'));
 
     // Whatever is parked again (the permanent ones) goes back with --all.
     await until(parked, (x) => x.some((r) => r.reason === 'permanent'));

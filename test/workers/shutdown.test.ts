@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProducer, type Producer } from '../../src/producers/index.js';
 import { migrate } from '../../src/db/migrate.js';
 import { DATABASE_URL, isolate, REDIS_URL } from '../helpers/isolation.js';
+import { standInResult } from '../helpers/export-data.js';
 
 const iso = isolate('shutdown');
 const fixture = fileURLToPath(new URL('../fixtures/worker-process.ts', import.meta.url));
@@ -72,7 +73,7 @@ describe('worker process lifecycle', () => {
     await waitForActive(jobId);
     worker.kill('SIGTERM');
     const result = await producer.waitFor('export', jobId, 20_000);
-    expect(result).toEqual({ pid: worker.pid, attempt: 1 });
+    expect(result).toEqual(standInResult(`${worker.pid}@1`));
     expect(await exited(worker)).toEqual({ code: 0, signal: null });
   });
 
@@ -85,8 +86,8 @@ describe('worker process lifecycle', () => {
     // The job is still 'active' under A's lock; B must detect the stall and take it over.
     expect(await producer.queue('export').getJobState(jobId)).toBe('active');
     const b = await startWorker();
-    const result = (await producer.waitFor('export', jobId, 30_000)) as { pid: number; attempt: number };
-    expect(result.pid).toBe(b.pid);
+    const result = await producer.waitFor('export', jobId, 30_000);
+    expect(result).toMatchObject({ id: expect.stringMatching(new RegExp(`^${b.pid}@`)) });
     b.kill('SIGTERM');
     expect((await exited(b)).code).toBe(0);
   });
