@@ -12,7 +12,7 @@ export const safeId = z
   .max(128, 'at most 128 characters')
   .refine((s) => !/[/\\]/.test(s), 'must not contain / or \\')
   .refine((s) => !s.includes('..'), 'must not contain ..')
-  // eslint-disable-next-line no-control-regex
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
   .refine((s) => !/[\u0000-\u001f\u007f]/.test(s), 'must not contain control characters')
   .refine((s) => s.trim() === s, 'must not start or end with whitespace');
 

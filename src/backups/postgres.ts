@@ -50,6 +50,7 @@ export async function runPgTool(
   args: string[],
   options: { password?: string | undefined; stdout?: NodeJS.WritableStream; signal?: AbortSignal } = {},
 ): Promise<string> {
+  // biome-ignore lint/style/noProcessEnv: the pg tool inherits the environment (PATH, locale, PG* defaults) plus PGPASSWORD
   const env = { ...process.env };
   if (options.password !== undefined) env.PGPASSWORD = options.password;
   const child = spawn(tool, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -26,7 +26,7 @@ export async function pruneBackupSet(
   deps: { db: Db; storage: Storage; logger?: Logger },
   set: string,
   policy: RetentionPolicy,
-  options: { dryRun?: boolean } = {},
+  options: { dryRun?: boolean | undefined } = {},
 ): Promise<PruneResult> {
   const rows = await listBackups(deps.db, set);
   const decisions = applyRetentionPolicy(rows, policy);

@@ -15,12 +15,12 @@
 import { PermanentError } from '../errors.js';
 
 export interface RetentionPolicy {
-  keepLast?: number;
-  keepDaily?: number;
-  keepWeekly?: number;
-  keepMonthly?: number;
+  keepLast?: number | undefined;
+  keepDaily?: number | undefined;
+  keepWeekly?: number | undefined;
+  keepMonthly?: number | undefined;
   /** Keep everything within this many days of the newest backup; 0 = forever. */
-  keepWithinDays?: number;
+  keepWithinDays?: number | undefined;
 }
 
 export interface RetentionCandidate {

@@ -30,7 +30,8 @@ export async function runDev(opts: { port: number; s3Port: number; samples: bool
   const address = await s3.run();
   const endpoint = `http://127.0.0.1:${address.port}`;
 
-  const config = loadConfig(process.env, {
+  // Environment variables still win over these embedded defaults (loadConfig reads them).
+  const config = loadConfig(undefined, {
     storage: { endpoint, bucket: DEV_BUCKET, accessKeyId: S3RVER_KEY, secretAccessKey: S3RVER_KEY, forcePathStyle: true },
     http: { port: opts.port },
     databaseSchema: 'stowage_dev',

@@ -282,8 +282,8 @@ interface LifecycleEvent {
   jobId: string;
   data?: unknown;
   returnvalue?: unknown;
-  failedReason?: string;
-  delay?: string | number;
+  failedReason?: string | undefined;
+  delay?: string | number | undefined;
 }
 
 /** An entry of BullMQ's event stream, parsed as QueueEvents does (progress data and results are JSON). */

@@ -67,7 +67,12 @@ export function desiredSchedules(config: Config): DesiredSchedule[] {
 export function scheduleJobOptions(queue: DesiredSchedule['queue']) {
   if (queue === MAINTENANCE_QUEUE) return { attempts: 1, removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } };
   const { attempts, backoff, removeOnComplete, removeOnFail } = DEFAULT_JOB_OPTIONS[queue];
-  return { attempts, backoff, removeOnComplete, removeOnFail };
+  return {
+    ...(attempts !== undefined ? { attempts } : {}),
+    ...(backoff !== undefined ? { backoff } : {}),
+    ...(removeOnComplete !== undefined ? { removeOnComplete } : {}),
+    ...(removeOnFail !== undefined ? { removeOnFail } : {}),
+  };
 }
 
 /**

@@ -40,7 +40,7 @@ export function createStorage(config: Pick<Config, 'storage'>): Storage {
   }
   const client = new S3Client({
     region: s.region,
-    endpoint: s.endpoint,
+    ...(s.endpoint ? { endpoint: s.endpoint } : {}),
     forcePathStyle: s.forcePathStyle ?? true,
     credentials: { accessKeyId: s.accessKeyId!, secretAccessKey: s.secretAccessKey! },
     requestChecksumCalculation: 'WHEN_REQUIRED',

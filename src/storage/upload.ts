@@ -203,7 +203,7 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
           Body: `${sha256}  ${basename(key)}\n`,
           ContentType: 'text/plain; charset=utf-8',
         }),
-        { abortSignal: signal },
+        signal ? { abortSignal: signal } : {},
       );
     }
     record('ok', size);

@@ -13,7 +13,7 @@ import {
   PutObjectCommand,
   type _Object,
 } from '@aws-sdk/client-s3';
-import { NotFoundError, StowageError } from '../errors.js';
+import { NotFoundError } from '../errors.js';
 import type { Storage } from './client.js';
 import { storeCapabilities } from './capabilities.js';
 import { isSha256SidecarKey, sha256SidecarKey } from './keys.js';

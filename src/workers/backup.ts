@@ -46,7 +46,10 @@ const SNAPSHOT_CONCURRENCY = 2;
 type ResolvedSet = Pick<BackupSet, 'name' | 'sqlite' | 'postgres'>;
 
 /** The set to back up: the configured one named `set`, or the payload's ad hoc databases. */
-function resolveBackupSet(config: Pick<Config, 'backupSets'>, p: { set?: string; name?: string; sqlite?: { name: string; path: string }[]; postgres?: { name: string; url: string }[] }): ResolvedSet {
+function resolveBackupSet(
+  config: Pick<Config, 'backupSets'>,
+  p: { set?: string | undefined; name?: string | undefined; sqlite?: { name: string; path: string }[] | undefined; postgres?: { name: string; url: string }[] | undefined },
+): ResolvedSet {
   if (p.set) {
     const found = config.backupSets.find((s) => s.name === p.set);
     if (!found) throw new PermanentError(`set: no backup set named ${JSON.stringify(p.set)} in the configuration`);

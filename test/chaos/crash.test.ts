@@ -122,7 +122,6 @@ describe('chaos: worker crash', () => {
       jobIds.push((await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir })).jobId);
     }
     const queue = producer.queue('build-artifact');
-    const completed = async () => (await queue.getJobCounts('completed')).completed ?? 0;
 
     let kills = 0;
     let killsMidJob = 0;

@@ -28,7 +28,7 @@ const SECRET_NAME = 'stowage-secrets';
 
 // ── Kubernetes ────────────────────────────────────────────────────────────────────────────────
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- parsed YAML is untyped
+// biome-ignore lint/suspicious/noExplicitAny: parsed YAML is untyped, and the assertions are the checks
 type Obj = Record<string, any>;
 
 interface Manifest {

@@ -3,8 +3,7 @@
  * (src/storage/records.ts) over what it wrote.
  */
 import { createHash } from 'node:crypto';
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { Queue } from 'bullmq';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { parquetMetadata, parquetReadObjects } from 'hyparquet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
@@ -27,7 +26,6 @@ const iso = isolate('export');
 let env: ProcessorTestEnv<'export'>;
 let s3: TestS3;
 let db: Db;
-let queue: Queue;
 let reader: S3Client;
 let config: Config;
 /** Stowage's own client, for the read side (src/storage/records.ts). */
@@ -42,7 +40,7 @@ async function getText(key: string): Promise<string> {
 
 beforeAll(async () => {
   env = await processorTestEnv(iso, 'export', exportRecords, { exports: { searchableFields: { analytics: ['name', 'tags'], journal: ['mood'] }, searchableMaxValues: 3, manifestCompactBytes: 1024 } });
-  ({ s3, config, db, queue, reader } = env);
+  ({ s3, config, db, reader } = env);
   storage = createStorage(config);
 });
 

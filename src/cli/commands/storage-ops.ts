@@ -4,7 +4,7 @@
  * function taking the config and an output sink, so tests call it directly; errors are
  * StowageErrors that the CLI prints as one line with the code's exit status.
  */
-import { Command } from 'commander';
+import type { Command } from 'commander';
 import { runRecordedCleanup } from '../../cleanup/recorded.js';
 import { loadConfig, type Config } from '../../config.js';
 import { createDb } from '../../db/pool.js';
