@@ -56,10 +56,20 @@ SELECT error_code, signature, count(*)::int AS n,
  GROUP BY error_code, signature
 HAVING count(*) >= ${MIN_OCCURRENCES}
  ORDER BY n DESC, error_code, signature`;
-    const env = stowageEnv(s3, { DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-agg-${tag}`, ...(process.env.BENCH_COLD ? {} : { BENCH_WARM: '1' }) });
-    const baseline = () => timeCommand('psql', ['-X', '-q', '-A', '-t', '-o', '/dev/null', '-v', 'ON_ERROR_STOP=1', '-d', databaseUrl, '-c', query]);
+    const env = stowageEnv(s3, {
+      DATABASE_URL: databaseUrl,
+      STOWAGE_DB_SCHEMA: schema,
+      STOWAGE_PREFIX: `bench-agg-${tag}`,
+      ...(process.env.BENCH_COLD ? {} : { BENCH_WARM: '1' }),
+    });
+    const baseline = () =>
+      timeCommand('psql', ['-X', '-q', '-A', '-t', '-o', '/dev/null', '-v', 'ON_ERROR_STOP=1', '-d', databaseUrl, '-c', query]);
     const ours = async () => {
-      const r = await runTsChild(CHILD, ['processor', 'aggregation', JSON.stringify({ days: DAYS, minOccurrences: MIN_OCCURRENCES, windowEnd: windowEnd.toISOString() })], env);
+      const r = await runTsChild(
+        CHILD,
+        ['processor', 'aggregation', JSON.stringify({ days: DAYS, minOccurrences: MIN_OCCURRENCES, windowEnd: windowEnd.toISOString() })],
+        env,
+      );
       const summary = r.result as { status: string; patterns: number; size: number };
       if (summary.status !== 'uploaded') throw new Error(`bench aggregation: export ${summary.status}`);
       return { ...r, patterns: summary.patterns, size: summary.size };

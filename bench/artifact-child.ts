@@ -72,7 +72,8 @@ async function main(): Promise<void> {
     process.stdout.write(`${JSON.stringify({ mode, ...r, ms, maxRssBytes: process.resourceUsage().maxRSS * 1024 })}\n`);
     return;
   }
-  if ((mode !== 'baseline' && mode !== 'stowage') || !source || !key) throw new Error('usage: artifact-child baseline|stowage <source> <key> | zip-only <source>');
+  if ((mode !== 'baseline' && mode !== 'stowage') || !source || !key)
+    throw new Error('usage: artifact-child baseline|stowage <source> <key> | zip-only <source>');
   const storage = createStorage(loadConfig());
   try {
     const started = performance.now();

@@ -110,7 +110,10 @@ export async function runArtifactBench({ quick }: { quick: boolean }): Promise<B
     };
     // Async: s3rver runs in this process and must keep serving while a child uploads.
     const runChild = async (mode: ChildResult['mode'], key: string): Promise<ChildResult> => {
-      const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', CHILD, mode, source, key], { env, maxBuffer: 1 << 20 });
+      const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', CHILD, mode, source, key], {
+        env,
+        maxBuffer: 1 << 20,
+      });
       return JSON.parse(stdout.trim().split('\n').at(-1)!) as ChildResult;
     };
     // Alternate the two and keep each one's best run, so neither gains from running second.

@@ -69,10 +69,15 @@ export async function runBackupBench({ quick }: { quick: boolean }): Promise<Ben
       await mkdir(out);
       const started = performance.now();
       let peak = 0;
-      for (const db of dbs) peak = Math.max(peak, (await timeCommand('sqlite3', [db.path, `.backup ${join(out, `${db.name}.db`)}`])).maxRssBytes);
+      for (const db of dbs)
+        peak = Math.max(peak, (await timeCommand('sqlite3', [db.path, `.backup ${join(out, `${db.name}.db`)}`])).maxRssBytes);
       const tarball = join(work, `baseline-${i}.tar.gz`);
       peak = Math.max(peak, (await timeCommand('tar', ['czf', tarball, '-C', out, '.'])).maxRssBytes);
-      peak = Math.max(peak, (await timeCommand('rclone', ['copyto', tarball, `bench:${s3.bucket}/baseline/set-${i}.tar.gz`], { env: rcloneEnv(s3) })).maxRssBytes);
+      peak = Math.max(
+        peak,
+        (await timeCommand('rclone', ['copyto', tarball, `bench:${s3.bucket}/baseline/set-${i}.tar.gz`], { env: rcloneEnv(s3) }))
+          .maxRssBytes,
+      );
       const ms = performance.now() - started;
       const size = (await stat(tarball)).size;
       await rm(out, { recursive: true, force: true });
@@ -84,7 +89,11 @@ export async function runBackupBench({ quick }: { quick: boolean }): Promise<Ben
     const env = stowageEnv(s3, { DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-bkp-${tag}` });
     const ours = async (i: number) => {
       const r = await runTsChild(CHILD, ['processor', 'backup', JSON.stringify({ name: `benchset${i}`, sqlite: dbs })], env);
-      return { ms: r.ms, maxRssBytes: r.maxRssBytes, size: Number((r.result as { size?: number; bytes?: number }).size ?? (r.result as { bytes?: number }).bytes ?? 0) };
+      return {
+        ms: r.ms,
+        maxRssBytes: r.maxRssBytes,
+        size: Number((r.result as { size?: number; bytes?: number }).size ?? (r.result as { bytes?: number }).bytes ?? 0),
+      };
     };
 
     const rounds = quick ? 1 : 2;

@@ -55,7 +55,15 @@ export async function runCleanupBench({ quick }: { quick: boolean }): Promise<Be
   const databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
   const s3 = await startS3('bench-cleanup');
   const config = loadConfig(
-    { DATABASE_URL: databaseUrl, STOWAGE_DB_SCHEMA: schema, STOWAGE_PREFIX: `bench-cln-${tag}`, R2_ENDPOINT: s3.endpoint, R2_BUCKET: s3.bucket, R2_ACCESS_KEY_ID: s3.accessKeyId, R2_SECRET_ACCESS_KEY: s3.secretAccessKey },
+    {
+      DATABASE_URL: databaseUrl,
+      STOWAGE_DB_SCHEMA: schema,
+      STOWAGE_PREFIX: `bench-cln-${tag}`,
+      R2_ENDPOINT: s3.endpoint,
+      R2_BUCKET: s3.bucket,
+      R2_ACCESS_KEY_ID: s3.accessKeyId,
+      R2_SECRET_ACCESS_KEY: s3.secretAccessKey,
+    },
     {},
   );
   const storage = createStorage(config);
@@ -74,7 +82,8 @@ export async function runCleanupBench({ quick }: { quick: boolean }): Promise<Be
       await seed(storage, prefix, n);
       const r = await runTsChild(CHILD, ['processor', 'cleanup', JSON.stringify({ prefix, dryRun: false })], env);
       const deleted = (r.result as { deleted: number }).deleted;
-      if (deleted !== n || (await remaining(storage, prefix))) throw new Error(`bench cleanup: Stowage deleted ${deleted} of ${n} under ${prefix}`);
+      if (deleted !== n || (await remaining(storage, prefix)))
+        throw new Error(`bench cleanup: Stowage deleted ${deleted} of ${n} under ${prefix}`);
       return r;
     };
     // One round: seeding 10,000 objects per side costs more than the measured deletes.

@@ -40,12 +40,20 @@ export interface CommandRun {
  * Run a baseline command under GNU time and measure it: wall time around the spawn, peak RSS
  * from `%M`. Always async: the benches' s3rver runs in this process and must keep serving.
  */
-export async function timeCommand(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<CommandRun> {
+export async function timeCommand(
+  cmd: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): Promise<CommandRun> {
   const { spawn } = await import('node:child_process');
   const marker = '__bench_maxrss_kb=';
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const child = spawn('/usr/bin/time', ['-f', `${marker}%M`, cmd, ...args], { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('/usr/bin/time', ['-f', `${marker}%M`, cmd, ...args], {
+      env: options.env ?? process.env,
+      cwd: options.cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -79,7 +87,10 @@ export async function runTsChild(script: string, args: string[], env: NodeJS.Pro
   const { promisify } = await import('node:util');
   const prof = process.env.BENCH_CPU_PROF;
   if (prof) nodeArgs = ['--cpu-prof', '--cpu-prof-dir', prof, ...nodeArgs];
-  const { stdout } = await promisify(execFile)(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], { env, maxBuffer: 16 << 20 });
+  const { stdout } = await promisify(execFile)(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], {
+    env,
+    maxBuffer: 16 << 20,
+  });
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as ChildResult;
 }
 
@@ -162,7 +173,9 @@ export async function generateMixed(dir: string, bytes: number, fileBytes = 8 * 
 export function printRows(rows: BenchRow[]): void {
   for (const r of rows) {
     const baseline = r.baseline ? `${r.baseline} | ` : '';
-    console.log(`${r.what}\n  ${baseline}${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'})${r.peakRss ? ` | ${r.peakRss}` : ''}`);
+    console.log(
+      `${r.what}\n  ${baseline}${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'})${r.peakRss ? ` | ${r.peakRss}` : ''}`,
+    );
   }
 }
 
@@ -178,7 +191,11 @@ export async function runIfMain(moduleUrl: string, run: (argv: string[]) => Prom
 }
 
 /** A benchmark's leftovers: its Redis keys under `prefix` and its Postgres schema. */
-export async function dropBenchState(prefix: string, schema: string, databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'): Promise<void> {
+export async function dropBenchState(
+  prefix: string,
+  schema: string,
+  databaseUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+): Promise<void> {
   await cleanupPrefix(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix);
   const { default: pg } = await import('pg');
   const client = new pg.Client({ connectionString: databaseUrl });

@@ -28,7 +28,23 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 async function buildDist(dir: string): Promise<string> {
   const tsc = join(ROOT, 'node_modules/typescript/bin/tsc');
   await new Promise<void>((resolve, reject) => {
-    const p = spawn(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json'), '--outDir', join(dir, 'dist'), '--declaration', 'false', '--sourceMap', 'false', '--declarationMap', 'false'], { stdio: 'ignore' });
+    const p = spawn(
+      process.execPath,
+      [
+        tsc,
+        '-p',
+        join(ROOT, 'tsconfig.build.json'),
+        '--outDir',
+        join(dir, 'dist'),
+        '--declaration',
+        'false',
+        '--sourceMap',
+        'false',
+        '--declarationMap',
+        'false',
+      ],
+      { stdio: 'ignore' },
+    );
     p.on('error', reject);
     // Exit code 2 is "emitted, with type errors": another change in progress must not stop the bench.
     p.on('close', (code) => (code === 0 || code === 2 ? resolve() : reject(new Error(`bench memory: tsc exited ${code}`))));
@@ -38,7 +54,12 @@ async function buildDist(dir: string): Promise<string> {
   return join(dir, 'dist');
 }
 
-async function runCompiled(dist: string, source: string, key: string, env: NodeJS.ProcessEnv): Promise<{ ms: number; maxRssBytes: number }> {
+async function runCompiled(
+  dist: string,
+  source: string,
+  key: string,
+  env: NodeJS.ProcessEnv,
+): Promise<{ ms: number; maxRssBytes: number }> {
   const { execFile } = await import('node:child_process');
   const { promisify } = await import('node:util');
   const { stdout } = await promisify(execFile)(process.execPath, [COMPILED_CHILD, dist, source, key], { env, maxBuffer: 1 << 20 });
@@ -49,7 +70,14 @@ const RSS_GROWTH = 50 * MB;
 
 export async function runMemoryBench({ quick, compiled = !quick }: { quick: boolean; compiled?: boolean }): Promise<BenchRow[]> {
   const sizes = (quick ? [20, 50, 100] : [100, 500, 2000]).map((n) => n * MB);
-  const runs: { bytes: number; ms: number; maxRssBytes: number; size: number; zipOnlyMs: number; compiled?: { ms: number; maxRssBytes: number } }[] = [];
+  const runs: {
+    bytes: number;
+    ms: number;
+    maxRssBytes: number;
+    size: number;
+    zipOnlyMs: number;
+    compiled?: { ms: number; maxRssBytes: number };
+  }[] = [];
   const buildDir = compiled ? await mkdtemp(join(tmpdir(), 'stowage-bench-dist-')) : undefined;
   const dist = buildDir ? await buildDist(buildDir) : undefined;
   let compiledFixedRssBytes = 0;
@@ -61,7 +89,8 @@ export async function runMemoryBench({ quick, compiled = !quick }: { quick: bool
     try {
       await generateMixed(join(work, 'tiny'), 1000);
       fixedRssBytes = (await runTsChild(CHILD, ['stowage', join(work, 'tiny'), 'bench/tiny.zip'], stowageEnv(s3))).maxRssBytes;
-      if (dist) compiledFixedRssBytes = (await runCompiled(dist, join(work, 'tiny'), 'bench/tiny-compiled.zip', stowageEnv(s3))).maxRssBytes;
+      if (dist)
+        compiledFixedRssBytes = (await runCompiled(dist, join(work, 'tiny'), 'bench/tiny-compiled.zip', stowageEnv(s3))).maxRssBytes;
     } finally {
       await s3.close();
       await rm(work, { recursive: true, force: true });
@@ -102,14 +131,19 @@ export async function runMemoryBench({ quick, compiled = !quick }: { quick: bool
       what: `memory vs size: artifacts of ${sizes.map((s) => fmtMb(s)).join(', ')} (half random, half text)`,
       baseline: `— (process fixed cost: ${fmtMb(fixedRssBytes)} RSS storing a 1 kB folder)`,
       stowage: runs
-        .map((r) => `${fmtMb(r.bytes)}: ${(r.ms / 1000).toFixed(1)} s, ${mbps(r).toFixed(0)} MB/s to s3rver (zip + hash alone ${zipMbps(r).toFixed(0)} MB/s)`)
+        .map(
+          (r) =>
+            `${fmtMb(r.bytes)}: ${(r.ms / 1000).toFixed(1)} s, ${mbps(r).toFixed(0)} MB/s to s3rver (zip + hash alone ${zipMbps(r).toFixed(0)} MB/s)`,
+        )
         .join('; '),
       ratio: `RSS ${rss(last) >= rss(middle) ? '+' : '−'}${fmtMb(Math.abs(rss(last) - rss(middle)))} from ${fmtMb(middle.bytes)} to ${fmtMb(last.bytes)}; MB/s ${(mbps(last) / mbps(first)).toFixed(2)}× to s3rver and ${(zipMbps(last) / zipMbps(first)).toFixed(2)}× zip + hash alone, smallest to largest`,
       goal: `RSS flat (+≤ 50 MB middle → largest), ≤ 200 MB at the largest${dist ? ' (compiled JS)' : ''}; MB/s ≥ 0.75× (linear time)`,
       pass: rssFlat && rssCapped && linear,
       peakRss:
         `stowage under tsx ${runs.map((r) => fmtMb(r.maxRssBytes)).join(' / ')} (fixed cost ${fmtMb(fixedRssBytes)})` +
-        (dist ? `; compiled JS ${runs.map((r) => fmtMb(r.compiled!.maxRssBytes)).join(' / ')} (fixed cost ${fmtMb(compiledFixedRssBytes)})` : ''),
+        (dist
+          ? `; compiled JS ${runs.map((r) => fmtMb(r.compiled!.maxRssBytes)).join(' / ')} (fixed cost ${fmtMb(compiledFixedRssBytes)})`
+          : ''),
       raw: { runs, fixedRssBytes, compiledFixedRssBytes, rssFlat, rssCapped, linear },
     },
   ];

@@ -55,7 +55,8 @@ for (const file of args) {
   }
   const print = (title: string, m: Map<string, number>) => {
     console.log(`  ${title}`);
-    for (const [k, ms] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`    ${ms.toFixed(0).padStart(7)} ms  ${((ms / total) * 100).toFixed(1).padStart(5)} %  ${k}`);
+    for (const [k, ms] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top))
+      console.log(`    ${ms.toFixed(0).padStart(7)} ms  ${((ms / total) * 100).toFixed(1).padStart(5)} %  ${k}`);
   };
   console.log(`${file}: ${total.toFixed(0)} ms profiled`);
   print('self time by package / file', pkg);

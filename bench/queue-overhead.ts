@@ -125,7 +125,10 @@ export async function runQueueOverheadBench({ quick = false } = {}): Promise<Ben
   // round left Postgres (catalog churn, autovacuum) and the machine busy during the next timed
   // run, which swung single-round ratios from 0.59 to 0.97.
   const schema = `bench_${tag}`;
-  const config = loadConfig({ REDIS_URL: redisUrl, STOWAGE_PREFIX: `bench-stw-${tag}`, STOWAGE_DB_SCHEMA: schema, DATABASE_URL: process.env.DATABASE_URL }, {});
+  const config = loadConfig(
+    { REDIS_URL: redisUrl, STOWAGE_PREFIX: `bench-stw-${tag}`, STOWAGE_DB_SCHEMA: schema, DATABASE_URL: process.env.DATABASE_URL },
+    {},
+  );
   await migrate(config);
   const setup: StowageSetup = { config, db: createDb(config) };
   // One untimed warm-up of each side (JIT, connections), then rounds alternating which side goes

@@ -38,8 +38,20 @@ for (const bench of chosen) {
   } catch (err) {
     // One broken benchmark (a service hiccup, another session's lock) must not lose the others' rows.
     const message = (err as Error).message?.split('\n')[0] ?? String(err);
-    process.stderr.write(`bench ${bench.name} FAILED after ${((Date.now() - started) / 1000).toFixed(1)} s: ${(err as Error).stack ?? message}\n`);
-    rows.push({ bench: bench.name, what: `${bench.name}: FAILED (${message.replaceAll('|', '/')})`, baseline: '—', stowage: '—', ratio: '—', goal: '—', pass: false, peakRss: null, raw: { error: message } });
+    process.stderr.write(
+      `bench ${bench.name} FAILED after ${((Date.now() - started) / 1000).toFixed(1)} s: ${(err as Error).stack ?? message}\n`,
+    );
+    rows.push({
+      bench: bench.name,
+      what: `${bench.name}: FAILED (${message.replaceAll('|', '/')})`,
+      baseline: '—',
+      stowage: '—',
+      ratio: '—',
+      goal: '—',
+      pass: false,
+      peakRss: null,
+      raw: { error: message },
+    });
   }
 }
 

@@ -130,7 +130,11 @@ export async function runScalingBench({ quick }: { quick: boolean }): Promise<Be
   try {
     const buildDir = join(work, 'build');
     await generateMixed(buildDir, artifactBytes, 2 * 1024 * 1024);
-    const base = { REDIS_URL: redisUrl, STOWAGE_DB_SCHEMA: schema, ...(process.env.DATABASE_URL ? { DATABASE_URL: process.env.DATABASE_URL } : {}) };
+    const base = {
+      REDIS_URL: redisUrl,
+      STOWAGE_DB_SCHEMA: schema,
+      ...(process.env.DATABASE_URL ? { DATABASE_URL: process.env.DATABASE_URL } : {}),
+    };
     await migrate(loadConfig({ ...base, STOWAGE_PREFIX: `bench-scl-${tag}` }, {}));
     // One round each way, 1 process first then 2, then again in the other order (full mode).
     const order = quick ? [1, 2] : [1, 2, 2, 1];
@@ -147,7 +151,8 @@ export async function runScalingBench({ quick }: { quick: boolean }): Promise<Be
     const twoRun = bestRun(runs[2]!);
     const one = oneRun.ms;
     const two = twoRun.ms;
-    const cores = (r: typeof oneRun) => `${(r.coresBusy.workers + r.coresBusy.s3rver).toFixed(1)} cores busy (workers ${r.coresBusy.workers.toFixed(1)}, s3rver ${r.coresBusy.s3rver.toFixed(1)})`;
+    const cores = (r: typeof oneRun) =>
+      `${(r.coresBusy.workers + r.coresBusy.s3rver).toFixed(1)} cores busy (workers ${r.coresBusy.workers.toFixed(1)}, s3rver ${r.coresBusy.s3rver.toFixed(1)})`;
     const speedup = one / two;
     const peak = (rs: { maxRssBytes: number }[]) => fmtMb(Math.max(...rs.map((r) => r.maxRssBytes)));
     return [

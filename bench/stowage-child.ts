@@ -15,7 +15,16 @@ import { loadConfig } from '../src/config.js';
 import { createDb } from '../src/db/pool.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
-import { createEventStream, isJobKind, jobIdFor, openQueue, parsePayload, type JobKind, type Payload, type Result } from '../src/queues/index.js';
+import {
+  createEventStream,
+  isJobKind,
+  jobIdFor,
+  openQueue,
+  parsePayload,
+  type JobKind,
+  type Payload,
+  type Result,
+} from '../src/queues/index.js';
 import { createStorage, type Storage } from '../src/storage/client.js';
 import { uploadStream } from '../src/storage/upload.js';
 import type { ProcessorContext } from '../src/workers/context.js';
@@ -24,7 +33,11 @@ import { PROCESSORS } from '../src/workers/processors.js';
 async function upload(file: string, key: string): Promise<unknown> {
   const storage = createStorage(loadConfig());
   try {
-    const r = await uploadStream(storage, { key, body: createReadStream(file, { highWaterMark: 1024 * 1024 }), contentType: 'application/octet-stream' });
+    const r = await uploadStream(storage, {
+      key,
+      body: createReadStream(file, { highWaterMark: 1024 * 1024 }),
+      contentType: 'application/octet-stream',
+    });
     return { size: r.size, sha256: r.sha256 };
   } finally {
     storage.close();
@@ -75,7 +88,8 @@ async function runProcessor<K extends JobKind>(kind: K, payloadJson: string): Pr
 
 async function main(): Promise<void> {
   const [mode, a, b] = process.argv.slice(2);
-  if (!a || !b || (mode !== 'upload' && mode !== 'processor')) throw new Error('usage: stowage-child upload <file> <key> | processor <kind> <payload-json>');
+  if (!a || !b || (mode !== 'upload' && mode !== 'processor'))
+    throw new Error('usage: stowage-child upload <file> <key> | processor <kind> <payload-json>');
   const run = () => (mode === 'upload' ? upload(a, b) : processor(a, b));
   // BENCH_WARM=1: one untimed run first, so the timed one is a long-running worker's second job
   // (modules the SDKs load lazily on first use are loaded, the JIT has seen the code), not a

@@ -42,7 +42,8 @@ export async function runUploadBench({ quick }: { quick: boolean }): Promise<Ben
     const rounds = quick ? 1 : 2;
     const rclone: { ms: number; maxRssBytes: number }[] = [];
     const ours: { ms: number; maxRssBytes: number }[] = [];
-    const runRclone = async (i: number) => rclone.push(await timeCommand('rclone', ['copyto', file, `bench:${s3.bucket}/rclone/payload-${i}.bin`], { env: rcloneEnv(s3) }));
+    const runRclone = async (i: number) =>
+      rclone.push(await timeCommand('rclone', ['copyto', file, `bench:${s3.bucket}/rclone/payload-${i}.bin`], { env: rcloneEnv(s3) }));
     const runOurs = async (i: number) => ours.push(await runTsChild(CHILD, ['upload', file, `stowage/payload-${i}.bin`], stowageEnv(s3)));
     for (let i = 0; i < rounds; i++) {
       if (i % 2 === 0) {

@@ -88,7 +88,10 @@ export const backupSetSchema = z
     schedule: z
       .strictObject({
         every: z.enum(['daily', 'weekly', 'monthly']),
-        at: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'HH:MM, 24-hour').default('03:00'),
+        at: z
+          .string()
+          .regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'HH:MM, 24-hour')
+          .default('03:00'),
       })
       .optional(),
     retention: z
@@ -121,27 +124,33 @@ export const configSchema = z.object({
     .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'lowercase identifier')
     .default('stowage')
     .meta(aka('STOWAGE_DB_SCHEMA')),
-  storage: z.object({
-    /** Cloudflare account id; the endpoint is derived from it when R2_ENDPOINT is absent. */
-    accountId: z.string().optional().meta(aka('R2_ACCOUNT_ID')),
-    accessKeyId: z.string().optional().meta(aka('R2_ACCESS_KEY_ID')),
-    secretAccessKey: z.string().optional().meta(aka('R2_SECRET_ACCESS_KEY')),
-    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name').optional().meta(aka('R2_BUCKET')),
-    /** Any S3-compatible endpoint (MinIO, s3rver, AWS). */
-    endpoint: z.string().url().optional().meta(aka('R2_ENDPOINT')),
-    /** Path-style addressing; default true for non-R2 endpoints, false for R2. */
-    forcePathStyle: bool.optional().meta(aka('R2_FORCE_PATH_STYLE')),
-    /** Region; `auto` is what R2 expects. */
-    region: z.string().default('auto').meta(aka('R2_REGION')),
-    /** Multipart part size in MiB (R2 wants equal parts; S3 needs at least 5). Default 8. */
-    partSizeMb: int(5, 5120).default(8).meta(aka('STOWAGE_PART_SIZE_MB')),
-    /** Parts in flight per upload. Memory is bounded by partSize x this. Default 4. */
-    queueSize: int(1, 64).default(4).meta(aka('STOWAGE_UPLOAD_QUEUE_SIZE')),
-    /** SDK attempts per request (first try included). Default 3. */
-    maxAttempts: int(1, 20).default(3),
-    /** Per-request socket timeout in ms. Default 60000. */
-    requestTimeoutMs: int(1000, 3_600_000).default(60_000).meta(aka('STOWAGE_S3_TIMEOUT_MS')),
-  }).meta({ envSegment: 'S3' }),
+  storage: z
+    .object({
+      /** Cloudflare account id; the endpoint is derived from it when R2_ENDPOINT is absent. */
+      accountId: z.string().optional().meta(aka('R2_ACCOUNT_ID')),
+      accessKeyId: z.string().optional().meta(aka('R2_ACCESS_KEY_ID')),
+      secretAccessKey: z.string().optional().meta(aka('R2_SECRET_ACCESS_KEY')),
+      bucket: z
+        .string()
+        .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name')
+        .optional()
+        .meta(aka('R2_BUCKET')),
+      /** Any S3-compatible endpoint (MinIO, s3rver, AWS). */
+      endpoint: z.string().url().optional().meta(aka('R2_ENDPOINT')),
+      /** Path-style addressing; default true for non-R2 endpoints, false for R2. */
+      forcePathStyle: bool.optional().meta(aka('R2_FORCE_PATH_STYLE')),
+      /** Region; `auto` is what R2 expects. */
+      region: z.string().default('auto').meta(aka('R2_REGION')),
+      /** Multipart part size in MiB (R2 wants equal parts; S3 needs at least 5). Default 8. */
+      partSizeMb: int(5, 5120).default(8).meta(aka('STOWAGE_PART_SIZE_MB')),
+      /** Parts in flight per upload. Memory is bounded by partSize x this. Default 4. */
+      queueSize: int(1, 64).default(4).meta(aka('STOWAGE_UPLOAD_QUEUE_SIZE')),
+      /** SDK attempts per request (first try included). Default 3. */
+      maxAttempts: int(1, 20).default(3),
+      /** Per-request socket timeout in ms. Default 60000. */
+      requestTimeoutMs: int(1000, 3_600_000).default(60_000).meta(aka('STOWAGE_S3_TIMEOUT_MS')),
+    })
+    .meta({ envSegment: 'S3' }),
   /** HMAC secret for bearer tokens (at least 32 characters). */
   authSecret: z.string().min(32, 'at least 32 characters').optional(),
   /** `user:password` for HTTP basic auth on Bull Board, as an alternative to tokens. */
@@ -173,12 +182,14 @@ export const configSchema = z.object({
     /** How often each worker parks final failures the failed event missed (ms). Default 30000. */
     sweepIntervalMs: int(100, 3_600_000).default(30_000).meta(aka('STOWAGE_SWEEP_INTERVAL_MS')),
   }),
-  deadLetter: z.object({
-    /** Automatic redrive of parked jobs: every this many ms (0 = off). Default 1 hour. */
-    retryIntervalMs: int(0, 30 * 86_400_000).default(3_600_000),
-    /** At most this many automatic redrives per job. Default 3. */
-    maxRetries: int(0, 1000).default(3),
-  }).meta({ envSegment: 'DLQ' }),
+  deadLetter: z
+    .object({
+      /** Automatic redrive of parked jobs: every this many ms (0 = off). Default 1 hour. */
+      retryIntervalMs: int(0, 30 * 86_400_000).default(3_600_000),
+      /** At most this many automatic redrives per job. Default 3. */
+      maxRetries: int(0, 1000).default(3),
+    })
+    .meta({ envSegment: 'DLQ' }),
   events: z.object({
     /** Approximate length bound of the domain-event stream. Default 10000. */
     maxLen: int(100, 10_000_000).default(10_000).meta(aka('STOWAGE_EVENTS_MAXLEN')),
@@ -199,7 +210,11 @@ export const configSchema = z.object({
   failures: z
     .object({
       /** Key prefix of aggregation exports, no leading or trailing `/`. Default `failure_patterns`. */
-      uploadPrefix: z.string().regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /').default('failure_patterns').meta(aka('R2_UPLOAD_PREFIX')),
+      uploadPrefix: z
+        .string()
+        .regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /')
+        .default('failure_patterns')
+        .meta(aka('R2_UPLOAD_PREFIX')),
       /** Upload retries after the first attempt, with exponential backoff (a job BullMQ retries tries once). Default 5. */
       maxRetries: int(0, 20).default(5).meta(aka('R2_MAX_RETRIES')),
       /** First backoff delay between upload attempts (ms), doubled each retry. Default 1000. */
@@ -222,22 +237,30 @@ export const configSchema = z.object({
        * can match them without reading the object (the only way Parquet objects are searched
        * cheaply). Env form: `module:field,field;module2:field`.
        */
-      searchableFields: z.preprocess(
-        (v) => (typeof v === 'string' ? parseSearchableFields(v) : v),
-        z.record(safeId, z.array(z.string().min(1).max(128)).max(32, 'at most 32 fields per module')),
-      ).default({}).meta(aka('STOWAGE_EXPORT_SEARCHABLE_FIELDS')),
+      searchableFields: z
+        .preprocess(
+          (v) => (typeof v === 'string' ? parseSearchableFields(v) : v),
+          z.record(safeId, z.array(z.string().min(1).max(128)).max(32, 'at most 32 fields per module')),
+        )
+        .default({})
+        .meta(aka('STOWAGE_EXPORT_SEARCHABLE_FIELDS')),
       /** Distinct values kept per searchable field and object (the first seen). Default 20. */
       searchableMaxValues: int(1, 1000).default(20),
       /** Characters kept of each searchable string value. Default 200. */
       searchableMaxChars: int(1, 10_000).default(200),
       /** Once the head manifest's entries pass this many bytes, they roll into a segment. Default 256 KiB. */
-      manifestCompactBytes: int(256, 64 * 1024 * 1024).default(256 * 1024).meta(aka('STOWAGE_MANIFEST_COMPACT_BYTES')),
+      manifestCompactBytes: int(256, 64 * 1024 * 1024)
+        .default(256 * 1024)
+        .meta(aka('STOWAGE_MANIFEST_COMPACT_BYTES')),
     })
     .prefault({}),
   /** Job Schedulers (cron + tz), from the config file. */
   schedules: z.array(scheduleSchema).default([]),
   /** Backup sets (see the backup job): names are unique; each set has at least one database. */
-  backupSets: z.array(backupSetSchema).refine((sets) => new Set(sets.map((s) => s.name)).size === sets.length, 'set names must be unique').default([]),
+  backupSets: z
+    .array(backupSetSchema)
+    .refine((sets) => new Set(sets.map((s) => s.name)).size === sets.length, 'set names must be unique')
+    .default([]),
   /** Lifecycle rules (from the config file); default DEFAULT_LIFECYCLE_RULES. See `stowage lifecycle`. */
   lifecycleRules: z
     .array(lifecycleRuleSchema)
@@ -333,17 +356,23 @@ export const ENV_NAMES: readonly string[] = ['STOWAGE_CONFIG', ...ENV_VARS.flatM
 /** `module:field,field;module2:field` → `{module: [field, field], module2: [field]}`; bad parts are left for zod to name. */
 function parseSearchableFields(text: string): unknown {
   const out: Record<string, string[]> = {};
-  for (const part of text.split(';').map((p) => p.trim()).filter(Boolean)) {
+  for (const part of text
+    .split(';')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const colon = part.indexOf(':');
     if (colon < 1) return text; // not `module:fields`: zod reports "expected record"
-    out[part.slice(0, colon).trim()] = part.slice(colon + 1).split(',').map((f) => f.trim()).filter(Boolean);
+    out[part.slice(0, colon).trim()] = part
+      .slice(colon + 1)
+      .split(',')
+      .map((f) => f.trim())
+      .filter(Boolean);
   }
   return out;
 }
 
 /** Settings whose values are never printed, even in an error. */
 const SECRET_PATHS = new Set(['storage.secretAccessKey', 'authSecret', 'basicAuth', 'storage.accessKeyId']);
-
 
 function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
   let node = target;
@@ -452,8 +481,12 @@ function deepMerge(target: Record<string, unknown>, source: Record<string, unkno
   for (const [key, value] of Object.entries(source)) {
     const existing = target[key];
     if (
-      typeof value === 'object' && value !== null && !Array.isArray(value) &&
-      typeof existing === 'object' && existing !== null && !Array.isArray(existing)
+      typeof value === 'object' &&
+      value !== null &&
+      !Array.isArray(value) &&
+      typeof existing === 'object' &&
+      existing !== null &&
+      !Array.isArray(existing)
     ) {
       deepMerge(existing as Record<string, unknown>, value as Record<string, unknown>);
     } else if (value !== undefined) {

@@ -53,7 +53,11 @@ export class ValidationError extends PermanentError {
    * One line per zod issue, `path: message`; `root` names an issue at the top level (no path).
    * Typed structurally so this module needs no zod import.
    */
-  static fromZod(what: string, error: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> }, root = what): ValidationError {
+  static fromZod(
+    what: string,
+    error: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> },
+    root = what,
+  ): ValidationError {
     return new ValidationError(
       what,
       error.issues.map((i) => `${i.path.length ? i.path.map(String).join('.') : root}: ${i.message}`),

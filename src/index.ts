@@ -3,7 +3,14 @@
  *
  *   import { createProducer } from 'stowage';
  */
-export { createProducer, type Producer, type EnqueueOptions, type Enqueued, type StoreOptions, type StoreEnqueued } from './producers/index.js';
+export {
+  createProducer,
+  type Producer,
+  type EnqueueOptions,
+  type Enqueued,
+  type StoreOptions,
+  type StoreEnqueued,
+} from './producers/index.js';
 export {
   JOB_KINDS,
   DEAD_LETTER_QUEUE,
@@ -56,7 +63,9 @@ export type { RecordReader } from './storage/records.js';
  * users' records, read blobs. Loaded on demand (it brings the S3 SDK and the Parquet reader).
  * Call `close()` when done.
  */
-export async function createRecordReader(config: Pick<import('./config.js').Config, 'storage'>): Promise<import('./storage/records.js').RecordReader> {
+export async function createRecordReader(
+  config: Pick<import('./config.js').Config, 'storage'>,
+): Promise<import('./storage/records.js').RecordReader> {
   const [{ createStorage }, { recordReader }] = await Promise.all([import('./storage/client.js'), import('./storage/records.js')]);
   return recordReader(createStorage(config));
 }

@@ -44,7 +44,9 @@ describe('loadConfig', () => {
     })();
     expect(err.message).toContain('STOWAGE_AUTH_SECRET');
     expect(err.message).not.toContain(secret);
-    expect(err.message).toContain('STOWAGE_S3_ACCESS_KEY_ID and STOWAGE_S3_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY) must be set together');
+    expect(err.message).toContain(
+      'STOWAGE_S3_ACCESS_KEY_ID and STOWAGE_S3_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY) must be set together',
+    );
     expect(err.message).not.toContain('AKIAEXAMPLE');
     const ok = loadConfig({ STOWAGE_AUTH_SECRET: 'x'.repeat(40), R2_ACCESS_KEY_ID: 'AKIA', R2_SECRET_ACCESS_KEY: 'shh-its-secret' });
     const withUrls = loadConfig({ DATABASE_URL: 'postgres://app:db-pass-123@db:5432/x', REDIS_URL: 'redis://:redis-pass-9@cache:6379' });
@@ -70,7 +72,10 @@ describe('loadConfig', () => {
   it('reads structured settings from STOWAGE_CONFIG; env wins', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'stowage-config-'));
     const file = join(dir, 'stowage.json');
-    await writeFile(file, JSON.stringify({ prefix: 'from-file', http: { port: 4000 }, schedules: [{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *' }] }));
+    await writeFile(
+      file,
+      JSON.stringify({ prefix: 'from-file', http: { port: 4000 }, schedules: [{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *' }] }),
+    );
     const c = loadConfig({ STOWAGE_CONFIG: file, HTTP_PORT: '5000' });
     expect(c.prefix).toBe('from-file');
     expect(c.http.port).toBe(5000);
@@ -97,7 +102,9 @@ describe('loadConfig', () => {
     // (optional settings without a default are absent from it, so compare in one direction).
     const leaves = (o: Record<string, unknown>, at: string[] = []): string[] =>
       Object.entries(o).flatMap(([k, v]) =>
-        v && typeof v === 'object' && !Array.isArray(v) && !['searchableFields'].includes(k) ? leaves(v as Record<string, unknown>, [...at, k]) : [[...at, k].join('.')],
+        v && typeof v === 'object' && !Array.isArray(v) && !['searchableFields'].includes(k)
+          ? leaves(v as Record<string, unknown>, [...at, k])
+          : [[...at, k].join('.')],
       );
     for (const leaf of leaves(loadConfig({}) as unknown as Record<string, unknown>)) expect(byPath.has(leaf), leaf).toBe(true);
     const names = ENV_VARS.flatMap((v) => [v.name, ...v.aliases]);
@@ -118,7 +125,9 @@ describe('loadConfig', () => {
     const c = loadConfig({ STOWAGE_SCHEDULES: JSON.stringify([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *' }]) });
     expect(c.schedules).toEqual([{ id: 'agg', kind: 'aggregation', cron: '0 2 * * *', tz: 'UTC', data: {}, enabled: true }]);
     expect(problems({ STOWAGE_LIFECYCLE_RULES: '[{' })[0]).toMatch(/^STOWAGE_LIFECYCLE_RULES: not valid JSON/);
-    expect(problems({ STOWAGE_BACKUP_SETS: '[{"name":"a"}]' })[0]).toMatch(/^STOWAGE_BACKUP_SETS \(0\.sqlite\): a backup set needs at least one database/);
+    expect(problems({ STOWAGE_BACKUP_SETS: '[{"name":"a"}]' })[0]).toMatch(
+      /^STOWAGE_BACKUP_SETS \(0\.sqlite\): a backup set needs at least one database/,
+    );
   });
 
   it('README and .env.example name every variable and alias', () => {

@@ -15,7 +15,10 @@ import { storeError } from '../storage/store-errors.js';
 export async function deleteBackupObject(storage: Storage, key: string): Promise<void> {
   try {
     const res = await storage.client.send(
-      new DeleteObjectsCommand({ Bucket: storage.bucket, Delete: { Objects: [{ Key: key }, { Key: sha256SidecarKey(key) }], Quiet: true } }),
+      new DeleteObjectsCommand({
+        Bucket: storage.bucket,
+        Delete: { Objects: [{ Key: key }, { Key: sha256SidecarKey(key) }], Quiet: true },
+      }),
     );
     if (res.Errors?.length) throw new Error(res.Errors.map((e) => `${e.Key}: ${e.Code} ${e.Message}`).join('; '));
   } catch (err) {

@@ -32,7 +32,10 @@ export interface DrillResult {
  * and scratch PostgreSQL databases, and checked again there (integrity_check; tables readable).
  * Everything it creates is removed. Never throws for a failed drill: `ok` says.
  */
-export async function runRestoreDrill(deps: { db: Db; storage: Storage; config: Pick<Config, 'backupSets'>; logger?: Logger }, set: string): Promise<DrillResult> {
+export async function runRestoreDrill(
+  deps: { db: Db; storage: Storage; config: Pick<Config, 'backupSets'>; logger?: Logger },
+  set: string,
+): Promise<DrillResult> {
   const started = Date.now();
   const result: DrillResult = { ok: false, set, key: null, ms: 0, databases: [] };
   const newest = (await listBackups(deps.db, set)).find((b) => b.status === 'completed' && b.verified);
@@ -48,28 +51,45 @@ export async function runRestoreDrill(deps: { db: Db; storage: Storage; config: 
   let applied: ApplyResult | null = null;
   const urls = new Map<string, string>();
   try {
-    const { stagingDir, pending } = await stageRestore(deps.storage, newest.key, { toDir: scratch, pgDatabase: `stowage_drill_${randomBytes(4).toString('hex')}` });
+    const { stagingDir, pending } = await stageRestore(deps.storage, newest.key, {
+      toDir: scratch,
+      pgDatabase: `stowage_drill_${randomBytes(4).toString('hex')}`,
+    });
     for (const d of pending.postgres ?? []) urls.set(d.name, pgUrl(d.name) ?? d.source);
     applied = await applyRestore(stagingDir, { postgresUrl: (name) => urls.get(name) });
     for (const d of applied.databases) {
       const problems = quickCheck(d.target, 'integrity_check');
-      result.databases.push({ name: d.name, kind: 'sqlite', ok: problems.length === 0, detail: problems.length ? problems.slice(0, 3).join('; ') : 'integrity_check ok' });
+      result.databases.push({
+        name: d.name,
+        kind: 'sqlite',
+        ok: problems.length === 0,
+        detail: problems.length ? problems.slice(0, 3).join('; ') : 'integrity_check ok',
+      });
     }
     for (const d of applied.postgres) {
       const url = urls.get(d.name)!;
       const conn = postgresConnection(url);
-      const client = new pg.Client({ connectionString: postgresUrlFor(url, d.database), ...(conn.password !== undefined ? { password: conn.password } : {}) });
+      const client = new pg.Client({
+        connectionString: postgresUrlFor(url, d.database),
+        ...(conn.password !== undefined ? { password: conn.password } : {}),
+      });
       client.on('error', () => {});
       await client.connect();
       try {
-        const { rows } = await client.query<{ n: string }>("SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')");
+        const { rows } = await client.query<{ n: string }>(
+          "SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        );
         result.databases.push({ name: d.name, kind: 'postgres', ok: true, detail: `restored, ${rows[0]!.n} table(s)` });
       } finally {
         await client.end().catch(() => {});
       }
     }
     result.ok = result.databases.every((d) => d.ok);
-    if (!result.ok) result.error = result.databases.filter((d) => !d.ok).map((d) => `${d.name}: ${d.detail}`).join('; ');
+    if (!result.ok)
+      result.error = result.databases
+        .filter((d) => !d.ok)
+        .map((d) => `${d.name}: ${d.detail}`)
+        .join('; ');
   } catch (err) {
     result.error = (err as Error).message;
   } finally {

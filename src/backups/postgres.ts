@@ -20,7 +20,8 @@ export function postgresConnection(url: string): { url: string; password: string
   } catch {
     throw new PermanentError('postgres: the database URL is not valid (expected postgres://user@host:port/database)');
   }
-  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new PermanentError(`postgres: the database URL must start with postgres:// (got ${u.protocol}//)`);
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:')
+    throw new PermanentError(`postgres: the database URL must start with postgres:// (got ${u.protocol}//)`);
   let password = u.password ? decodeURIComponent(u.password) : undefined;
   u.password = '';
   const fromQuery = u.searchParams.get('password');
@@ -69,16 +70,24 @@ export async function runPgTool(
   try {
     const [code] = await Promise.all([
       exited,
-      options.stdout ? pipeline(child.stdout, options.stdout) : (async () => { for await (const c of child.stdout) chunks.push(c as Buffer); })(),
+      options.stdout
+        ? pipeline(child.stdout, options.stdout)
+        : (async () => {
+            for await (const c of child.stdout) chunks.push(c as Buffer);
+          })(),
     ]);
     if (code !== 0) {
       const scrubbed = options.password ? stderr.split(options.password).join('***') : stderr;
-      throw new StowageError('STOWAGE_ERR_INTERNAL', `${tool} failed (exit ${code}): ${scrubbed.trim().split('\n').slice(0, 5).join(' | ') || 'no message'}`);
+      throw new StowageError(
+        'STOWAGE_ERR_INTERNAL',
+        `${tool} failed (exit ${code}): ${scrubbed.trim().split('\n').slice(0, 5).join(' | ') || 'no message'}`,
+      );
     }
     return Buffer.concat(chunks).toString('utf8');
   } catch (err) {
     child.kill('SIGKILL');
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new PermanentError(`${tool} is not installed (not found on PATH)`, { cause: err });
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new PermanentError(`${tool} is not installed (not found on PATH)`, { cause: err });
     throw err;
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
@@ -98,6 +107,8 @@ export async function dumpPostgres(url: string, dest: string, signal?: AbortSign
     ...(signal ? { signal } : {}),
   });
   await runPgTool('pg_restore', ['--list', dest]).catch((err: unknown) => {
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `postgres ${conn.url}: the dump does not read back: ${(err as Error).message}`, { cause: err });
+    throw new StowageError('STOWAGE_ERR_INTERNAL', `postgres ${conn.url}: the dump does not read back: ${(err as Error).message}`, {
+      cause: err,
+    });
   });
 }

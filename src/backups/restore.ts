@@ -84,10 +84,12 @@ function parseMetadata(bytes: Buffer): BackupMetadata {
   } catch {
     refuse(`${BACKUP_METADATA_FILE} is not JSON`);
   }
-  if (!m || typeof m.timestamp !== 'string' || !Array.isArray(m.databases) || m.databases.length === 0) refuse(`${BACKUP_METADATA_FILE} is malformed`);
+  if (!m || typeof m.timestamp !== 'string' || !Array.isArray(m.databases) || m.databases.length === 0)
+    refuse(`${BACKUP_METADATA_FILE} is malformed`);
   const seen = new Set<string>();
   for (const d of m.databases) {
-    if (typeof d.filename !== 'string' || !SAFE_NAME.test(d.filename) || d.filename === BACKUP_METADATA_FILE) refuse(`bad filename ${JSON.stringify(d.filename)}`);
+    if (typeof d.filename !== 'string' || !SAFE_NAME.test(d.filename) || d.filename === BACKUP_METADATA_FILE)
+      refuse(`bad filename ${JSON.stringify(d.filename)}`);
     if (seen.has(d.filename)) refuse(`duplicate filename ${d.filename}`);
     seen.add(d.filename);
     if (!Number.isSafeInteger(d.size_bytes) || d.size_bytes < 0) refuse(`bad size for ${d.filename}`);
@@ -104,10 +106,17 @@ function parseMetadata(bytes: Buffer): BackupMetadata {
  * Stage a restore of `key`. Targets are each database's `source_path`, or `toDir/<filename>`.
  * Returns the staging folder (holding the flag) and the plan.
  */
-export async function stageRestore(storage: Storage, key: string, options: StageOptions = {}): Promise<{ stagingDir: string; pending: PendingRestore }> {
-  if (options.toDir !== undefined && !isAbsolute(options.toDir)) throw new PermanentError(`restore: --to must be an absolute path, got ${JSON.stringify(options.toDir)}`);
+export async function stageRestore(
+  storage: Storage,
+  key: string,
+  options: StageOptions = {},
+): Promise<{ stagingDir: string; pending: PendingRestore }> {
+  if (options.toDir !== undefined && !isAbsolute(options.toDir))
+    throw new PermanentError(`restore: --to must be an absolute path, got ${JSON.stringify(options.toDir)}`);
   if (options.pgDatabase !== undefined && !PG_IDENTIFIER.test(options.pgDatabase)) {
-    throw new PermanentError(`restore: ${JSON.stringify(options.pgDatabase)} is not a usable database name (letters, digits, _ $ -; at most 63)`);
+    throw new PermanentError(
+      `restore: ${JSON.stringify(options.pgDatabase)} is not a usable database name (letters, digits, _ $ -; at most 63)`,
+    );
   }
   // The sidecar first: no archive is read without a checksum to hold it to.
   let expected: string;
@@ -166,27 +175,41 @@ export async function stageRestore(storage: Storage, key: string, options: Stage
     const archive = await download(stagingDir);
     const metadata = await extract(archive, stagingDir);
     await rm(archive, { force: true });
-    const databases = metadata.databases.filter((d) => !isPostgres(d)).map((d) => ({
-      name: d.name,
-      staged: join(stagingDir, d.filename),
-      target: options.toDir ? join(options.toDir, d.filename) : d.source_path!,
-    }));
+    const databases = metadata.databases
+      .filter((d) => !isPostgres(d))
+      .map((d) => ({
+        name: d.name,
+        staged: join(stagingDir, d.filename),
+        target: options.toDir ? join(options.toDir, d.filename) : d.source_path!,
+      }));
     const dumps = metadata.databases.filter(isPostgres);
     const stamp = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14);
     const postgres = dumps.map((d) => {
       const sourceDatabase = postgresConnection(d.source!).database;
       const targetDatabase = options.pgDatabase
-        ? dumps.length === 1 ? options.pgDatabase : `${options.pgDatabase}_${d.name}`.slice(0, 63)
+        ? dumps.length === 1
+          ? options.pgDatabase
+          : `${options.pgDatabase}_${d.name}`.slice(0, 63)
         : `${sourceDatabase.slice(0, 30)}_restored_${stamp}`;
-      if (!PG_IDENTIFIER.test(targetDatabase)) refuse(`${JSON.stringify(targetDatabase)} is not a usable database name; give --pg-database`);
+      if (!PG_IDENTIFIER.test(targetDatabase))
+        refuse(`${JSON.stringify(targetDatabase)} is not a usable database name; give --pg-database`);
       if (targetDatabase === sourceDatabase && !options.force) {
         refuse(`restoring ${d.name} into ${targetDatabase} would overwrite the source database; pick another name or give --force`);
       }
-      return { name: d.name, staged: join(stagingDir, d.filename), source: d.source!, sourceDatabase, targetDatabase, force: Boolean(options.force) };
+      return {
+        name: d.name,
+        staged: join(stagingDir, d.filename),
+        source: d.source!,
+        sourceDatabase,
+        targetDatabase,
+        force: Boolean(options.force),
+      };
     });
     for (const d of postgres) {
       // The custom-format table of contents reads back: the dump is whole and pg_restore can use it.
-      await runPgTool('pg_restore', ['--list', d.staged]).catch((err: unknown) => refuse(`${basename(d.staged)} is not a readable pg_dump archive: ${(err as Error).message}`));
+      await runPgTool('pg_restore', ['--list', d.staged]).catch((err: unknown) =>
+        refuse(`${basename(d.staged)} is not a readable pg_dump archive: ${(err as Error).message}`),
+      );
     }
     for (const d of databases) {
       const integrity = quickCheck(d.staged, 'integrity_check');
@@ -199,7 +222,14 @@ export async function stageRestore(storage: Storage, key: string, options: Stage
         db.close();
       }
     }
-    const pending: PendingRestore = { key, sha256: expected, stagedAt: new Date().toISOString(), timestamp: metadata.timestamp, databases, ...(postgres.length ? { postgres } : {}) };
+    const pending: PendingRestore = {
+      key,
+      sha256: expected,
+      stagedAt: new Date().toISOString(),
+      timestamp: metadata.timestamp,
+      databases,
+      ...(postgres.length ? { postgres } : {}),
+    };
     await writeFile(join(stagingDir, PENDING_RESTORE_FLAG), `${JSON.stringify(pending, null, 2)}\n`, { mode: 0o600 });
     return { stagingDir, pending };
   } catch (err) {
@@ -239,7 +269,8 @@ async function readMetadataOnly(archive: string): Promise<BackupMetadata> {
   source.pipe(ex);
   try {
     for await (const entry of ex) {
-      if (entry.header.name !== BACKUP_METADATA_FILE || entry.header.type !== 'file') refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
+      if (entry.header.name !== BACKUP_METADATA_FILE || entry.header.type !== 'file')
+        refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
       return parseMetadata(await readMetadataEntry(entry));
     }
     refuse('empty archive');
@@ -261,7 +292,8 @@ async function extract(archive: string, dir: string): Promise<BackupMetadata> {
     for await (const entry of ex) {
       const { name, type, size } = entry.header;
       if (type !== 'file') refuse(`entry ${JSON.stringify(name)} is a ${type}, not a file`);
-      if (isAbsolute(name) || name.split(/[/\\]/).includes('..') || !SAFE_NAME.test(name)) refuse(`entry name ${JSON.stringify(name)} is not a bare file name`);
+      if (isAbsolute(name) || name.split(/[/\\]/).includes('..') || !SAFE_NAME.test(name))
+        refuse(`entry name ${JSON.stringify(name)} is not a bare file name`);
       if (!metadata) {
         if (name !== BACKUP_METADATA_FILE) refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
         metadata = parseMetadata(await readMetadataEntry(entry));
@@ -307,7 +339,11 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-const exists = (p: string) => stat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 export interface ApplyResult {
   databases: { name: string; target: string; safetyCopy: string | null }[];
@@ -329,7 +365,11 @@ export interface ApplyOptions {
 async function withPgAdmin<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
   const conn = postgresConnection(url);
   const connect = async (database: string): Promise<pg.Client> => {
-    const client = new pg.Client({ connectionString: postgresUrlFor(url, database), ...(conn.password !== undefined ? { password: conn.password } : {}), connectionTimeoutMillis: 10_000 });
+    const client = new pg.Client({
+      connectionString: postgresUrlFor(url, database),
+      ...(conn.password !== undefined ? { password: conn.password } : {}),
+      connectionTimeoutMillis: 10_000,
+    });
     client.on('error', () => {});
     await client.connect();
     return client;
@@ -339,7 +379,8 @@ async function withPgAdmin<T>(url: string, fn: (client: pg.Client) => Promise<T>
     client = await connect(conn.database);
   } catch (err) {
     // The restore may be the answer to a lost database: fall back to the maintenance database.
-    if ((err as { code?: string }).code !== '3D000') throw new StowageError('STOWAGE_ERR_INTERNAL', `postgres ${conn.url}: cannot connect: ${(err as Error).message}`, { cause: err });
+    if ((err as { code?: string }).code !== '3D000')
+      throw new StowageError('STOWAGE_ERR_INTERNAL', `postgres ${conn.url}: cannot connect: ${(err as Error).message}`, { cause: err });
     client = await connect('postgres');
   }
   try {
@@ -377,7 +418,15 @@ export async function restorePostgres(dump: string, url: string, database: strin
     await runPgTool(
       'pg_restore',
       // Owners and grants of the source may not exist here; the restoring user owns the copy.
-      ['--dbname', postgresUrlFor(url, database), '--no-owner', '--no-privileges', '--exit-on-error', ...(created ? [] : ['--clean', '--if-exists']), dump],
+      [
+        '--dbname',
+        postgresUrlFor(url, database),
+        '--no-owner',
+        '--no-privileges',
+        '--exit-on-error',
+        ...(created ? [] : ['--clean', '--if-exists']),
+        dump,
+      ],
       { password: conn.password },
     );
   } catch (err) {
@@ -404,12 +453,16 @@ export async function readPendingRestore(stagingDir: string): Promise<PendingRes
  */
 export async function applyRestore(stagingDir: string, options: ApplyOptions = {}): Promise<ApplyResult> {
   const pending = await readPendingRestore(stagingDir);
-  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
+  const stamp = new Date()
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}Z$/, 'Z');
   const done: { name: string; target: string; safetyCopy: string | null }[] = [];
   const restored: { name: string; database: string; created: boolean; url: string }[] = [];
   try {
     for (const d of pending.postgres ?? []) {
-      if (d.targetDatabase === d.sourceDatabase && !d.force) refuse(`${d.name}: would restore over the source database ${d.sourceDatabase}`);
+      if (d.targetDatabase === d.sourceDatabase && !d.force)
+        refuse(`${d.name}: would restore over the source database ${d.sourceDatabase}`);
       const url = options.postgresUrl?.(d.name) ?? d.source;
       const created = await restorePostgres(d.staged, url, d.targetDatabase, { force: d.force });
       restored.push({ name: d.name, database: d.targetDatabase, created, url });

@@ -107,12 +107,14 @@ export function applyRetentionPolicy<T extends RetentionCandidate>(backups: read
     }
     if (withinMs !== null) {
       if (withinMs === 0) reasons.push('within forever (keepWithinDays 0)');
-      else if (newest && newest.createdAt.getTime() - b.createdAt.getTime() < withinMs) reasons.push(`within ${policy.keepWithinDays}d of newest`);
+      else if (newest && newest.createdAt.getTime() - b.createdAt.getTime() < withinMs)
+        reasons.push(`within ${policy.keepWithinDays}d of newest`);
     }
     decisions.set(b, { backup: b, action: reasons.length ? 'keep' : 'delete', reasons: reasons.length ? reasons : ['no rule keeps it'] });
   });
 
   return sorted.map(
-    (b) => decisions.get(b) ?? { backup: b, action: 'ignore', reasons: [`not counted: status ${b.status}${b.verified ? '' : ', unverified'}`] },
+    (b) =>
+      decisions.get(b) ?? { backup: b, action: 'ignore', reasons: [`not counted: status ${b.status}${b.verified ? '' : ', unverified'}`] },
   );
 }

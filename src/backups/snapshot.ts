@@ -34,7 +34,10 @@ export async function snapshotSqliteInThread(source: string, dest: string): Prom
     throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: ${reply.stage} failed: ${reply.message}`);
   }
   if (reply.problems.length) {
-    throw new StowageError('STOWAGE_ERR_INTERNAL', `sqlite ${source}: snapshot failed quick_check: ${reply.problems.slice(0, 5).join('; ')}`);
+    throw new StowageError(
+      'STOWAGE_ERR_INTERNAL',
+      `sqlite ${source}: snapshot failed quick_check: ${reply.problems.slice(0, 5).join('; ')}`,
+    );
   }
 }
 

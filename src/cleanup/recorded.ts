@@ -79,7 +79,10 @@ export async function runRecordedCleanup(r: RecordedCleanup): Promise<{ report: 
     });
   } catch (err) {
     if (failure) r.onRecordError?.(err);
-    else throw new StowageError('STOWAGE_ERR_INTERNAL', `recording the cleanup run in r2_cleanup_logs failed: ${(err as Error).message}`, { cause: err });
+    else
+      throw new StowageError('STOWAGE_ERR_INTERNAL', `recording the cleanup run in r2_cleanup_logs failed: ${(err as Error).message}`, {
+        cause: err,
+      });
   }
   if (failure) throw failure;
   return { report, logId };

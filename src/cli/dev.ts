@@ -25,8 +25,16 @@ export async function runDev(opts: { port: number; s3Port: number; samples: bool
   const dataDir = resolve(opts.dataDir);
   await mkdir(join(dataDir, 's3'), { recursive: true });
   // s3rver is a dev dependency: loaded only here.
-  const { default: S3rver } = (await import('s3rver' as string)) as { default: new (o: object) => { run(): Promise<AddressInfo>; close(): Promise<void> } };
-  const s3 = new S3rver({ port: opts.s3Port, address: '127.0.0.1', silent: true, directory: join(dataDir, 's3'), configureBuckets: [{ name: DEV_BUCKET }] });
+  const { default: S3rver } = (await import('s3rver' as string)) as {
+    default: new (o: object) => { run(): Promise<AddressInfo>; close(): Promise<void> };
+  };
+  const s3 = new S3rver({
+    port: opts.s3Port,
+    address: '127.0.0.1',
+    silent: true,
+    directory: join(dataDir, 's3'),
+    configureBuckets: [{ name: DEV_BUCKET }],
+  });
   const address = await s3.run();
   const endpoint = `http://127.0.0.1:${address.port}`;
 
@@ -91,7 +99,12 @@ async function enqueueSamples(config: ReturnType<typeof loadConfig>, dataDir: st
       await writeFile(join(dir, 'index.html'), `<!doctype html><title>Sample ${i}</title><h1>Build ${i}</h1>\n`.repeat(200));
       await writeFile(join(dir, 'assets', 'app.js'), `console.log("sample ${i}");\n`.repeat(5000));
       await mkdir(join(dir, 'empty'), { recursive: true });
-      const { jobId } = await producer.buildArtifact({ userId: 'demo-user', projectId: `demo-site-${i}`, versionId: `v-${run}`, buildDir: dir });
+      const { jobId } = await producer.buildArtifact({
+        userId: 'demo-user',
+        projectId: `demo-site-${i}`,
+        versionId: `v-${run}`,
+        buildDir: dir,
+      });
       logger.info({ queue: 'build-artifact', jobId }, 'sample job enqueued');
     }
     const { jobId } = await producer.buildArtifact({

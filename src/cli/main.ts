@@ -30,7 +30,8 @@ function logger(cfg: Config): Logger {
 function int(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 0) throw new StowageError('STOWAGE_ERR_USAGE', `${name}: expected a non-negative integer, got "${value}"`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new StowageError('STOWAGE_ERR_USAGE', `${name}: expected a non-negative integer, got "${value}"`);
     return n;
   };
 }
@@ -52,7 +53,12 @@ function selector(opts: { id?: string[]; queue?: string; all?: boolean }, verb: 
 async function withDeadLetter<T>(fn: (dl: DeadLetter) => Promise<T>): Promise<T> {
   const cfg = config();
   const connection = createRedis(cfg.redisUrl, { maxRetriesPerRequest: 3 });
-  const dl = new DeadLetter({ connection, prefix: cfg.prefix, logger: createLogger({ level: 'warn' }), events: createEventStream(connection, cfg.prefix, cfg.events.maxLen) });
+  const dl = new DeadLetter({
+    connection,
+    prefix: cfg.prefix,
+    logger: createLogger({ level: 'warn' }),
+    events: createEventStream(connection, cfg.prefix, cfg.events.maxLen),
+  });
   try {
     return await fn(dl);
   } finally {
@@ -90,7 +96,7 @@ export function buildProgram(): Command {
     .description('process jobs (default: every kind that has a processor)')
     .option('--queues <kinds>', `comma-separated kinds (${JOB_KINDS.join(', ')})`)
     .option('--concurrency <n>', 'jobs in flight per queue', int('--concurrency'))
-    .option('--metrics-port <port>', 'serve this process\'s /metrics on this port', int('--metrics-port'))
+    .option('--metrics-port <port>', "serve this process's /metrics on this port", int('--metrics-port'))
     .action(async (opts: { queues?: string; concurrency?: number; metricsPort?: number }) => {
       const cfg = config();
       const log = logger(cfg);
@@ -149,7 +155,8 @@ export function buildProgram(): Command {
     .option('--wait', 'wait for the job and print its result as JSON (exit 1 if it fails or is parked)')
     .option('--timeout <ms>', 'with --wait: give up after this many ms', int('--timeout'), 10 * 60_000)
     .action(async (kind: string, opts: { data: string; wait?: boolean; timeout: number }) => {
-      if (!isJobKind(kind)) throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${JOB_KINDS.join(', ')}`);
+      if (!isJobKind(kind))
+        throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${JOB_KINDS.join(', ')}`);
       const payload = parseJson('--data', opts.data);
       const cfg = config();
       const producer = createProducer(cfg);
@@ -178,7 +185,13 @@ export function buildProgram(): Command {
       await withDeadLetter(async (dl) => {
         const jobs = await dl.list(opts.queue ? { queue: opts.queue } : {});
         if (opts.json) {
-          console.log(JSON.stringify(jobs.map((j) => ({ id: j.id, ...j.data })), null, 2));
+          console.log(
+            JSON.stringify(
+              jobs.map((j) => ({ id: j.id, ...j.data })),
+              null,
+              2,
+            ),
+          );
           return;
         }
         if (!jobs.length) {
@@ -188,7 +201,9 @@ export function buildProgram(): Command {
         for (const j of jobs) {
           const r = j.data;
           const when = new Date(r.timestamps.parked).toISOString();
-          console.log(`${j.id}\t${r.originQueue}\t${r.reason}\tattempts=${r.attemptsMade}\tredrives=${r.redrives}\t${when}\t${r.error.message.slice(0, 120)}`);
+          console.log(
+            `${j.id}\t${r.originQueue}\t${r.reason}\tattempts=${r.attemptsMade}\tredrives=${r.redrives}\t${when}\t${r.error.message.slice(0, 120)}`,
+          );
         }
         console.log(`${jobs.length} parked job(s)`);
       });
@@ -207,7 +222,8 @@ export function buildProgram(): Command {
         for (const o of outcomes) console.log(`${o.action}\t${o.originQueue}\t${o.originJobId}${o.reason ? `\t${o.reason}` : ''}`);
         const moved = outcomes.filter((o) => o.action !== 'skipped').length;
         console.log(`${moved} job(s) ${opts.dryRun ? 'would be redriven' : 'redriven'}, ${outcomes.length - moved} skipped`);
-        if (sel.ids && outcomes.length === 0) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `no parked job with id ${sel.ids.join(', ')}`);
+        if (sel.ids && outcomes.length === 0)
+          throw new StowageError('STOWAGE_ERR_NOT_FOUND', `no parked job with id ${sel.ids.join(', ')}`);
       });
     });
   dlq
@@ -232,7 +248,12 @@ export function buildProgram(): Command {
     .option('--follow', 'keep printing new events')
     .option('--json', 'one JSON object per line')
     .option('--since <id>', 'start after this stream id (default: the start)', '0')
-    .option('--type <type>', 'only events of this type (repeatable, or comma-separated)', (v: string, acc: string[]) => [...acc, ...v.split(',')], [] as string[])
+    .option(
+      '--type <type>',
+      'only events of this type (repeatable, or comma-separated)',
+      (v: string, acc: string[]) => [...acc, ...v.split(',')],
+      [] as string[],
+    )
     .action(async (opts: { follow?: boolean; json?: boolean; since: string; type: string[] }) => {
       const cfg = config();
       const redis = createRedis(cfg.redisUrl);
@@ -281,7 +302,14 @@ export function buildProgram(): Command {
     .action(async (opts: { user: string; tenant?: string; role: Role; ttl: string }) => {
       const cfg = config();
       if (!cfg.authSecret) throw new StowageError('STOWAGE_ERR_CONFIG', 'STOWAGE_AUTH_SECRET is not set');
-      console.log(await createToken(cfg.authSecret, { user: opts.user, role: opts.role, ttl: opts.ttl, ...(opts.tenant ? { tenant: opts.tenant } : {}) }));
+      console.log(
+        await createToken(cfg.authSecret, {
+          user: opts.user,
+          role: opts.role,
+          ttl: opts.ttl,
+          ...(opts.tenant ? { tenant: opts.tenant } : {}),
+        }),
+      );
     });
 
   registerFailureCommands(program);

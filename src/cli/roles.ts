@@ -24,14 +24,23 @@ export function chooseKinds(list: string | undefined, processors: ProcessorMap =
     if (!available.length) throw new StowageError('STOWAGE_ERR_USAGE', 'no job kind has a processor yet');
     return available;
   }
-  const names = list.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const unknown = names.filter((n) => !isJobKind(n));
   if (unknown.length) {
-    throw new StowageError('STOWAGE_ERR_USAGE', `--queues: unknown kind(s) ${unknown.join(', ')}; expected some of ${JOB_KINDS.join(', ')}`);
+    throw new StowageError(
+      'STOWAGE_ERR_USAGE',
+      `--queues: unknown kind(s) ${unknown.join(', ')}; expected some of ${JOB_KINDS.join(', ')}`,
+    );
   }
   const missing = names.filter((n) => !processors[n as JobKind]);
   if (missing.length) {
-    throw new StowageError('STOWAGE_ERR_USAGE', `--queues: no processor yet for ${missing.join(', ')}; available: ${available.join(', ') || 'none'}`);
+    throw new StowageError(
+      'STOWAGE_ERR_USAGE',
+      `--queues: no processor yet for ${missing.join(', ')}; available: ${available.join(', ') || 'none'}`,
+    );
   }
   return names as JobKind[];
 }

@@ -19,7 +19,16 @@ export async function getJobReceipt(db: Db, queue: string, jobId: string): Promi
   );
   const r = rows[0];
   if (!r) return null;
-  return { queue: r.queue, jobId: r.job_id, name: r.name, status: r.status, attempts: r.attempts, result: r.result, error: r.error, finishedAt: r.finished_at };
+  return {
+    queue: r.queue,
+    jobId: r.job_id,
+    name: r.name,
+    status: r.status,
+    attempts: r.attempts,
+    result: r.result,
+    error: r.error,
+    finishedAt: r.finished_at,
+  };
 }
 
 export interface ReceiptWriter {
@@ -57,7 +66,12 @@ function isDataError(err: unknown): boolean {
  */
 export function createReceiptWriter(
   db: Db,
-  options: { maxBatch?: number; retryBaseMs?: number; maxBackoffMs?: number; onRetry?: (err: unknown, pending: number, retryInMs: number) => void } = {},
+  options: {
+    maxBatch?: number;
+    retryBaseMs?: number;
+    maxBackoffMs?: number;
+    onRetry?: (err: unknown, pending: number, retryInMs: number) => void;
+  } = {},
 ): ReceiptWriter {
   const maxBatch = options.maxBatch ?? 500;
   const retryBaseMs = options.retryBaseMs ?? 200;
@@ -77,7 +91,15 @@ export function createReceiptWriter(
     const rows = [...last.values()];
     const values: unknown[] = [];
     const tuples = rows.map((r, i) => {
-      values.push(r.queue, r.jobId, r.name, r.status, r.attempts, r.result === null || r.result === undefined ? null : JSON.stringify(r.result), r.error);
+      values.push(
+        r.queue,
+        r.jobId,
+        r.name,
+        r.status,
+        r.attempts,
+        r.result === null || r.result === undefined ? null : JSON.stringify(r.result),
+        r.error,
+      );
       const o = i * 7;
       return `($${o + 1}, $${o + 2}, $${o + 3}, $${o + 4}, $${o + 5}, $${o + 6}::jsonb, $${o + 7}, now())`;
     });

@@ -39,7 +39,10 @@ export async function migrate(
   });
 }
 
-async function migrateOnce(config: Pick<Config, 'databaseUrl' | 'databaseSchema'>, options: { log?: (msg: string) => void }): Promise<string[]> {
+async function migrateOnce(
+  config: Pick<Config, 'databaseUrl' | 'databaseSchema'>,
+  options: { log?: (msg: string) => void },
+): Promise<string[]> {
   const applied = await runner({
     databaseUrl: config.databaseUrl,
     dir: MIGRATIONS_DIR,

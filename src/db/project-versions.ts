@@ -55,12 +55,7 @@ export async function upsertProjectVersionArtifact(db: Queryable, v: ArtifactCol
   return toVersion(rows[0]);
 }
 
-export async function getProjectVersion(
-  db: Db,
-  userId: string,
-  projectId: string,
-  versionId: string,
-): Promise<ProjectVersion | null> {
+export async function getProjectVersion(db: Db, userId: string, projectId: string, versionId: string): Promise<ProjectVersion | null> {
   const { rows } = await db.pool.query(
     `SELECT ${COLUMNS} FROM project_versions WHERE user_id = $1 AND project_id = $2 AND version_id = $3`,
     [userId, projectId, versionId],
@@ -69,11 +64,7 @@ export async function getProjectVersion(
 }
 
 /** The newest version of a project that has an artifact (uses project_versions_latest_artifact_idx). */
-export async function getLatestProjectVersionWithArtifact(
-  db: Db,
-  userId: string,
-  projectId: string,
-): Promise<ProjectVersion | null> {
+export async function getLatestProjectVersionWithArtifact(db: Db, userId: string, projectId: string): Promise<ProjectVersion | null> {
   const { rows } = await db.pool.query(
     `SELECT ${COLUMNS} FROM project_versions
       WHERE user_id = $1 AND project_id = $2 AND artifact_url IS NOT NULL

@@ -130,7 +130,8 @@ async function uploadOnce(deps: AggregationDeps, fm: FailureMetrics, key: string
       logger: deps.logger,
       metrics: deps.metrics,
     });
-    if (r.sha256 !== sha256 || r.size !== body.length) throw new Error(`verification failed: stored ${r.size} bytes with SHA-256 ${r.sha256}`);
+    if (r.sha256 !== sha256 || r.size !== body.length)
+      throw new Error(`verification failed: stored ${r.size} bytes with SHA-256 ${r.sha256}`);
     fm.uploadAttempts.inc({ status: 'success' });
     fm.uploadBytes.inc(body.length);
   } catch (err) {
@@ -197,7 +198,12 @@ export async function runAggregation(
       // Not configured: no attempt can succeed; go straight to the fallback.
       retryable: (err) => codeOf(err) !== 'STOWAGE_ERR_CONFIG',
       onRetry: async ({ error, attempt, delayMs }) => {
-        await recordExportAttempt(db, row.id, { status: 'retrying', retried: false, notes: `attempt ${attempt} failed: ${describe(error)}`, localPath: null });
+        await recordExportAttempt(db, row.id, {
+          status: 'retrying',
+          retried: false,
+          notes: `attempt ${attempt} failed: ${describe(error)}`,
+          localPath: null,
+        });
         logger.warn({ key, attempt, retryInMs: Math.round(delayMs), err: describe(error) }, 'export upload failed; retrying');
       },
     },
@@ -213,7 +219,12 @@ export async function runAggregation(
   );
   if (uploaded) {
     // After the loop: Postgres failing here fails the job; it must not re-upload a stored object.
-    await recordExportAttempt(db, row.id, { status: 'uploaded', retried: false, notes: `uploaded on attempt ${attempts}`, localPath: null });
+    await recordExportAttempt(db, row.id, {
+      status: 'uploaded',
+      retried: false,
+      notes: `uploaded on attempt ${attempts}`,
+      localPath: null,
+    });
     logger.info({ key, size: body.length, patterns: doc.pattern_count, attempt: attempts }, 'failure patterns exported');
     return { summary: { ...base, status: 'uploaded', exportId: row.id, localPath: null, attempts }, doc };
   }
@@ -225,7 +236,10 @@ export async function runAggregation(
     localPath,
   });
   fm.uploadFallback.inc();
-  logger.error({ key, localPath, attempts, err: describe(lastError) }, 'export kept in the local fallback directory; the retry task will upload it');
+  logger.error(
+    { key, localPath, attempts, err: describe(lastError) },
+    'export kept in the local fallback directory; the retry task will upload it',
+  );
   return { summary: { ...base, status: 'fallback_local', exportId: row.id, localPath, attempts }, doc };
 }
 
@@ -291,7 +305,9 @@ export async function retryFallbacks(deps: AggregationDeps, options: { max?: num
     await recordExportAttempt(db, row.id, { status: 'uploaded', retried: true, notes, localPath: null });
     fm.retrySuccess.inc();
     // Deleted only once the row says uploaded: a crash in between leaves a stray file, never a lost export.
-    await unlink(localPath).catch((err: unknown) => logger.warn({ localPath, err: (err as Error).message }, 'uploaded fallback file not deleted'));
+    await unlink(localPath).catch((err: unknown) =>
+      logger.warn({ localPath, err: (err as Error).message }, 'uploaded fallback file not deleted'),
+    );
     o('uploaded', notes);
     logger.info({ key: row.s3Key, localPath }, 'fallback export uploaded');
   }

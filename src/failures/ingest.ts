@@ -120,7 +120,8 @@ export async function recordFailures(deps: RecordFailuresDeps, tenantId: string,
   if (deps.metrics) {
     for (const r of records) {
       countMatch(deps.metrics, r);
-      if (r.recoverySucceeded !== null) countRecovery(deps.metrics, { errorCode: r.errorCode, recoveryMode: r.recoveryMode, succeeded: r.recoverySucceeded });
+      if (r.recoverySucceeded !== null)
+        countRecovery(deps.metrics, { errorCode: r.errorCode, recoveryMode: r.recoveryMode, succeeded: r.recoverySucceeded });
     }
   }
   return { ids: records.map((r) => r.id) };
@@ -211,7 +212,10 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
       }
     }
     try {
-      await insertFailures(db, good.map((g) => g.row));
+      await insertFailures(
+        db,
+        good.map((g) => g.row),
+      );
     } catch (err) {
       if (!isDataError(err)) throw err;
       // Find the records at fault; the rest go in one by one (still idempotent by id).
@@ -239,7 +243,10 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
       logger.warn('failure writer lost its lease mid-batch; the next writer rewrites the batch (no duplicates)');
     } else if (drops.length) {
       metrics.persistDropped.inc(drops.length);
-      logger.error({ count: drops.length, reasons: drops.map((d) => d.reason).slice(0, 5) }, 'failure records dropped: Postgres refused them (kept in the dead list)');
+      logger.error(
+        { count: drops.length, reasons: drops.map((d) => d.reason).slice(0, 5) },
+        'failure records dropped: Postgres refused them (kept in the dead list)',
+      );
     }
     return items.length;
   };
@@ -285,11 +292,14 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
       stop.abort();
       // Bounded: with Redis or Postgres away a batch may wait forever; what it held stays in
       // Redis (records leave the list only after their insert), so nothing is lost by not waiting.
-      const bound = (p: Promise<unknown>) =>
-        Promise.race([p, new Promise<void>((resolve) => setTimeout(resolve, CLOSE_BOUND_MS).unref())]);
+      const bound = (p: Promise<unknown>) => Promise.race([p, new Promise<void>((resolve) => setTimeout(resolve, CLOSE_BOUND_MS).unref())]);
       await bound(loop);
       // Release the lease so another writer takes over at once instead of after its TTL.
-      await bound(redis.eval(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`, 1, leaseKey, token).catch(() => {}));
+      await bound(
+        redis
+          .eval(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`, 1, leaseKey, token)
+          .catch(() => {}),
+      );
     },
   };
 }

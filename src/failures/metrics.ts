@@ -48,7 +48,10 @@ export function failureMetrics(registry: Registry): FailureMetrics {
         buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
         registers,
       }),
-    uploadFallback: counter('failure_agg_r2_upload_fallback_total', 'Aggregation exports written to the local fallback directory because the store failed'),
+    uploadFallback: counter(
+      'failure_agg_r2_upload_fallback_total',
+      'Aggregation exports written to the local fallback directory because the store failed',
+    ),
     retrySuccess: counter('failure_agg_r2_retry_success_total', 'Fallback exports uploaded by the retry worker'),
     uploadBytes: counter('failure_agg_r2_upload_bytes_total', 'Bytes of aggregation exports uploaded'),
     matchHits: counter('failure_match_hits_total', 'Reported failures that matched a catalog entry', ['error_code', 'category']),

@@ -41,7 +41,12 @@ export function normalizeErrorCode(code: string): string {
 export function boundedLabel(max: number): (value: string | null | undefined) => string {
   const seen = new Set<string>();
   return (value) => {
-    const v = (value ?? '').toUpperCase().replace(/[^A-Z0-9_]+/g, '_').replace(/^_+|_+$/g, '').slice(0, 48) || 'UNKNOWN';
+    const v =
+      (value ?? '')
+        .toUpperCase()
+        .replace(/[^A-Z0-9_]+/g, '_')
+        .replace(/^_+|_+$/g, '')
+        .slice(0, 48) || 'UNKNOWN';
     if (seen.has(v)) return v;
     if (seen.size >= max) return 'OTHER';
     seen.add(v);

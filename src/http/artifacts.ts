@@ -66,7 +66,10 @@ export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void
     if (!where) throw new NoArtifactError(`version ${v.versionId} has no artifact`);
     const storage = deps.storage();
     if (where.bucket !== storage.bucket) {
-      throw new StowageError('STOWAGE_ERR_STORE', `the artifact of version ${v.versionId} is in bucket ${where.bucket}, not the configured ${storage.bucket}`);
+      throw new StowageError(
+        'STOWAGE_ERR_STORE',
+        `the artifact of version ${v.versionId} is in bucket ${where.bucket}, not the configured ${storage.bucket}`,
+      );
     }
     const signed = await presignDownload(storage, { key: where.key, filename, expiresInSeconds: expiresIn ?? DEFAULT_PRESIGN_SECONDS });
     return { downloadUrl: signed.url, expiresAt: signed.expiresAt.toISOString(), filename: signed.filename, size: v.artifactSize };
@@ -75,26 +78,36 @@ export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void
   // The signed URL is a bearer credential until it expires: keep it out of shared caches.
   const noStore = { 'cache-control': 'no-store' };
 
-  app.get<{ Params: { projectId: string }; Querystring: Record<string, string> }>('/v1/projects/:projectId/export', { schema: exportSchema, ...validatedInHandler }, async (req, reply) => {
-    const caller = await deps.authenticate(req);
-    const projectId = parse(safeId, req.params.projectId, 'projectId');
-    const { expiresIn } = parse(query, req.query, 'query');
-    const latest = await getLatestProjectVersionWithArtifact(deps.db, caller.userId, projectId);
-    if (!latest) throw new NoArtifactError(`project ${projectId} has no version with an artifact`);
-    return reply.headers(noStore).send(await link(latest, `${projectId}-latest.zip`, expiresIn));
-  });
+  app.get<{ Params: { projectId: string }; Querystring: Record<string, string> }>(
+    '/v1/projects/:projectId/export',
+    { schema: exportSchema, ...validatedInHandler },
+    async (req, reply) => {
+      const caller = await deps.authenticate(req);
+      const projectId = parse(safeId, req.params.projectId, 'projectId');
+      const { expiresIn } = parse(query, req.query, 'query');
+      const latest = await getLatestProjectVersionWithArtifact(deps.db, caller.userId, projectId);
+      if (!latest) throw new NoArtifactError(`project ${projectId} has no version with an artifact`);
+      return reply.headers(noStore).send(await link(latest, `${projectId}-latest.zip`, expiresIn));
+    },
+  );
 
-  app.get<{ Params: { versionId: string }; Querystring: Record<string, string> }>('/v1/versions/:versionId/download', { schema: downloadSchema, ...validatedInHandler }, async (req, reply) => {
-    const caller = await deps.authenticate(req);
-    const versionId = parse(safeId, req.params.versionId, 'versionId');
-    const { expiresIn, projectId } = parse(query, req.query, 'query');
-    const { version, matches } = await findUserVersion(deps.db, caller.userId, versionId, projectId);
-    if (!version) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `version ${versionId} not found`);
-    if (matches > 1) {
-      throw new StowageError('STOWAGE_ERR_USAGE', `version id ${versionId} exists in ${matches} of your projects: add ?projectId=`);
-    }
-    if (!version.artifactUrl) throw new NoArtifactError(`version ${versionId} has no artifact`);
-    const body = await link(version, `${version.projectId}-${versionId}.zip`, expiresIn);
-    return reply.headers(noStore).send({ ...body, version: { id: version.versionId, projectId: version.projectId, createdAt: version.createdAt.toISOString() } });
-  });
+  app.get<{ Params: { versionId: string }; Querystring: Record<string, string> }>(
+    '/v1/versions/:versionId/download',
+    { schema: downloadSchema, ...validatedInHandler },
+    async (req, reply) => {
+      const caller = await deps.authenticate(req);
+      const versionId = parse(safeId, req.params.versionId, 'versionId');
+      const { expiresIn, projectId } = parse(query, req.query, 'query');
+      const { version, matches } = await findUserVersion(deps.db, caller.userId, versionId, projectId);
+      if (!version) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `version ${versionId} not found`);
+      if (matches > 1) {
+        throw new StowageError('STOWAGE_ERR_USAGE', `version id ${versionId} exists in ${matches} of your projects: add ?projectId=`);
+      }
+      if (!version.artifactUrl) throw new NoArtifactError(`version ${versionId} has no artifact`);
+      const body = await link(version, `${version.projectId}-${versionId}.zip`, expiresIn);
+      return reply
+        .headers(noStore)
+        .send({ ...body, version: { id: version.versionId, projectId: version.projectId, createdAt: version.createdAt.toISOString() } });
+    },
+  );
 }

@@ -42,7 +42,11 @@ export interface BackupRoutesDeps {
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 
-const restoreBody = z.strictObject({ to: absolutePath.optional(), pgDatabase: z.string().min(1).max(63).optional(), force: z.boolean().optional() });
+const restoreBody = z.strictObject({
+  to: absolutePath.optional(),
+  pgDatabase: z.string().min(1).max(63).optional(),
+  force: z.boolean().optional(),
+});
 const cancelBody = z.strictObject({ dir: absolutePath });
 const listQuery = z.strictObject({ set: safeId.optional() });
 
@@ -55,18 +59,31 @@ const nowSchema = {
 };
 const downloadSchema = {
   params: nameParams,
-  response: replies({ 200: { description: 'the archive (x-checksum-sha256 header)', content: { 'application/gzip': { schema: { type: 'string', format: 'binary' } } } } }),
+  response: replies({
+    200: {
+      description: 'the archive (x-checksum-sha256 header)',
+      content: { 'application/gzip': { schema: { type: 'string', format: 'binary' } } },
+    },
+  }),
 };
 const deleteSchema = { params: nameParams, response: replies({ 200: z.object({ deleted: z.string() }) }) };
 const probeResult = z.looseObject({ endpoint: z.string(), bucket: z.string(), ok: z.boolean() });
 const testConnectionSchema = { response: replies({ 200: probeResult, 502: probeResult }) };
-const restoreSchema = { params: nameParams, body: jsonSchema(restoreBody), response: replies({ 200: z.looseObject({ name: z.string(), stagingDir: z.string(), apply: z.string() }) }) };
-const cancelSchema = { body: jsonSchema(cancelBody), response: replies({ 200: z.object({ cancelled: z.string(), stagingDir: z.string() }) }) };
+const restoreSchema = {
+  params: nameParams,
+  body: jsonSchema(restoreBody),
+  response: replies({ 200: z.looseObject({ name: z.string(), stagingDir: z.string(), apply: z.string() }) }),
+};
+const cancelSchema = {
+  body: jsonSchema(cancelBody),
+  response: replies({ 200: z.object({ cancelled: z.string(), stagingDir: z.string() }) }),
+};
 
 export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
   const admin = async (req: FastifyRequest) => {
     const caller = await deps.authenticate(req);
-    if (caller.role !== 'admin') throw new AuthError(`role "${caller.role}" may not operate backups; an admin token is required`, 'STOWAGE_ERR_FORBIDDEN');
+    if (caller.role !== 'admin')
+      throw new AuthError(`role "${caller.role}" may not operate backups; an admin token is required`, 'STOWAGE_ERR_FORBIDDEN');
     return caller;
   };
 
@@ -79,35 +96,41 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
 
   app.post('/api/backups/now', { schema: nowSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await admin(req);
-    if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw new ValidationError('backup request', ['the body must be a JSON object: {set} or {name, sqlite, postgres}']);
+    if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body))
+      throw new ValidationError('backup request', ['the body must be a JSON object: {set} or {name, sqlite, postgres}']);
     // requestedAt makes each request its own job (see the backup payload); the schema checks the rest.
     const payload = { ...(req.body as object), requestedAt: new Date().toISOString() } as PayloadInput<'backup'>;
-    if ((payload as { task?: string }).task && (payload as { task?: string }).task !== 'backup') throw new ValidationError('backup request', ['task: only backups are taken here']);
+    if ((payload as { task?: string }).task && (payload as { task?: string }).task !== 'backup')
+      throw new ValidationError('backup request', ['task: only backups are taken here']);
     const enqueued = await deps.producer.backup(payload);
     req.log.info({ jobId: enqueued.jobId, user: caller.userId }, 'backup enqueued');
     return reply.code(202).send(enqueued);
   });
 
-  app.get<{ Params: { name: string } }>('/api/backups/:name/download', { schema: downloadSchema, ...validatedInHandler }, async (req, reply) => {
-    await admin(req);
-    const storage = deps.storage();
-    const row = await resolveBackup(deps.db, storage.bucket, req.params.name);
-    let res;
-    try {
-      res = await storage.client.send(new GetObjectCommand({ Bucket: storage.bucket, Key: row.key }));
-    } catch (err) {
-      throw storeError(err, `download ${row.key}`);
-    }
-    return reply
-      .headers({
-        'content-type': 'application/gzip',
-        'content-disposition': `attachment; filename="${backupName(row.key)}.tar.gz"`,
-        ...(res.ContentLength !== undefined ? { 'content-length': String(res.ContentLength) } : {}),
-        'x-checksum-sha256': row.sha256,
-        'cache-control': 'no-store',
-      })
-      .send(res.Body as NodeJS.ReadableStream);
-  });
+  app.get<{ Params: { name: string } }>(
+    '/api/backups/:name/download',
+    { schema: downloadSchema, ...validatedInHandler },
+    async (req, reply) => {
+      await admin(req);
+      const storage = deps.storage();
+      const row = await resolveBackup(deps.db, storage.bucket, req.params.name);
+      let res;
+      try {
+        res = await storage.client.send(new GetObjectCommand({ Bucket: storage.bucket, Key: row.key }));
+      } catch (err) {
+        throw storeError(err, `download ${row.key}`);
+      }
+      return reply
+        .headers({
+          'content-type': 'application/gzip',
+          'content-disposition': `attachment; filename="${backupName(row.key)}.tar.gz"`,
+          ...(res.ContentLength !== undefined ? { 'content-length': String(res.ContentLength) } : {}),
+          'x-checksum-sha256': row.sha256,
+          'cache-control': 'no-store',
+        })
+        .send(res.Body as NodeJS.ReadableStream);
+    },
+  );
 
   app.delete<{ Params: { name: string } }>('/api/backups/:name', { schema: deleteSchema, ...validatedInHandler }, async (req) => {
     const caller = await admin(req);

@@ -76,9 +76,18 @@ const TYPE_PATTERN = /^[a-z][a-z0-9_]{0,63}$/;
 const MAX_SEQ = '18446744073709551615';
 
 const sse = { description: 'Server-Sent Events', content: { 'text/event-stream': { schema: { type: 'string' } } } };
-const resume = jsonSchema(z.object({ 'last-event-id': z.string().optional().describe('the last `id:` received: a reconnect resumes after it') }));
+const resume = jsonSchema(
+  z.object({ 'last-event-id': z.string().optional().describe('the last `id:` received: a reconnect resumes after it') }),
+);
 const allEventsSchema = {
-  querystring: jsonSchema(z.object({ type: z.union([z.string(), z.array(z.string())]).optional().describe('event types, comma-separated or repeated') })),
+  querystring: jsonSchema(
+    z.object({
+      type: z
+        .union([z.string(), z.array(z.string())])
+        .optional()
+        .describe('event types, comma-separated or repeated'),
+    }),
+  ),
   headers: resume,
   response: replies({ 200: sse }),
 };
@@ -122,154 +131,167 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     return client;
   };
 
-  app.get<{ Querystring: { type?: string | string[] } }>('/v1/events', { schema: allEventsSchema, ...validatedInHandler }, async (req, reply) => {
-    const caller = await deps.authenticate(req);
-    admit();
-    const types = parseTypes(req.query.type);
-    const since = lastEventId(req);
-    await hub.ready();
-    let client: SseClient | undefined;
-    let run: ReturnType<typeof serial> | undefined;
-    let cursor = '0-0';
-    const deliver = (e: DomainEvent) => {
-      if (compareIds(e.id, cursor) <= 0) return;
-      cursor = e.id;
-      if ((!types || types.has(e.type)) && mayRead(caller, (e.data as { userId?: unknown }).userId)) client!.send(e.type, e, e.id);
-    };
-    // Subscribed, then the starting point read, then the headers sent: the shared reader is never
-    // ahead of that point, so from the moment a client sees the headers every entry reaches it,
-    // once (deduplicated by id). Entries that come before the headers are covered by the replay.
-    const unsubscribe = hub.subscribe((e) => run?.(() => deliver(e)));
-    try {
-      cursor = since ?? (await lastStreamId(deps.redis, domainKey));
-    } catch (err) {
-      unsubscribe();
-      throw err;
-    }
-    client = open(req, reply, { types: types ? [...types] : 'all' });
-    client.onEnd(unsubscribe);
-    run = serial(client);
-    // After a reconnect: what was missed. Otherwise whatever came while the headers went out.
-    run(async () => {
-      for await (const e of replay(stream, cursor, '+')) deliver(e);
-    });
-  });
-
-  app.get<{ Params: { kind: string; id: string } }>('/v1/jobs/:kind/:id/events', { schema: jobEventsSchema, ...validatedInHandler }, async (req, reply) => {
-    const caller = await deps.authenticate(req);
-    admit();
-    const { kind, id } = req.params;
-    const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
-    if (!queue) throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${QUEUE_NAMES.join(', ')}`);
-    if (lastEventId(req) === DONE_ID) return reply.code(204).send();
-    const known = await queue.getJob(id);
-    // Another user's job answers like a missing one (GET /v1/jobs/:kind/:id does the same).
-    if (!known || !mayRead(caller, (known.data as { userId?: unknown } | undefined)?.userId)) throw new NotFoundError(`job ${id} not found in queue ${kind}`);
-    const events = await queueEvents.get(queue);
-    await hub.ready();
-
-    const client = open(req, reply, { queue: kind, jobId: id });
-    const bullKey = queue.keys.events!;
-    let bullCursor = '0-0';
-    let domainCursor = `${Math.max(0, known.timestamp - CLOCK_SKEW_MS)}-0`;
-    const since = lastEventId(req);
-    if (since && compareIds(since, domainCursor) > 0) domainCursor = since;
-    let finished = false;
-    const run = serial(client, () => finished);
-    const mine = (e: DomainEvent) => e.jobId === id && e.queue === kind;
-
-    /** This job's domain events after domainCursor up to `until`, sent. */
-    const domainUpTo = async (until: string) => {
-      for await (const e of replay(stream, domainCursor, until)) {
-        domainCursor = e.id;
-        if (mine(e)) client.send(e.type, e, e.id);
+  app.get<{ Querystring: { type?: string | string[] } }>(
+    '/v1/events',
+    { schema: allEventsSchema, ...validatedInHandler },
+    async (req, reply) => {
+      const caller = await deps.authenticate(req);
+      admit();
+      const types = parseTypes(req.query.type);
+      const since = lastEventId(req);
+      await hub.ready();
+      let client: SseClient | undefined;
+      let run: ReturnType<typeof serial> | undefined;
+      let cursor = '0-0';
+      const deliver = (e: DomainEvent) => {
+        if (compareIds(e.id, cursor) <= 0) return;
+        cursor = e.id;
+        if ((!types || types.has(e.type)) && mayRead(caller, (e.data as { userId?: unknown }).userId)) client!.send(e.type, e, e.id);
+      };
+      // Subscribed, then the starting point read, then the headers sent: the shared reader is never
+      // ahead of that point, so from the moment a client sees the headers every entry reaches it,
+      // once (deduplicated by id). Entries that come before the headers are covered by the replay.
+      const unsubscribe = hub.subscribe((e) => run?.(() => deliver(e)));
+      try {
+        cursor = since ?? (await lastStreamId(deps.redis, domainKey));
+      } catch (err) {
+        unsubscribe();
+        throw err;
       }
-    };
-    /** One lifecycle entry of the queue's BullMQ event stream (bullCursor already past it). */
-    const lifecycle = async (e: LifecycleEvent) => {
-      if (e.jobId !== id || finished) return;
-      const ms = e.id.split('-')[0]!;
-      const final = e.event === 'completed' || e.event === 'failed';
-      // Domain events of earlier milliseconds first; at the same millisecond, progress goes before
-      // a domain event (its usual order in a processor) and a final event after (causality).
-      await domainUpTo(final ? `${ms}-${MAX_SEQ}` : `${Number(ms) - 1}-${MAX_SEQ}`);
-      if (e.event === 'progress') client.send('progress', { jobId: id, progress: e.data ?? null });
-      else if (e.event === 'active' || e.event === 'waiting') client.send('state', { jobId: id, state: e.event });
-      else if (e.event === 'delayed') client.send('state', { jobId: id, state: 'delayed', until: new Date(Number(e.delay)).toISOString() });
-      else if (final) {
-        finished = true;
-        const body = e.event === 'completed' ? { jobId: id, result: e.returnvalue ?? null } : { jobId: id, failedReason: e.failedReason ?? '' };
-        client.send(e.event, body, DONE_ID);
-        client.end();
-      }
-    };
-    /** Lifecycle entries after bullCursor up to `until`, from the stream itself: the reader may lag. */
-    const lifecycleUpTo = async (until: string) => {
-      for (;;) {
-        const page = (await deps.redis.xrange(bullKey, `(${bullCursor}`, until, 'COUNT', PAGE)) as [string, string[]][];
-        for (const entry of page) {
-          bullCursor = entry[0];
-          await lifecycle(parseLifecycle(entry));
-          if (finished) return;
-        }
-        if (page.length < PAGE) return;
-      }
-    };
-    // Every lifecycle event's arguments carry the job id, and more by event (data, returnvalue, …).
-    const fromQueueEvents = (event: string) => (args: { jobId: string } & Record<string, unknown>, eventId: string) => {
-      if (args.jobId !== id) return;
-      run(() => {
-        // Already sent by a catch-up read, or reflected in the snapshot.
-        if (compareIds(eventId, bullCursor) <= 0) return;
-        bullCursor = eventId;
-        return lifecycle({ ...args, id: eventId, event, jobId: id } as LifecycleEvent);
-      });
-    };
-    const fromHub = (e: DomainEvent) =>
+      client = open(req, reply, { types: types ? [...types] : 'all' });
+      client.onEnd(unsubscribe);
+      run = serial(client);
+      // After a reconnect: what was missed. Otherwise whatever came while the headers went out.
       run(async () => {
-        if (compareIds(e.id, domainCursor) <= 0) return;
-        if (!mine(e)) {
+        for await (const e of replay(stream, cursor, '+')) deliver(e);
+      });
+    },
+  );
+
+  app.get<{ Params: { kind: string; id: string } }>(
+    '/v1/jobs/:kind/:id/events',
+    { schema: jobEventsSchema, ...validatedInHandler },
+    async (req, reply) => {
+      const caller = await deps.authenticate(req);
+      admit();
+      const { kind, id } = req.params;
+      const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
+      if (!queue)
+        throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${QUEUE_NAMES.join(', ')}`);
+      if (lastEventId(req) === DONE_ID) return reply.code(204).send();
+      const known = await queue.getJob(id);
+      // Another user's job answers like a missing one (GET /v1/jobs/:kind/:id does the same).
+      if (!known || !mayRead(caller, (known.data as { userId?: unknown } | undefined)?.userId))
+        throw new NotFoundError(`job ${id} not found in queue ${kind}`);
+      const events = await queueEvents.get(queue);
+      await hub.ready();
+
+      const client = open(req, reply, { queue: kind, jobId: id });
+      const bullKey = queue.keys.events!;
+      let bullCursor = '0-0';
+      let domainCursor = `${Math.max(0, known.timestamp - CLOCK_SKEW_MS)}-0`;
+      const since = lastEventId(req);
+      if (since && compareIds(since, domainCursor) > 0) domainCursor = since;
+      let finished = false;
+      const run = serial(client, () => finished);
+      const mine = (e: DomainEvent) => e.jobId === id && e.queue === kind;
+
+      /** This job's domain events after domainCursor up to `until`, sent. */
+      const domainUpTo = async (until: string) => {
+        for await (const e of replay(stream, domainCursor, until)) {
           domainCursor = e.id;
+          if (mine(e)) client.send(e.type, e, e.id);
+        }
+      };
+      /** One lifecycle entry of the queue's BullMQ event stream (bullCursor already past it). */
+      const lifecycle = async (e: LifecycleEvent) => {
+        if (e.jobId !== id || finished) return;
+        const ms = e.id.split('-')[0]!;
+        const final = e.event === 'completed' || e.event === 'failed';
+        // Domain events of earlier milliseconds first; at the same millisecond, progress goes before
+        // a domain event (its usual order in a processor) and a final event after (causality).
+        await domainUpTo(final ? `${ms}-${MAX_SEQ}` : `${Number(ms) - 1}-${MAX_SEQ}`);
+        if (e.event === 'progress') client.send('progress', { jobId: id, progress: e.data ?? null });
+        else if (e.event === 'active' || e.event === 'waiting') client.send('state', { jobId: id, state: e.event });
+        else if (e.event === 'delayed')
+          client.send('state', { jobId: id, state: 'delayed', until: new Date(Number(e.delay)).toISOString() });
+        else if (final) {
+          finished = true;
+          const body =
+            e.event === 'completed' ? { jobId: id, result: e.returnvalue ?? null } : { jobId: id, failedReason: e.failedReason ?? '' };
+          client.send(e.event, body, DONE_ID);
+          client.end();
+        }
+      };
+      /** Lifecycle entries after bullCursor up to `until`, from the stream itself: the reader may lag. */
+      const lifecycleUpTo = async (until: string) => {
+        for (;;) {
+          const page = (await deps.redis.xrange(bullKey, `(${bullCursor}`, until, 'COUNT', PAGE)) as [string, string[]][];
+          for (const entry of page) {
+            bullCursor = entry[0];
+            await lifecycle(parseLifecycle(entry));
+            if (finished) return;
+          }
+          if (page.length < PAGE) return;
+        }
+      };
+      // Every lifecycle event's arguments carry the job id, and more by event (data, returnvalue, …).
+      const fromQueueEvents = (event: string) => (args: { jobId: string } & Record<string, unknown>, eventId: string) => {
+        if (args.jobId !== id) return;
+        run(() => {
+          // Already sent by a catch-up read, or reflected in the snapshot.
+          if (compareIds(eventId, bullCursor) <= 0) return;
+          bullCursor = eventId;
+          return lifecycle({ ...args, id: eventId, event, jobId: id } as LifecycleEvent);
+        });
+      };
+      const fromHub = (e: DomainEvent) =>
+        run(async () => {
+          if (compareIds(e.id, domainCursor) <= 0) return;
+          if (!mine(e)) {
+            domainCursor = e.id;
+            return;
+          }
+          // Lifecycle entries up to this millisecond go first. The cursor stays before this event
+          // meanwhile: a final entry among them sends it (before itself) through domainUpTo.
+          await lifecycleUpTo(`${e.id.split('-')[0]}-${MAX_SEQ}`);
+          if (finished || compareIds(e.id, domainCursor) <= 0) return;
+          domainCursor = e.id;
+          client.send(e.type, e, e.id);
+        });
+
+      const listeners = LIFECYCLE_EVENTS.map((event) => [event, fromQueueEvents(event)] as const);
+      for (const [event, fn] of listeners) events.on(event, fn);
+      const unsubscribe = hub.subscribe(fromHub);
+      client.onEnd(() => {
+        unsubscribe();
+        for (const [event, fn] of listeners) events.off(event, fn);
+      });
+
+      // Subscribed above; now the snapshot. Lifecycle entries after this cursor are sent live.
+      run(async () => {
+        bullCursor = await lastStreamId(deps.redis, bullKey);
+        // The job's earlier domain events, up to the snapshot; later ones arrive live.
+        await domainUpTo(`${bullCursor.split('-')[0]}-${MAX_SEQ}`);
+        const job = await queue.getJob(id);
+        if (!job) {
+          finished = true;
+          client.send('failed', { jobId: id, failedReason: 'the job was removed' }, DONE_ID);
+          client.end();
           return;
         }
-        // Lifecycle entries up to this millisecond go first. The cursor stays before this event
-        // meanwhile: a final entry among them sends it (before itself) through domainUpTo.
-        await lifecycleUpTo(`${e.id.split('-')[0]}-${MAX_SEQ}`);
-        if (finished || compareIds(e.id, domainCursor) <= 0) return;
-        domainCursor = e.id;
-        client.send(e.type, e, e.id);
+        const state = await job.getState();
+        client.send('state', { jobId: id, state, progress: job.progress ?? null, attemptsMade: job.attemptsMade });
+        if (state === 'completed' || state === 'failed') {
+          finished = true;
+          const body =
+            state === 'completed' ? { jobId: id, result: job.returnvalue ?? null } : { jobId: id, failedReason: job.failedReason };
+          client.send(state, body, DONE_ID);
+          client.end();
+        }
       });
-
-    const listeners = LIFECYCLE_EVENTS.map((event) => [event, fromQueueEvents(event)] as const);
-    for (const [event, fn] of listeners) events.on(event, fn);
-    const unsubscribe = hub.subscribe(fromHub);
-    client.onEnd(() => {
-      unsubscribe();
-      for (const [event, fn] of listeners) events.off(event, fn);
-    });
-
-    // Subscribed above; now the snapshot. Lifecycle entries after this cursor are sent live.
-    run(async () => {
-      bullCursor = await lastStreamId(deps.redis, bullKey);
-      // The job's earlier domain events, up to the snapshot; later ones arrive live.
-      await domainUpTo(`${bullCursor.split('-')[0]}-${MAX_SEQ}`);
-      const job = await queue.getJob(id);
-      if (!job) {
-        finished = true;
-        client.send('failed', { jobId: id, failedReason: 'the job was removed' }, DONE_ID);
-        client.end();
-        return;
-      }
-      const state = await job.getState();
-      client.send('state', { jobId: id, state, progress: job.progress ?? null, attemptsMade: job.attemptsMade });
-      if (state === 'completed' || state === 'failed') {
-        finished = true;
-        const body = state === 'completed' ? { jobId: id, result: job.returnvalue ?? null } : { jobId: id, failedReason: job.failedReason };
-        client.send(state, body, DONE_ID);
-        client.end();
-      }
-    });
-  });
+    },
+  );
 }
 
 /** BullMQ queue events a job stream relays. */
@@ -297,7 +319,15 @@ function parseLifecycle([id, fields]: [string, string[]]): LifecycleEvent {
       return text;
     }
   };
-  return { id, event: f.event ?? '', jobId: f.jobId ?? '', data: json(f.data), returnvalue: json(f.returnvalue), failedReason: f.failedReason, delay: f.delay };
+  return {
+    id,
+    event: f.event ?? '',
+    jobId: f.jobId ?? '',
+    data: json(f.data),
+    returnvalue: json(f.returnvalue),
+    failedReason: f.failedReason,
+    delay: f.delay,
+  };
 }
 
 // ---- one client ---------------------------------------------------------------------------------
@@ -372,7 +402,9 @@ function openSse(reply: FastifyReply, opts: Required<EventRoutesOptions>, log: L
     fail(err) {
       if (ended) return;
       log.error({ err }, 'event stream failed');
-      write(`event: error\ndata: ${JSON.stringify({ error: { code: 'STOWAGE_ERR_INTERNAL', message: 'event stream failed; see the server log' } })}\n\n`);
+      write(
+        `event: error\ndata: ${JSON.stringify({ error: { code: 'STOWAGE_ERR_INTERNAL', message: 'event stream failed; see the server log' } })}\n\n`,
+      );
       close();
     },
     onEnd(fn) {
@@ -529,10 +561,16 @@ function lastEventId(req: FastifyRequest): string | undefined {
 
 function parseTypes(raw: string | string[] | undefined): Set<string> | undefined {
   if (raw === undefined) return undefined;
-  const types = (Array.isArray(raw) ? raw : [raw]).flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
+  const types = (Array.isArray(raw) ? raw : [raw])
+    .flatMap((t) => t.split(','))
+    .map((t) => t.trim())
+    .filter(Boolean);
   const bad = types.filter((t) => !TYPE_PATTERN.test(t));
   if (bad.length || !types.length) {
-    throw new StowageError('STOWAGE_ERR_USAGE', `type: expected event type names such as artifact_uploaded, got "${[raw].flat().join(',')}"`);
+    throw new StowageError(
+      'STOWAGE_ERR_USAGE',
+      `type: expected event type names such as artifact_uploaded, got "${[raw].flat().join(',')}"`,
+    );
   }
   return new Set(types);
 }

@@ -55,10 +55,22 @@ const listQuery = z.strictObject({
   offset: z.coerce.number().int().min(0).max(1_000_000).default(0),
 });
 
-const statsQuery = z.strictObject({ since_hours: z.coerce.number().int().min(1).max(24 * 366).optional() });
+const statsQuery = z.strictObject({
+  since_hours: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(24 * 366)
+    .optional(),
+});
 
 const unrecoveredQuery = z.strictObject({
-  since_hours: z.coerce.number().int().min(1).max(24 * 366).default(24),
+  since_hours: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(24 * 366)
+    .default(24),
   limit: z.coerce.number().int().min(1).max(500).default(50),
 });
 
@@ -88,12 +100,26 @@ const failureView = z.object({
 });
 const idParams = jsonSchema(z.object({ id: uuidParam }));
 /** Documentation only: recordFailures validates the body (failures/ingest.ts). */
-const reportBody = z.union([failureInput, z.array(failureInput).min(1).max(MAX_BATCH), z.strictObject({ failures: z.array(failureInput).min(1).max(MAX_BATCH) })]);
+const reportBody = z.union([
+  failureInput,
+  z.array(failureInput).min(1).max(MAX_BATCH),
+  z.strictObject({ failures: z.array(failureInput).min(1).max(MAX_BATCH) }),
+]);
 
-const reportSchema = { body: jsonSchema(reportBody), response: replies({ 202: z.object({ accepted: z.number().int(), ids: z.array(z.uuid()) }) }) };
+const reportSchema = {
+  body: jsonSchema(reportBody),
+  response: replies({ 202: z.object({ accepted: z.number().int(), ids: z.array(z.uuid()) }) }),
+};
 const listSchema = {
   querystring: jsonSchema(listQuery),
-  response: replies({ 200: z.object({ items: z.array(failureView), limit: z.number().int(), offset: z.number().int(), next_offset: z.number().int().nullable() }) }),
+  response: replies({
+    200: z.object({
+      items: z.array(failureView),
+      limit: z.number().int(),
+      offset: z.number().int(),
+      next_offset: z.number().int().nullable(),
+    }),
+  }),
 };
 const statsSchema = {
   querystring: jsonSchema(statsQuery),
@@ -140,7 +166,8 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
   const metrics = failureMetrics(deps.metrics.registry);
   const admin = async (req: FastifyRequest) => {
     const caller = await deps.authenticate(req);
-    if (caller.role !== 'admin') throw new AuthError(`role "${caller.role}" may not change failures; an admin token is required`, 'STOWAGE_ERR_FORBIDDEN');
+    if (caller.role !== 'admin')
+      throw new AuthError(`role "${caller.role}" may not change failures; an admin token is required`, 'STOWAGE_ERR_FORBIDDEN');
     return caller;
   };
   /** An id that is not a uuid cannot exist: the same 404 as another tenant's. */
@@ -173,33 +200,46 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
       limit: qy.limit,
       offset: qy.offset,
     });
-    return { items: items.map(view), limit: qy.limit, offset: qy.offset, next_offset: items.length === qy.limit ? qy.offset + qy.limit : null };
-  });
-
-  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures/stats', { schema: statsSchema, ...validatedInHandler }, async (req) => {
-    const caller = await deps.authenticate(req);
-    const qy = parse(statsQuery, req.query, 'query');
-    const since = qy.since_hours ? new Date(Date.now() - qy.since_hours * 3_600_000) : null;
-    const s = await failureStats(deps.db, caller.tenant, since);
     return {
-      total: s.total,
-      matched: s.matched,
-      unmatched: s.unmatched,
-      hit_rate: s.total ? s.matched / s.total : null,
-      recovered: s.recovered,
-      recovery_failed: s.recoveryFailed,
-      unrecovered: s.unrecovered,
-      top_error_codes: s.topErrorCodes.map((c) => ({ error_code: c.errorCode, count: c.count })),
-      by_category: s.byCategory,
+      items: items.map(view),
+      limit: qy.limit,
+      offset: qy.offset,
+      next_offset: items.length === qy.limit ? qy.offset + qy.limit : null,
     };
   });
 
-  app.get<{ Querystring: Record<string, string> }>('/api/v1/failures/unrecovered', { schema: unrecoveredSchema, ...validatedInHandler }, async (req) => {
-    const caller = await deps.authenticate(req);
-    const qy = parse(unrecoveredQuery, req.query, 'query');
-    const items = await listUnrecovered(deps.db, caller.tenant, qy.since_hours, qy.limit);
-    return { items: items.map(view), since_hours: qy.since_hours, limit: qy.limit };
-  });
+  app.get<{ Querystring: Record<string, string> }>(
+    '/api/v1/failures/stats',
+    { schema: statsSchema, ...validatedInHandler },
+    async (req) => {
+      const caller = await deps.authenticate(req);
+      const qy = parse(statsQuery, req.query, 'query');
+      const since = qy.since_hours ? new Date(Date.now() - qy.since_hours * 3_600_000) : null;
+      const s = await failureStats(deps.db, caller.tenant, since);
+      return {
+        total: s.total,
+        matched: s.matched,
+        unmatched: s.unmatched,
+        hit_rate: s.total ? s.matched / s.total : null,
+        recovered: s.recovered,
+        recovery_failed: s.recoveryFailed,
+        unrecovered: s.unrecovered,
+        top_error_codes: s.topErrorCodes.map((c) => ({ error_code: c.errorCode, count: c.count })),
+        by_category: s.byCategory,
+      };
+    },
+  );
+
+  app.get<{ Querystring: Record<string, string> }>(
+    '/api/v1/failures/unrecovered',
+    { schema: unrecoveredSchema, ...validatedInHandler },
+    async (req) => {
+      const caller = await deps.authenticate(req);
+      const qy = parse(unrecoveredQuery, req.query, 'query');
+      const items = await listUnrecovered(deps.db, caller.tenant, qy.since_hours, qy.limit);
+      return { items: items.map(view), since_hours: qy.since_hours, limit: qy.limit };
+    },
+  );
 
   app.get<{ Params: { id: string } }>('/api/v1/failures/:id', { schema: getSchema, ...validatedInHandler }, async (req) => {
     const caller = await deps.authenticate(req);
@@ -213,7 +253,11 @@ export function registerFailureRoutes(app: App, deps: FailureRoutesDeps): void {
     const caller = await admin(req);
     const id = idOf(req.params.id);
     const body = parse(recoveryBody, req.body, 'body');
-    const f = await markRecovery(deps.db, caller.tenant, id, { succeeded: body.recovery_succeeded, recoveredBy: body.recovered_by, notes: body.notes ?? null });
+    const f = await markRecovery(deps.db, caller.tenant, id, {
+      succeeded: body.recovery_succeeded,
+      recoveredBy: body.recovered_by,
+      notes: body.notes ?? null,
+    });
     if (!f) throw new NotFoundError(`failure ${id} not found`);
     countRecovery(metrics, { errorCode: f.errorCode, recoveryMode: f.recoveryMode, succeeded: body.recovery_succeeded });
     return view(f);

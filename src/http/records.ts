@@ -57,8 +57,22 @@ const body = z.object({
 const moduleParams = z.object({ module: safeId });
 const recordParams = z.object({ module: safeId, id: safeId });
 /** A manifest entry (storage/manifest.ts). */
-const entry = z.looseObject({ id: z.string(), key: z.string(), format: z.string(), record_count: z.number().int(), size: z.number().int(), sha256: z.string(), created_at: z.iso.datetime() });
-const hit = z.looseObject({ source: z.enum(['record', 'manifest']), id: z.string(), key: z.string(), format: z.string(), created_at: z.iso.datetime() });
+const entry = z.looseObject({
+  id: z.string(),
+  key: z.string(),
+  format: z.string(),
+  record_count: z.number().int(),
+  size: z.number().int(),
+  sha256: z.string(),
+  created_at: z.iso.datetime(),
+});
+const hit = z.looseObject({
+  source: z.enum(['record', 'manifest']),
+  id: z.string(),
+  key: z.string(),
+  format: z.string(),
+  created_at: z.iso.datetime(),
+});
 
 const storeSchema = {
   params: jsonSchema(moduleParams),
@@ -69,7 +83,10 @@ const listSchema = {
   params: jsonSchema(moduleParams),
   querystring: jsonSchema(listQuery),
   response: replies({
-    200: z.union([z.object({ module: z.string(), entries: z.array(entry) }), z.object({ module: z.string(), q: z.string(), hits: z.array(hit) })]),
+    200: z.union([
+      z.object({ module: z.string(), entries: z.array(entry) }),
+      z.object({ module: z.string(), q: z.string(), hits: z.array(hit) }),
+    ]),
   }),
 };
 const getSchema = {
@@ -102,26 +119,36 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
     const module = parse(safeId, req.params.module, 'module');
     const b = parse(body, req.body, 'body');
     // The answer carries the object's id (derived from the records when not given) for the GETs.
-    const enqueued = await deps.producer.storeRecords({ module, userId: caller.userId, format: b.format, records: b.records, ...(b.id ? { id: b.id } : {}) });
+    const enqueued = await deps.producer.storeRecords({
+      module,
+      userId: caller.userId,
+      format: b.format,
+      records: b.records,
+      ...(b.id ? { id: b.id } : {}),
+    });
     return reply.code(202).send(enqueued);
   });
 
-  app.get<{ Params: { module: string }; Querystring: Record<string, string> }>('/:module', { schema: listSchema, ...validatedInHandler }, async (req, reply) => {
-    const caller = await deps.authenticate(req);
-    const module = parse(safeId, req.params.module, 'module');
-    const q = parse(listQuery, req.query, 'query');
-    const range = { ...(q.from ? { from: new Date(q.from) } : {}), ...(q.to ? { to: new Date(q.to) } : {}) };
-    if (q.q) {
-      const hits = await searchRecords(deps.storage(), module, caller.userId, q.q, {
-        ...range,
-        ...(q.limit ? { limit: q.limit } : {}),
-        ...(q.read ? { read: q.read } : {}),
-      });
-      return reply.headers(noStore).send({ module, q: q.q, hits });
-    }
-    const entries = await listRecords(deps.storage(), module, caller.userId, range);
-    return reply.headers(noStore).send({ module, entries });
-  });
+  app.get<{ Params: { module: string }; Querystring: Record<string, string> }>(
+    '/:module',
+    { schema: listSchema, ...validatedInHandler },
+    async (req, reply) => {
+      const caller = await deps.authenticate(req);
+      const module = parse(safeId, req.params.module, 'module');
+      const q = parse(listQuery, req.query, 'query');
+      const range = { ...(q.from ? { from: new Date(q.from) } : {}), ...(q.to ? { to: new Date(q.to) } : {}) };
+      if (q.q) {
+        const hits = await searchRecords(deps.storage(), module, caller.userId, q.q, {
+          ...range,
+          ...(q.limit ? { limit: q.limit } : {}),
+          ...(q.read ? { read: q.read } : {}),
+        });
+        return reply.headers(noStore).send({ module, q: q.q, hits });
+      }
+      const entries = await listRecords(deps.storage(), module, caller.userId, range);
+      return reply.headers(noStore).send({ module, entries });
+    },
+  );
 
   app.get<{ Params: { module: string; id: string } }>('/:module/:id', { schema: getSchema, ...validatedInHandler }, async (req, reply) => {
     const caller = await deps.authenticate(req);
@@ -132,14 +159,20 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
     return reply.headers(noStore).send(found);
   });
 
-  app.get<{ Params: { module: string; id: string }; Querystring: Record<string, string> }>('/:module/:id/url', { schema: urlSchema, ...validatedInHandler }, async (req, reply) => {
-    const caller = await deps.authenticate(req);
-    const module = parse(safeId, req.params.module, 'module');
-    const id = parse(safeId, req.params.id, 'id');
-    const { expiresIn } = parse(urlQuery, req.query, 'query');
-    const signed = await recordUrl(deps.storage(), module, caller.userId, id, expiresIn ?? DEFAULT_PRESIGN_SECONDS);
-    if (!signed) throw notFound(module, id);
-    // The URL is a bearer credential until it expires: keep it out of shared caches.
-    return reply.headers(noStore).send({ url: signed.url, expiresAt: signed.expiresAt.toISOString(), filename: signed.filename, size: signed.entry.size });
-  });
+  app.get<{ Params: { module: string; id: string }; Querystring: Record<string, string> }>(
+    '/:module/:id/url',
+    { schema: urlSchema, ...validatedInHandler },
+    async (req, reply) => {
+      const caller = await deps.authenticate(req);
+      const module = parse(safeId, req.params.module, 'module');
+      const id = parse(safeId, req.params.id, 'id');
+      const { expiresIn } = parse(urlQuery, req.query, 'query');
+      const signed = await recordUrl(deps.storage(), module, caller.userId, id, expiresIn ?? DEFAULT_PRESIGN_SECONDS);
+      if (!signed) throw notFound(module, id);
+      // The URL is a bearer credential until it expires: keep it out of shared caches.
+      return reply
+        .headers(noStore)
+        .send({ url: signed.url, expiresAt: signed.expiresAt.toISOString(), filename: signed.filename, size: signed.entry.size });
+    },
+  );
 }

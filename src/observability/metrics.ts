@@ -36,10 +36,30 @@ export function createMetrics(options: { registry?: Registry; defaults?: boolean
   return {
     registry,
     jobsCompleted: new Counter({ name: 'stowage_jobs_completed_total', help: 'Jobs completed', labelNames: ['queue'], registers }),
-    jobsFailed: new Counter({ name: 'stowage_jobs_failed_total', help: 'Job attempts that failed (retried or final)', labelNames: ['queue'], registers }),
-    jobsRetried: new Counter({ name: 'stowage_jobs_retried_total', help: 'Failed attempts that will be retried', labelNames: ['queue'], registers }),
-    jobsParked: new Counter({ name: 'stowage_jobs_parked_total', help: 'Jobs parked in the dead-letter queue', labelNames: ['queue', 'reason'], registers }),
-    jobsRedriven: new Counter({ name: 'stowage_jobs_redriven_total', help: 'Parked jobs sent back to their queue', labelNames: ['queue', 'mode'], registers }),
+    jobsFailed: new Counter({
+      name: 'stowage_jobs_failed_total',
+      help: 'Job attempts that failed (retried or final)',
+      labelNames: ['queue'],
+      registers,
+    }),
+    jobsRetried: new Counter({
+      name: 'stowage_jobs_retried_total',
+      help: 'Failed attempts that will be retried',
+      labelNames: ['queue'],
+      registers,
+    }),
+    jobsParked: new Counter({
+      name: 'stowage_jobs_parked_total',
+      help: 'Jobs parked in the dead-letter queue',
+      labelNames: ['queue', 'reason'],
+      registers,
+    }),
+    jobsRedriven: new Counter({
+      name: 'stowage_jobs_redriven_total',
+      help: 'Parked jobs sent back to their queue',
+      labelNames: ['queue', 'mode'],
+      registers,
+    }),
     jobDuration: new Histogram({
       name: 'stowage_job_duration_seconds',
       help: 'Time a job attempt spent in its processor',
@@ -48,7 +68,12 @@ export function createMetrics(options: { registry?: Registry; defaults?: boolean
       buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800],
       registers,
     }),
-    uploadBytes: new Counter({ name: 'stowage_upload_bytes_total', help: 'Bytes uploaded to object storage', labelNames: ['status'], registers }),
+    uploadBytes: new Counter({
+      name: 'stowage_upload_bytes_total',
+      help: 'Bytes uploaded to object storage',
+      labelNames: ['status'],
+      registers,
+    }),
     uploadDuration: new Histogram({
       name: 'stowage_upload_duration_seconds',
       help: 'Duration of one object upload',
@@ -56,7 +81,12 @@ export function createMetrics(options: { registry?: Registry; defaults?: boolean
       buckets: [0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800],
       registers,
     }),
-    uploadAttempts: new Counter({ name: 'stowage_upload_attempts_total', help: 'Upload attempts by outcome', labelNames: ['status'], registers }),
+    uploadAttempts: new Counter({
+      name: 'stowage_upload_attempts_total',
+      help: 'Upload attempts by outcome',
+      labelNames: ['status'],
+      registers,
+    }),
     // No labels, so every process exports 0 from the start: the alerts see a flat line, not a gap.
     failurePersistDropped: new Counter({
       name: 'failure_persist_dropped_total',

@@ -156,7 +156,11 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     const job = await queue(kind).getJob(jobId);
     if (!job) {
       const p = await parked();
-      if (p) throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} was parked in the dead-letter queue (${p.reason}): ${p.error.message}`);
+      if (p)
+        throw new StowageError(
+          'STOWAGE_ERR_JOB_FAILED',
+          `job ${jobId} was parked in the dead-letter queue (${p.reason}): ${p.error.message}`,
+        );
       throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
     }
     try {

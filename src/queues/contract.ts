@@ -132,9 +132,7 @@ export function deriveExportId(format: string, records: unknown[]): string {
 /** The job id for a validated payload: `<kind>.<sha256 of the identity fields, 32 hex>`. */
 export function jobIdFor<K extends JobKind>(kind: K, payload: Payload<K>): string {
   const fields = IDENTITY_FIELDS[kind];
-  const identity = fields
-    ? Object.fromEntries(fields.map((f) => [f, (payload as Record<string, unknown>)[f]]))
-    : payload;
+  const identity = fields ? Object.fromEntries(fields.map((f) => [f, (payload as Record<string, unknown>)[f]])) : payload;
   const digest = createHash('sha256').update(canonicalJson(identity)).digest('hex').slice(0, 32);
   return `${kind}.${digest}`;
 }

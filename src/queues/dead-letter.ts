@@ -149,7 +149,10 @@ export class DeadLetter {
     await this.queue.add(job.name, record, { jobId: id });
     // Only now may the failed job go: the dead-letter queue holds everything it had.
     await job.remove().catch((err: unknown) => {
-      this.deps.logger.warn({ queue: queueName, jobId, err }, 'parked job could not be removed from the failed set; the next sweep retries');
+      this.deps.logger.warn(
+        { queue: queueName, jobId, err },
+        'parked job could not be removed from the failed set; the next sweep retries',
+      );
     });
     await this.deps.connection.del(errorKey).catch(() => {});
     if (!existed) {
@@ -159,7 +162,11 @@ export class DeadLetter {
         'job parked in dead-letter queue',
       );
       await this.deps.events
-        ?.emit('job_parked', { queue: queueName, jobId, name: job.name, reason: record.error.message, attempts: job.attemptsMade }, { queue: queueName, jobId })
+        ?.emit(
+          'job_parked',
+          { queue: queueName, jobId, name: job.name, reason: record.error.message, attempts: job.attemptsMade },
+          { queue: queueName, jobId },
+        )
         .catch(() => {});
     }
     // Also when the dead-letter job already existed: a process that died between the add and this
@@ -234,7 +241,11 @@ export class DeadLetter {
     this.deps.metrics?.jobsRedriven.inc({ queue: originQueue, mode });
     this.deps.logger.info({ queue: originQueue, jobId: originJobId, mode }, 'parked job redriven');
     await this.deps.events
-      ?.emit('job_redriven', { queue: originQueue, jobId: originJobId, automatic: Boolean(options.automatic) }, { queue: originQueue, jobId: originJobId })
+      ?.emit(
+        'job_redriven',
+        { queue: originQueue, jobId: originJobId, automatic: Boolean(options.automatic) },
+        { queue: originQueue, jobId: originJobId },
+      )
       .catch(() => {});
     return { ...base, action: 'redriven' };
   }
@@ -271,4 +282,3 @@ export class DeadLetter {
     await Promise.all([this.queue.close(), ...[...this.origins.values()].map((q) => q.close())]);
   }
 }
-

@@ -45,9 +45,7 @@ export function createEventStream(redis: Redis, prefix: string, maxLen = 10_000)
       return parse((await redis.xrange(key, start, until, 'COUNT', count)) as [string, string[]][]);
     },
     async follow(afterId, blockMs) {
-      const res = (await redis.xread('COUNT', 100, 'BLOCK', blockMs, 'STREAMS', key, afterId)) as
-        | [string, [string, string[]][]][]
-        | null;
+      const res = (await redis.xread('COUNT', 100, 'BLOCK', blockMs, 'STREAMS', key, afterId)) as [string, [string, string[]][]][] | null;
       return res ? parse(res[0]![1]) : [];
     },
   };

@@ -56,9 +56,12 @@ export interface Scheduler {
 export async function startScheduler(config: Config, logger: Logger, options: { resyncMs?: number } = {}): Promise<Scheduler> {
   const connection = createRedis(config.redisUrl, { connectionName: 'stowage:scheduler' });
   await syncSchedules(config, connection, logger);
-  const timer = setInterval(() => {
-    syncSchedules(config, connection, logger).catch((err: unknown) => logger.warn({ err }, 'schedule resync failed'));
-  }, options.resyncMs ?? 5 * 60_000);
+  const timer = setInterval(
+    () => {
+      syncSchedules(config, connection, logger).catch((err: unknown) => logger.warn({ err }, 'schedule resync failed'));
+    },
+    options.resyncMs ?? 5 * 60_000,
+  );
   return {
     async close() {
       clearInterval(timer);

@@ -21,11 +21,29 @@ export interface DesiredSchedule {
 /** Default schedules per job kind. A config schedule with the same id replaces one; `enabled: false` removes it. */
 export const DEFAULT_SCHEDULES: DesiredSchedule[] = [
   // Nightly failure-pattern export (docs/failures.md).
-  { id: 'failure-aggregation', queue: 'aggregation', jobName: 'aggregation', repeat: { pattern: '0 2 * * *', tz: 'UTC' }, data: { days: 7, minOccurrences: 3 } },
+  {
+    id: 'failure-aggregation',
+    queue: 'aggregation',
+    jobName: 'aggregation',
+    repeat: { pattern: '0 2 * * *', tz: 'UTC' },
+    data: { days: 7, minOccurrences: 3 },
+  },
   // Re-upload exports left in AGG_LOCAL_FALLBACK, every 15 minutes.
-  { id: 'failure-aggregation-retry', queue: 'aggregation', jobName: 'retry-fallbacks', repeat: { pattern: '*/15 * * * *', tz: 'UTC' }, data: { task: 'retry-fallbacks', max: 100 } },
+  {
+    id: 'failure-aggregation-retry',
+    queue: 'aggregation',
+    jobName: 'retry-fallbacks',
+    repeat: { pattern: '*/15 * * * *', tz: 'UTC' },
+    data: { task: 'retry-fallbacks', max: 100 },
+  },
   // Daily retention: orphaned diff packs and the lifecycle rules, enforced on any store.
-  { id: 'cleanup-daily', queue: 'cleanup', jobName: 'cleanup', repeat: { pattern: '0 3 * * *', tz: 'UTC' }, data: { dryRun: false, orphanedPacks: true, enforceLifecycle: true } },
+  {
+    id: 'cleanup-daily',
+    queue: 'cleanup',
+    jobName: 'cleanup',
+    repeat: { pattern: '0 3 * * *', tz: 'UTC' },
+    data: { dryRun: false, orphanedPacks: true, enforceLifecycle: true },
+  },
 ];
 
 export function desiredSchedules(config: Config): DesiredSchedule[] {

@@ -126,7 +126,10 @@ export function etagForIfMatch(etag: string, form: EtagForm): string {
  * Run `fn`; a fatal error rethrows (the probe fails and is not cached), any other error is the
  * store saying no, recorded as `false` with what it answered.
  */
-async function attempt<T>(fn: () => Promise<T>, options: { serverErrorMeansNo?: boolean } = {}): Promise<{ ok: true; value: T } | { ok: false; err: unknown }> {
+async function attempt<T>(
+  fn: () => Promise<T>,
+  options: { serverErrorMeansNo?: boolean } = {},
+): Promise<{ ok: true; value: T } | { ok: false; err: unknown }> {
   try {
     return { ok: true, value: await fn() };
   } catch (err) {
@@ -193,7 +196,9 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
     const part = Buffer.from('stowage capability probe part\n');
     const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('base64');
     let asked = true;
-    let create = await attempt(() => client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey, ChecksumAlgorithm: 'SHA256' })));
+    let create = await attempt(() =>
+      client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey, ChecksumAlgorithm: 'SHA256' })),
+    );
     if (!create.ok) {
       asked = false;
       create = await attempt(() => client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey })));
@@ -211,7 +216,14 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
       uploads.push({ key: mpKey, id: uploadId });
       const send = (checksum?: string) =>
         client.send(
-          new UploadPartCommand({ Bucket: bucket, Key: mpKey, UploadId: uploadId, PartNumber: 1, Body: part, ...(checksum ? { ChecksumSHA256: checksum } : {}) }),
+          new UploadPartCommand({
+            Bucket: bucket,
+            Key: mpKey,
+            UploadId: uploadId,
+            PartNumber: 1,
+            Body: part,
+            ...(checksum ? { ChecksumSHA256: checksum } : {}),
+          }),
         );
       if (!asked) evidence.partChecksumSha256 = 'CreateMultipartUpload with ChecksumAlgorithm SHA256 was refused';
       else {
@@ -228,7 +240,11 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
       evidence.listParts = parts.ok ? `${parts.value.Parts?.length ?? 0} part(s) listed` : describe(parts.err);
       const listed = await attempt(() => client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: base })));
       multipartList = listed.ok && (listed.value.Uploads ?? []).some((u) => u.UploadId === uploadId);
-      evidence.multipartList = listed.ok ? (multipartList ? 'the open upload is listed' : 'the open upload is missing from the listing') : describe(listed.err);
+      evidence.multipartList = listed.ok
+        ? multipartList
+          ? 'the open upload is listed'
+          : 'the open upload is missing from the listing'
+        : describe(listed.err);
       const done = await client.send(
         new CompleteMultipartUploadCommand({
           Bucket: bucket,
@@ -278,25 +294,43 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
       serverErrorMeansNo: true,
     });
     if (!p1.ok) evidence.listObjectsV2 = describe(p1.err);
-    else if (!p1.value.IsTruncated || !p1.value.NextContinuationToken) evidence.listObjectsV2 = 'the first page of one key was not truncated';
+    else if (!p1.value.IsTruncated || !p1.value.NextContinuationToken)
+      evidence.listObjectsV2 = 'the first page of one key was not truncated';
     else {
       const token = p1.value.NextContinuationToken;
-      const p2 = await attempt(() => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, MaxKeys: 1, ContinuationToken: token })), {
-        serverErrorMeansNo: true,
-      });
+      const p2 = await attempt(
+        () => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, MaxKeys: 1, ContinuationToken: token })),
+        {
+          serverErrorMeansNo: true,
+        },
+      );
       listObjectsV2 = p2.ok && Boolean(p2.value.Contents?.[0]?.Key) && p2.value.Contents![0]!.Key !== p1.value.Contents?.[0]?.Key;
-      evidence.listObjectsV2 = p2.ok ? (listObjectsV2 ? 'second page follows the token' : 'the second page repeats the first') : `second page: ${describe(p2.err)}`;
+      evidence.listObjectsV2 = p2.ok
+        ? listObjectsV2
+          ? 'second page follows the token'
+          : 'the second page repeats the first'
+        : `second page: ${describe(p2.err)}`;
     }
 
     return {
       endpoint: storage.endpoint,
       bucket,
-      capabilities: { createOnly, compareAndSwap, multipartList, multipartAbort, listParts, lifecycle, completeEtag, partChecksumSha256, listObjectsV2 },
+      capabilities: {
+        createOnly,
+        compareAndSwap,
+        multipartList,
+        multipartAbort,
+        listParts,
+        lifecycle,
+        completeEtag,
+        partChecksumSha256,
+        listObjectsV2,
+      },
       evidence,
       probedAt: new Date().toISOString(),
     };
   } catch (err) {
-    throw storeError(err, 'probing the store\'s capabilities');
+    throw storeError(err, "probing the store's capabilities");
   } finally {
     await Promise.all([
       ...uploads.map((u) => client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: u.key, UploadId: u.id })).catch(() => {})),
@@ -316,7 +350,9 @@ async function sweepAbandonedProbes(storage: Storage): Promise<void> {
     .send(new ListObjectsCommand({ Bucket: storage.bucket, Prefix: CAPABILITY_PROBE_PREFIX, MaxKeys: 1000 }))
     .catch(() => null);
   const stale = (page?.Contents ?? []).filter((o) => o.Key && (o.LastModified?.getTime() ?? Infinity) < cutoff);
-  await Promise.all(stale.map((o) => storage.client.send(new DeleteObjectCommand({ Bucket: storage.bucket, Key: o.Key! })).catch(() => {})));
+  await Promise.all(
+    stale.map((o) => storage.client.send(new DeleteObjectCommand({ Bucket: storage.bucket, Key: o.Key! })).catch(() => {})),
+  );
 }
 
 const cache = new Map<string, Promise<CapabilityReport>>();

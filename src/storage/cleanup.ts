@@ -221,7 +221,8 @@ async function sweepObjects(
   if (modes.includes('lifecycle')) {
     for (const rule of rules.filter((r) => r.expireDays !== undefined)) {
       const covers = ruleMatcher(rule);
-      for (const obj of objects.values()) if (covers(obj.key) && isExpired(rule, obj.lastModified, now)) pick(obj.key, `lifecycle:${rule.id}`);
+      for (const obj of objects.values())
+        if (covers(obj.key) && isExpired(rule, obj.lastModified, now)) pick(obj.key, `lifecycle:${rule.id}`);
     }
   }
   if (modes.includes('orphaned-packs')) {
@@ -234,11 +235,13 @@ async function sweepObjects(
     if (packs.length) {
       const wanted = new Map<string, { userId: string; projectId: string; versionId: string }>();
       for (const p of packs) {
-        for (const versionId of [p.from, p.to]) wanted.set(`${p.userId}/${p.projectId}/${versionId}`, { userId: p.userId, projectId: p.projectId, versionId });
+        for (const versionId of [p.from, p.to])
+          wanted.set(`${p.userId}/${p.projectId}/${versionId}`, { userId: p.userId, projectId: p.projectId, versionId });
       }
       const existing = await deps.versionsExist!([...wanted.values()]);
       for (const p of packs) {
-        if (!existing.has(`${p.userId}/${p.projectId}/${p.from}`) || !existing.has(`${p.userId}/${p.projectId}/${p.to}`)) pick(p.key, 'orphaned-packs');
+        if (!existing.has(`${p.userId}/${p.projectId}/${p.from}`) || !existing.has(`${p.userId}/${p.projectId}/${p.to}`))
+          pick(p.key, 'orphaned-packs');
       }
     }
   }
@@ -270,7 +273,8 @@ async function sweepObjects(
     if (sidecar) victims.push({ key: sidecar.key, size: sidecar.size, lastModified: sidecar.lastModified.toISOString(), reason });
   }
   for (const v of victims) {
-    if (!v.key.startsWith(scope)) throw new StowageError('STOWAGE_ERR_INTERNAL', `cleanup: refusing to delete "${v.key}" outside the prefix "${scope}"`);
+    if (!v.key.startsWith(scope))
+      throw new StowageError('STOWAGE_ERR_INTERNAL', `cleanup: refusing to delete "${v.key}" outside the prefix "${scope}"`);
   }
   report.objects.push(...victims);
 

@@ -119,7 +119,9 @@ export function backupKeyOf(name: string): string {
   const m = /^(.+)-backup-(\d{4}-\d{2}-\d{2}-\d{6})$/.exec(bare);
   const key = m ? `backups/${m[1]}/${bare}.tar.gz` : '';
   if (!m || !BACKUP_KEY_PATTERN.test(key)) {
-    throw new ValidationError('backup name', [`${JSON.stringify(name)} is not a backup name; expected {set}-backup-YYYY-MM-DD-HHMMSS (see \`stowage backup list\`)`]);
+    throw new ValidationError('backup name', [
+      `${JSON.stringify(name)} is not a backup name; expected {set}-backup-YYYY-MM-DD-HHMMSS (see \`stowage backup list\`)`,
+    ]);
   }
   return key;
 }

@@ -266,7 +266,12 @@ export async function manifestWriteMode(storage: Storage): Promise<EtagForm | nu
 }
 
 /** Add (or replace, by id) one entry in the manifest of `module`/`userId`. */
-export async function upsertManifestEntry(deps: ManifestDeps, module: string, userId: string, entry: ManifestEntry): Promise<ManifestUpdate> {
+export async function upsertManifestEntry(
+  deps: ManifestDeps,
+  module: string,
+  userId: string,
+  entry: ManifestEntry,
+): Promise<ManifestUpdate> {
   const form = deps.etagForm !== undefined ? deps.etagForm : await manifestWriteMode(deps.storage);
   const id = `${deps.storage.endpoint}|${deps.storage.bucket}|${manifestKey(module, userId)}`;
   if (form && !lockedManifests.has(id)) {
@@ -293,7 +298,13 @@ interface NextHead {
  * The head that follows `current` once `entry` is added. When `current`'s entries reached the
  * threshold, they are first written to their segment (idempotent: same state, same key, same bytes).
  */
-async function nextHead(deps: ManifestDeps, module: string, userId: string, current: ManifestHead, entry: ManifestEntry): Promise<NextHead> {
+async function nextHead(
+  deps: ManifestDeps,
+  module: string,
+  userId: string,
+  current: ManifestHead,
+  entry: ManifestEntry,
+): Promise<NextHead> {
   const headEntriesText = serializeManifest(current.entries);
   const threshold = deps.compactBytes ?? DEFAULT_COMPACT_BYTES;
   if (current.entries.length === 0 || Buffer.byteLength(headEntriesText) < threshold) {
@@ -306,7 +317,12 @@ async function nextHead(deps: ManifestDeps, module: string, userId: string, curr
   const key = manifestSegmentKey(module, userId, new Date(times[0]!), seq, sha256);
   try {
     await deps.storage.client.send(
-      new PutObjectCommand({ Bucket: deps.storage.bucket, Key: key, Body: headEntriesText, ContentType: 'application/x-ndjson; charset=utf-8' }),
+      new PutObjectCommand({
+        Bucket: deps.storage.bucket,
+        Key: key,
+        Body: headEntriesText,
+        ContentType: 'application/x-ndjson; charset=utf-8',
+      }),
     );
   } catch (err) {
     throw storeError(err, `writing manifest segment ${key}`);
@@ -373,7 +389,12 @@ async function updateConditionally(
         previous = current.etag;
         const next = await nextHead(deps, module, userId, current, entry);
         try {
-          await putManifest(deps.storage, key, next.body, current.etag ? { IfMatch: etagForIfMatch(current.etag, form) } : { IfNoneMatch: '*' });
+          await putManifest(
+            deps.storage,
+            key,
+            next.body,
+            current.etag ? { IfMatch: etagForIfMatch(current.etag, form) } : { IfNoneMatch: '*' },
+          );
         } catch (err) {
           throw isPreconditionFailed(err) ? err : storeError(err, `writing manifest ${key}`);
         }
@@ -407,7 +428,12 @@ async function updateUnderLock(deps: ManifestDeps, module: string, userId: strin
         attempts = attempt;
         if ((await redis.set(lockKey, token, 'PX', LOCK_TTL_MS, 'NX')) !== 'OK') throw new LockHeld(lockKey);
       },
-      { ...LOCK_BACKOFF, maxAttempts: Number.POSITIVE_INFINITY, timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS, retryable: (err) => err instanceof LockHeld },
+      {
+        ...LOCK_BACKOFF,
+        maxAttempts: Number.POSITIVE_INFINITY,
+        timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+        retryable: (err) => err instanceof LockHeld,
+      },
     );
   } catch (err) {
     if (!(err instanceof LockHeld)) throw err;

@@ -48,7 +48,12 @@ export function createParallelGzip(options: ParallelGzipOptions = {}): Transform
   const inFlight: Promise<Buffer>[] = [];
 
   const dispatch = (block: Buffer, last: boolean) => {
-    const opts: ZlibOptions = { level, chunkSize: OUT_CHUNK, ...(dictionary ? { dictionary } : {}), ...(last ? {} : { finishFlush: constants.Z_SYNC_FLUSH }) };
+    const opts: ZlibOptions = {
+      level,
+      chunkSize: OUT_CHUNK,
+      ...(dictionary ? { dictionary } : {}),
+      ...(last ? {} : { finishFlush: constants.Z_SYNC_FLUSH }),
+    };
     const done = deflateRawAsync(block, opts);
     // Awaited in order later; this keeps an early failure from being reported as unhandled.
     done.catch(() => {});

@@ -30,7 +30,8 @@ export function inferParquetSchema(records: Record<string, unknown>[]): Record<s
       const k = kindOf(value);
       const seen = kinds.get(field);
       if (seen === undefined) kinds.set(field, k);
-      else if (seen !== k) kinds.set(field, (seen === 'INT64' && k === 'DOUBLE') || (seen === 'DOUBLE' && k === 'INT64') ? 'DOUBLE' : 'JSON');
+      else if (seen !== k)
+        kinds.set(field, (seen === 'INT64' && k === 'DOUBLE') || (seen === 'DOUBLE' && k === 'INT64') ? 'DOUBLE' : 'JSON');
     }
   }
   // A column that held only nulls until a typed value came: re-infer from its non-null values.

@@ -139,7 +139,13 @@ function manifestMatches(entry: ManifestEntry, needle: string): Record<string, u
  * or none of its records matched. Reads each object it searches in turn: meant for per-user volumes;
  * `read: 'none'` answers from the manifest alone.
  */
-export async function searchRecords(storage: Storage, module: string, userId: string, text: string, options: SearchOptions = {}): Promise<SearchHit[]> {
+export async function searchRecords(
+  storage: Storage,
+  module: string,
+  userId: string,
+  text: string,
+  options: SearchOptions = {},
+): Promise<SearchHit[]> {
   const needle = text.toLowerCase();
   const limit = options.limit ?? 100;
   const read = options.read ?? 'all';
@@ -203,7 +209,12 @@ export interface RecordReader {
   getRecord(module: string, userId: string, id: string): Promise<RecordObject | null>;
   listRecords(module: string, userId: string, options?: ListOptions): Promise<ManifestEntry[]>;
   searchRecords(module: string, userId: string, text: string, options?: SearchOptions): Promise<SearchHit[]>;
-  recordUrl(module: string, userId: string, id: string, expiresInSeconds?: number): Promise<(PresignedUrl & { entry: ManifestEntry }) | null>;
+  recordUrl(
+    module: string,
+    userId: string,
+    id: string,
+    expiresInSeconds?: number,
+  ): Promise<(PresignedUrl & { entry: ManifestEntry }) | null>;
   getJsonBlob<T = unknown>(key: string): Promise<T | null>;
   close(): void;
 }

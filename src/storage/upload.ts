@@ -171,7 +171,10 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
         ? 'the store does not implement AbortMultipartUpload'
         : `AbortMultipartUpload failed: ${describeStoreError(abortFailure)}`;
       what += ` and its multipart upload ${uploadId ?? '(unknown id)'} is left incomplete (${detail}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) or \`stowage cleanup --multipart\` removes it`;
-      logger?.error({ key, uploadId, err: describeStoreError(abortFailure) }, 'multipart upload could not be aborted; it is left incomplete');
+      logger?.error(
+        { key, uploadId, err: describeStoreError(abortFailure) },
+        'multipart upload could not be aborted; it is left incomplete',
+      );
     }
     if (aborted) {
       // Not permanent: the worker is shutting down and another one will take the job.
@@ -186,10 +189,7 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
   try {
     const head = await storage.client.send(new HeadObjectCommand({ Bucket: storage.bucket, Key: key }));
     if (head.ContentLength !== size) {
-      throw new StowageError(
-        'STOWAGE_ERR_STORE',
-        `upload of ${key}: the store reports ${head.ContentLength} bytes, ${size} were sent`,
-      );
+      throw new StowageError('STOWAGE_ERR_STORE', `upload of ${key}: the store reports ${head.ContentLength} bytes, ${size} were sent`);
     }
     // radosgw's CompleteMultipartUpload answer carries an empty <ETag>; HEAD has the real one.
     if (!etag || etag === '""') etag = head.ETag ?? null;

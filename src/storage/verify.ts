@@ -51,12 +51,19 @@ export async function* listObjects(
   const limit = options.limit ?? Infinity;
   do {
     options.signal?.throwIfAborted();
-    const common = { Bucket: storage.bucket, ...(options.prefix ? { Prefix: options.prefix } : {}), MaxKeys: Math.min(1000, limit - listed) };
+    const common = {
+      Bucket: storage.bucket,
+      ...(options.prefix ? { Prefix: options.prefix } : {}),
+      MaxKeys: Math.min(1000, limit - listed),
+    };
     const sendOptions = options.signal ? { abortSignal: options.signal } : {};
     let contents: _Object[];
     try {
       if (v2) {
-        const page = await storage.client.send(new ListObjectsV2Command({ ...common, ...(cursor ? { ContinuationToken: cursor } : {}) }), sendOptions);
+        const page = await storage.client.send(
+          new ListObjectsV2Command({ ...common, ...(cursor ? { ContinuationToken: cursor } : {}) }),
+          sendOptions,
+        );
         contents = page.Contents ?? [];
         cursor = page.IsTruncated ? page.NextContinuationToken : undefined;
       } else {
@@ -116,7 +123,8 @@ export async function probeStore(storage: Storage): Promise<{ ok: boolean; key: 
     })) &&
     (await step('head', async () => {
       const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-      if (head.ContentLength !== Buffer.byteLength(body)) throw new Error(`size ${head.ContentLength}, expected ${Buffer.byteLength(body)}`);
+      if (head.ContentLength !== Buffer.byteLength(body))
+        throw new Error(`size ${head.ContentLength}, expected ${Buffer.byteLength(body)}`);
     })) &&
     (await step('get', async () => {
       const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
@@ -178,4 +186,3 @@ export async function objectDetails(storage: Storage, key: string): Promise<Obje
     metadata: head.Metadata ?? {},
   };
 }
-

@@ -9,11 +9,24 @@ import type { Processor } from './context.js';
 
 export const aggregation: Processor<'aggregation'> = async (job, ctx) => {
   const p = job.data;
-  const deps: AggregationDeps = { config: ctx.config, db: ctx.db, storage: ctx.storage, metrics: ctx.metrics, logger: ctx.logger, signal: ctx.signal };
+  const deps: AggregationDeps = {
+    config: ctx.config,
+    db: ctx.db,
+    storage: ctx.storage,
+    metrics: ctx.metrics,
+    logger: ctx.logger,
+    signal: ctx.signal,
+  };
   if (p.task === 'retry-fallbacks') {
     const outcomes = await retryFallbacks(deps, { ...(p.max ? { max: p.max } : {}), ...(p.dryRun ? { dryRun: true } : {}) });
     const count = (s: RetryOutcome['status']) => outcomes.filter((o) => o.status === s).length;
-    return { task: 'retry-fallbacks', considered: outcomes.length, uploaded: count('uploaded'), retrying: count('retrying'), failed: count('failed') };
+    return {
+      task: 'retry-fallbacks',
+      considered: outcomes.length,
+      uploaded: count('uploaded'),
+      retrying: count('retrying'),
+      failed: count('failed'),
+    };
   }
   // When the job was due, which a retry keeps, so a retried job exports the same window under the
   // same key: a Job Scheduler's slot (e.g. 02:00:00), which BullMQ puts in the job id
@@ -31,6 +44,10 @@ export const aggregation: Processor<'aggregation'> = async (job, ctx) => {
     ...(p.dryRun ? { skipStore: true } : {}),
     ...(ctx.attempt > 1 ? { uploadRetries: 0 } : {}),
   });
-  await ctx.emit('aggregation_completed', { key: summary.status === 'skipped' ? null : summary.key, patterns: summary.patterns, status: summary.status });
+  await ctx.emit('aggregation_completed', {
+    key: summary.status === 'skipped' ? null : summary.key,
+    patterns: summary.patterns,
+    status: summary.status,
+  });
   return { task: 'aggregate', ...summary };
 };

@@ -23,7 +23,14 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BACKUP_FORMAT_VERSION, createBackupArchive, fileChecksum, fileSize, type ArchiveFile, type BackupMetadata } from '../backups/archive.js';
+import {
+  BACKUP_FORMAT_VERSION,
+  createBackupArchive,
+  fileChecksum,
+  fileSize,
+  type ArchiveFile,
+  type BackupMetadata,
+} from '../backups/archive.js';
 import { runRestoreDrill } from '../backups/drill.js';
 import { withBackupLock } from '../backups/lock.js';
 import { dumpPostgres, postgresConnection } from '../backups/postgres.js';
@@ -48,7 +55,12 @@ type ResolvedSet = Pick<BackupSet, 'name' | 'sqlite' | 'postgres'>;
 /** The set to back up: the configured one named `set`, or the payload's ad hoc databases. */
 function resolveBackupSet(
   config: Pick<Config, 'backupSets'>,
-  p: { set?: string | undefined; name?: string | undefined; sqlite?: { name: string; path: string }[] | undefined; postgres?: { name: string; url: string }[] | undefined },
+  p: {
+    set?: string | undefined;
+    name?: string | undefined;
+    sqlite?: { name: string; path: string }[] | undefined;
+    postgres?: { name: string; url: string }[] | undefined;
+  },
 ): ResolvedSet {
   if (p.set) {
     const found = config.backupSets.find((s) => s.name === p.set);
@@ -100,7 +112,13 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
         await ctx.progress({ stage: `snapshot:${source.name}`, bytes: 0 });
         await snapshotSqliteInThread(source.path, dest);
         const size = await fileSize(dest);
-        const entry: BackupDatabaseEntry = { name: source.name, filename, size_bytes: size, checksum: await fileChecksum(dest), source_path: source.path };
+        const entry: BackupDatabaseEntry = {
+          name: source.name,
+          filename,
+          size_bytes: size,
+          checksum: await fileChecksum(dest),
+          source_path: source.path,
+        };
         return { entry, file: { filename, path: dest, size } };
       });
       for (const { entry, file } of snapshots) {
@@ -110,13 +128,21 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
       for (const source of set.postgres) {
         ctx.signal.throwIfAborted();
         const filename = `${source.name}.pgdump`;
-        if (databases.some((d) => d.filename === filename)) throw new PermanentError(`set ${set.name}: two databases are named ${source.name}`);
+        if (databases.some((d) => d.filename === filename))
+          throw new PermanentError(`set ${set.name}: two databases are named ${source.name}`);
         const dest = join(work, filename);
         await ctx.progress({ stage: `dump:${source.name}`, bytes: 0 });
         await dumpPostgres(source.url, dest, ctx.signal);
         const size = await fileSize(dest);
         // The source without its password: the metadata and the backups row are not secret.
-        databases.push({ name: source.name, filename, size_bytes: size, checksum: await fileChecksum(dest), kind: 'postgres', source: postgresConnection(source.url).url });
+        databases.push({
+          name: source.name,
+          filename,
+          size_bytes: size,
+          checksum: await fileChecksum(dest),
+          kind: 'postgres',
+          source: postgresConnection(source.url).url,
+        });
         files.push({ filename, path: dest, size });
       }
       const totalBytes = files.reduce((n, f) => n + f.size, 0);

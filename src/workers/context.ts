@@ -31,7 +31,4 @@ export interface ProcessorContext {
   attempt: number;
 }
 
-export type Processor<K extends JobKind> = (
-  job: Job<Payload<K>, Result<K>, string>,
-  ctx: ProcessorContext,
-) => Promise<Result<K>>;
+export type Processor<K extends JobKind> = (job: Job<Payload<K>, Result<K>, string>, ctx: ProcessorContext) => Promise<Result<K>>;

@@ -63,7 +63,14 @@ export const exportRecords: Processor<'export'> = async (job, ctx) => {
       metrics: ctx.metrics,
     });
     ctx.logger.info({ key, size: uploaded.size }, 'json blob stored');
-    const result: JsonBlobResult = { op: 'blob', blobKey: p.key, key, size: uploaded.size, sha256: uploaded.sha256, url: objectUrl(storage.bucket, key) };
+    const result: JsonBlobResult = {
+      op: 'blob',
+      blobKey: p.key,
+      key,
+      size: uploaded.size,
+      sha256: uploaded.sha256,
+      url: objectUrl(storage.bucket, key),
+    };
     return result;
   }
 

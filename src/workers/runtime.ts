@@ -96,7 +96,10 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     onRetry: (err, pending, retryInMs) => {
       if (receiptsWaiting) return;
       receiptsWaiting = true;
-      logger.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code }, pending, retryInMs }, 'job receipts waiting for Postgres');
+      logger.warn(
+        { err: { message: (err as Error).message, code: (err as { code?: unknown }).code }, pending, retryInMs },
+        'job receipts waiting for Postgres',
+      );
     },
   });
   const receiptWritten = () => {
@@ -114,15 +117,19 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     // Awaited for a bounded time only: while Postgres is away the receipt waits in the writer,
     // and parking (and the sweep behind it) must not wait with it.
     onParked: async (record) => {
-      const written = receipts.write({
-        queue: record.originQueue,
-        jobId: record.originJobId,
-        name: record.name,
-        status: 'parked',
-        attempts: record.attemptsMade,
-        result: null,
-        error: record.error.message,
-      }).then(receiptWritten, (err: unknown) => logger.warn({ err, queue: record.originQueue, jobId: record.originJobId }, 'parked receipt not written'));
+      const written = receipts
+        .write({
+          queue: record.originQueue,
+          jobId: record.originJobId,
+          name: record.name,
+          status: 'parked',
+          attempts: record.attemptsMade,
+          result: null,
+          error: record.error.message,
+        })
+        .then(receiptWritten, (err: unknown) =>
+          logger.warn({ err, queue: record.originQueue, jobId: record.originJobId }, 'parked receipt not written'),
+        );
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([written, new Promise<void>((resolve) => (timer = setTimeout(resolve, PARKED_RECEIPT_WAIT_MS)))]);
       clearTimeout(timer);
@@ -195,7 +202,10 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
         durationFailed.observe((performance.now() - started) / 1000);
         const err = raw instanceof Error ? raw : new Error(String(raw));
         const permanent = isPermanent(err);
-        log().warn({ err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent }, 'job attempt failed');
+        log().warn(
+          { err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent },
+          'job attempt failed',
+        );
         // Before BullMQ records the failure: parking (on its `failed` event) reads this.
         await connection
           .set(redisKeys.jobError(config.prefix, kind, job.id!), JSON.stringify(errorData(err)), 'EX', JOB_ERROR_TTL_SECONDS)
@@ -248,7 +258,10 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       async (job: Job) => {
         if (job.name !== 'dlq-auto-redrive') throw new UnrecoverableError(`unknown maintenance job ${job.name}`);
         const outcomes = await deadLetter.autoRedrive(config.deadLetter.retryIntervalMs, config.deadLetter.maxRetries);
-        return { redriven: outcomes.filter((o) => o.action === 'redriven').length, skipped: outcomes.filter((o) => o.action === 'skipped').length };
+        return {
+          redriven: outcomes.filter((o) => o.action === 'redriven').length,
+          skipped: outcomes.filter((o) => o.action === 'skipped').length,
+        };
       },
       { connection: connection.duplicate(), prefix: config.prefix, concurrency: 1, name: workerId },
     );

@@ -3,7 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { isPermanent } from '../../src/errors.js';
 import { loadConfig } from '../../src/config.js';
 import { backupCron, backupSchedules } from '../../src/queues/schedules.js';
-import { applyRetentionPolicy, validateRetentionPolicy, type RetentionCandidate, type RetentionPolicy } from '../../src/backups/retention.js';
+import {
+  applyRetentionPolicy,
+  validateRetentionPolicy,
+  type RetentionCandidate,
+  type RetentionPolicy,
+} from '../../src/backups/retention.js';
 
 const b = (iso: string, extra: Partial<RetentionCandidate> = {}): RetentionCandidate => ({
   key: `k-${iso}`,
@@ -41,14 +46,26 @@ describe('applyRetentionPolicy', () => {
     },
     {
       name: 'keepDaily keeps the newest backup of each of the last N days that have one',
-      backups: [b('2026-03-31T10:00:00Z'), b('2026-03-31T03:00:00Z'), b('2026-03-29T23:00:00Z'), b('2026-03-29T01:00:00Z'), b('2026-03-20T01:00:00Z')],
+      backups: [
+        b('2026-03-31T10:00:00Z'),
+        b('2026-03-31T03:00:00Z'),
+        b('2026-03-29T23:00:00Z'),
+        b('2026-03-29T01:00:00Z'),
+        b('2026-03-20T01:00:00Z'),
+      ],
       policy: { keepDaily: 2 },
       keep: ['2026-03-31T10:00', '2026-03-29T23:00'],
     },
     {
       name: 'keepWeekly uses ISO weeks (Monday start), UTC',
       // 2026-03-29 is a Sunday (week 13), 2026-03-30 a Monday (week 14).
-      backups: [b('2026-03-31T03:00:00Z'), b('2026-03-30T03:00:00Z'), b('2026-03-29T03:00:00Z'), b('2026-03-23T03:00:00Z'), b('2026-03-15T03:00:00Z')],
+      backups: [
+        b('2026-03-31T03:00:00Z'),
+        b('2026-03-30T03:00:00Z'),
+        b('2026-03-29T03:00:00Z'),
+        b('2026-03-23T03:00:00Z'),
+        b('2026-03-15T03:00:00Z'),
+      ],
       policy: { keepWeekly: 2 },
       keep: ['2026-03-31T03:00', '2026-03-29T03:00'],
     },
@@ -136,20 +153,26 @@ describe('applyRetentionPolicy', () => {
 });
 
 describe('validateRetentionPolicy', () => {
-  it.each([{}, { keepLast: 0 }, { keepLast: 0, keepDaily: 0, keepWeekly: 0, keepMonthly: 0 }] as RetentionPolicy[])('refuses the empty policy %j', (policy) => {
-    let error: unknown;
-    try {
-      validateRetentionPolicy(policy);
-    } catch (err) {
-      error = err;
-    }
-    expect(isPermanent(error)).toBe(true);
-    expect(() => applyRetentionPolicy([], policy)).toThrow(/empty/);
-  });
+  it.each([{}, { keepLast: 0 }, { keepLast: 0, keepDaily: 0, keepWeekly: 0, keepMonthly: 0 }] as RetentionPolicy[])(
+    'refuses the empty policy %j',
+    (policy) => {
+      let error: unknown;
+      try {
+        validateRetentionPolicy(policy);
+      } catch (err) {
+        error = err;
+      }
+      expect(isPermanent(error)).toBe(true);
+      expect(() => applyRetentionPolicy([], policy)).toThrow(/empty/);
+    },
+  );
 
-  it.each([{ keepLast: -1 }, { keepDaily: 1.5 }, { keepWithinDays: -2 }, { keepLast: Number.NaN }] as RetentionPolicy[])('refuses the malformed policy %j', (policy) => {
-    expect(() => validateRetentionPolicy(policy)).toThrow(/non-negative/);
-  });
+  it.each([{ keepLast: -1 }, { keepDaily: 1.5 }, { keepWithinDays: -2 }, { keepLast: Number.NaN }] as RetentionPolicy[])(
+    'refuses the malformed policy %j',
+    (policy) => {
+      expect(() => validateRetentionPolicy(policy)).toThrow(/non-negative/);
+    },
+  );
 
   it.each([{ keepLast: 3 }, { keepWithinDays: 0 }, { keepMonthly: 1 }] as RetentionPolicy[])('accepts %j', (policy) => {
     expect(() => validateRetentionPolicy(policy)).not.toThrow();
@@ -164,7 +187,15 @@ describe('backup schedules and set config', () => {
   });
 
   it('a set gets its backup schedule (default 03:00) and a daily prune at 03:30; retention defaults to keepLast 3', () => {
-    const config = loadConfig({}, { backupSets: [{ name: 'app', sqlite: [{ name: 'main', path: '/srv/app.db' }], schedule: { every: 'daily' } }, { name: 'adhoc', sqlite: [{ name: 'x', path: '/srv/x.db' }] }] });
+    const config = loadConfig(
+      {},
+      {
+        backupSets: [
+          { name: 'app', sqlite: [{ name: 'main', path: '/srv/app.db' }], schedule: { every: 'daily' } },
+          { name: 'adhoc', sqlite: [{ name: 'x', path: '/srv/x.db' }] },
+        ],
+      },
+    );
     expect(config.backupSets[0]!.retention).toEqual({ keepLast: 3 });
     expect(backupSchedules(config).map((s) => [s.id, 'pattern' in s.repeat ? s.repeat.pattern : null, s.data])).toEqual([
       ['backup-app', '0 3 * * *', { set: 'app' }],

@@ -25,7 +25,12 @@ export interface ArtifactJob {
  * `count` source folders of a few small random files; every `bigEvery`-th also holds `bigBytes` of
  * incompressible data so its upload is multipart (parts of STOWAGE_PART_SIZE_MB).
  */
-export async function makeSources(root: string, tag: string, count: number, options: { bigEvery?: number; bigBytes?: number } = {}): Promise<ArtifactJob[]> {
+export async function makeSources(
+  root: string,
+  tag: string,
+  count: number,
+  options: { bigEvery?: number; bigBytes?: number } = {},
+): Promise<ArtifactJob[]> {
   const jobs: ArtifactJob[] = [];
   for (let i = 0; i < count; i++) {
     const buildDir = join(root, `${tag}-${i}`);
@@ -33,7 +38,8 @@ export async function makeSources(root: string, tag: string, count: number, opti
     await writeFile(join(buildDir, 'index.html'), `<h1>${tag} ${i}</h1>\n`.repeat(50 + i));
     await writeFile(join(buildDir, 'assets', 'app.js'), randomBytes(2_000 + ((i * 7919) % 30_000)));
     await writeFile(join(buildDir, 'assets', 'data.bin'), randomBytes(1_000 + ((i * 104_729) % 20_000)));
-    if (options.bigEvery && i % options.bigEvery === 0) await writeFile(join(buildDir, 'assets', 'big.bin'), randomBytes(options.bigBytes ?? 6 * 1024 * 1024));
+    if (options.bigEvery && i % options.bigEvery === 0)
+      await writeFile(join(buildDir, 'assets', 'big.bin'), randomBytes(options.bigBytes ?? 6 * 1024 * 1024));
     const userId = `u${i % 4}`;
     const projectId = `${tag}-p${i % 7}`;
     const versionId = `v${i}`;
@@ -92,10 +98,16 @@ export async function checkArtifacts(s3: TestS3, pool: pg.Pool, jobs: ArtifactJo
     // Artifacts only: other kinds a scenario runs (exports, manifests) have keys of their own.
     const isArtifact = (k: string) => /^[^/]+\/[^/]+\/snapshots\/[^/]+\.zip$/.test(k);
     const objects = keys.filter((k) => !isSha256SidecarKey(k) && isArtifact(k));
-    const receipts = (await pool.query<{ key: string; sha256: string; size: string; etag: string | null }>('SELECT key, sha256, size, etag FROM upload_receipts')).rows.filter((r) => isArtifact(r.key));
-    const rows = (await pool.query<{ user_id: string; project_id: string; version_id: string; artifact_checksum: string; artifact_size: string }>(
-      'SELECT user_id, project_id, version_id, artifact_checksum, artifact_size FROM project_versions',
-    )).rows;
+    const receipts = (
+      await pool.query<{ key: string; sha256: string; size: string; etag: string | null }>(
+        'SELECT key, sha256, size, etag FROM upload_receipts',
+      )
+    ).rows.filter((r) => isArtifact(r.key));
+    const rows = (
+      await pool.query<{ user_id: string; project_id: string; version_id: string; artifact_checksum: string; artifact_size: string }>(
+        'SELECT user_id, project_id, version_id, artifact_checksum, artifact_size FROM project_versions',
+      )
+    ).rows;
     const receiptBy = new Map(receipts.map((r) => [r.key, r]));
     const rowBy = new Map(rows.map((r) => [`${r.user_id}/${r.project_id}/${r.version_id}`, r]));
     const lost: string[] = [];
@@ -109,18 +121,22 @@ export async function checkArtifacts(s3: TestS3, pool: pg.Pool, jobs: ArtifactJo
       if (!why.length) {
         const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: job.key }));
         const stored = await bodySha256(object.Body as Readable);
-        const sidecar = await bodyText((await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: sha256SidecarKey(job.key) }))).Body as Readable);
+        const sidecar = await bodyText(
+          (await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: sha256SidecarKey(job.key) }))).Body as Readable,
+        );
         const source = await bodySha256(createZipStream(await scanSource(job.buildDir)));
         if (stored !== receipt!.sha256) why.push(`object sha256 ${stored} != receipt ${receipt!.sha256}`);
         // The store's own ETag of the object (radosgw's CompleteMultipartUpload answers an empty one).
-        if (!object.ETag || object.ETag === '""' || receipt!.etag !== object.ETag) why.push(`receipt etag ${JSON.stringify(receipt!.etag)} != object ETag ${object.ETag}`);
+        if (!object.ETag || object.ETag === '""' || receipt!.etag !== object.ETag)
+          why.push(`receipt etag ${JSON.stringify(receipt!.etag)} != object ETag ${object.ETag}`);
         if (row!.artifact_checksum !== receipt!.sha256) why.push('project_versions checksum != receipt');
         if (!sidecar.startsWith(`${stored}  `)) why.push('sidecar disagrees');
         if (source !== stored) why.push('object is not the zip of its source');
       }
       if (why.length) lost.push(`${job.key}: ${why.join(', ')}`);
     }
-    const duplicated = Math.max(0, objects.length - jobs.length) + Math.max(0, receipts.length - jobs.length) + Math.max(0, rows.length - jobs.length);
+    const duplicated =
+      Math.max(0, objects.length - jobs.length) + Math.max(0, receipts.length - jobs.length) + Math.max(0, rows.length - jobs.length);
     return { objects: objects.length, receipts: receipts.length, catalogRows: rows.length, lost, duplicated };
   } finally {
     client.destroy();

@@ -24,7 +24,17 @@ import { isolate, REDIS_URL, DATABASE_URL } from '../helpers/isolation.js';
 import type { TestS3 } from '../helpers/s3.js';
 import { checkArtifacts, makeSources, type ArtifactJob } from './artifacts.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
-import { deadLetterQueue, expectNoSecrets, makeSecrets, ProcessGroup, recordSummary, sleep, startChaosS3, waitUntil, withPassword } from './fleet.js';
+import {
+  deadLetterQueue,
+  expectNoSecrets,
+  makeSecrets,
+  ProcessGroup,
+  recordSummary,
+  sleep,
+  startChaosS3,
+  waitUntil,
+  withPassword,
+} from './fleet.js';
 
 const N = Number(process.env.CHAOS_CRASH_JOBS ?? 60);
 const WORKERS = 3;
@@ -45,12 +55,16 @@ async function listOpenUploads(s3: TestS3): Promise<OpenUpload[]> {
   let keyMarker: string | undefined;
   let uploadIdMarker: string | undefined;
   for (;;) {
-    const page = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: s3.bucket, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
+    const page = await s3.client.send(
+      new ListMultipartUploadsCommand({ Bucket: s3.bucket, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+    );
     for (const u of page.Uploads ?? []) {
       let bytes = 0;
       let partMarker: string | undefined;
       for (;;) {
-        const parts = await s3.client.send(new ListPartsCommand({ Bucket: s3.bucket, Key: u.Key!, UploadId: u.UploadId!, PartNumberMarker: partMarker }));
+        const parts = await s3.client.send(
+          new ListPartsCommand({ Bucket: s3.bucket, Key: u.Key!, UploadId: u.UploadId!, PartNumberMarker: partMarker }),
+        );
         bytes += (parts.Parts ?? []).reduce((n, p) => n + (p.Size ?? 0), 0);
         if (!parts.IsTruncated) break;
         partMarker = parts.NextPartNumberMarker;
@@ -119,7 +133,9 @@ describe('chaos: worker crash', () => {
 
     const jobIds: string[] = [];
     for (const j of jobs) {
-      jobIds.push((await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir })).jobId);
+      jobIds.push(
+        (await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir })).jobId,
+      );
     }
     const queue = producer.queue('build-artifact');
 
@@ -143,15 +159,20 @@ describe('chaos: worker crash', () => {
     })();
 
     let lastReport = 0;
-    await waitUntil(`${N} jobs completed`, async () => {
-      const c = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
-      if (Date.now() - lastReport > 5000) {
-        lastReport = Date.now();
-        const dl = await deadLetterQueue(producer).count();
-        process.stdout.write(`[chaos] crash: ${JSON.stringify(c)} parked=${dl} kills=${kills} alive=${group.alive().length}\n`);
-      }
-      return (c.completed ?? 0) >= N;
-    }, 150_000, 500).finally(() => {
+    await waitUntil(
+      `${N} jobs completed`,
+      async () => {
+        const c = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
+        if (Date.now() - lastReport > 5000) {
+          lastReport = Date.now();
+          const dl = await deadLetterQueue(producer).count();
+          process.stdout.write(`[chaos] crash: ${JSON.stringify(c)} parked=${dl} kills=${kills} alive=${group.alive().length}\n`);
+        }
+        return (c.completed ?? 0) >= N;
+      },
+      150_000,
+      500,
+    ).finally(() => {
       stop = true;
     });
     await chaos;
@@ -182,7 +203,8 @@ describe('chaos: worker crash', () => {
       .map((l) => l.split('\t')[2]!);
     const leftAfterCleanup = await listOpenUploads(s3);
     // A kill mid-probe also leaves the probe's objects (its clean-up never ran); only counted.
-    const probeObjects = (await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: CAPABILITY_PROBE_PREFIX }))).KeyCount ?? 0;
+    const probeObjects =
+      (await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: CAPABILITY_PROBE_PREFIX }))).KeyCount ?? 0;
     const after = await checkArtifacts(s3, db.pool, jobs);
     await group.save('crash');
     const logs = expectNoSecrets(group.text(), secrets);

@@ -114,7 +114,11 @@ export class ProcessGroup {
    * Start `stowage <args…>`; resolves once a line of its output contains `readyText`.
    * `env` adds to (and overrides) the group's environment.
    */
-  start(name: string, args: string[], options: { env?: Record<string, string>; readyText?: string | null; timeoutMs?: number } = {}): Promise<RoleProcess> {
+  start(
+    name: string,
+    args: string[],
+    options: { env?: Record<string, string>; readyText?: string | null; timeoutMs?: number } = {},
+  ): Promise<RoleProcess> {
     const readyText = options.readyText === undefined ? 'workers started' : options.readyText;
     const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
       cwd: ROOT,
@@ -128,7 +132,10 @@ export class ProcessGroup {
     this.processes.push(proc);
     return new Promise((resolve, reject) => {
       let ready = false;
-      const timer = setTimeout(() => reject(new Error(`${name} not ready after ${options.timeoutMs ?? 60_000} ms`)), options.timeoutMs ?? 60_000);
+      const timer = setTimeout(
+        () => reject(new Error(`${name} not ready after ${options.timeoutMs ?? 60_000} ms`)),
+        options.timeoutMs ?? 60_000,
+      );
       const onData = (stream: string) => (d: Buffer) => {
         const text = d.toString();
         this.output.push(`[${name} ${stream}] ${text}`);
@@ -159,7 +166,12 @@ export class ProcessGroup {
 
   /** The last lines a process printed (for failure messages). */
   tail(name: string, lines = 30): string {
-    return this.output.filter((l) => l.startsWith(`[${name} `)).join('').split('\n').slice(-lines).join('\n');
+    return this.output
+      .filter((l) => l.startsWith(`[${name} `))
+      .join('')
+      .split('\n')
+      .slice(-lines)
+      .join('\n');
   }
 
   alive(): RoleProcess[] {

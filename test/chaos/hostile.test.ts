@@ -54,13 +54,31 @@ const ID_FIELDS: Partial<Record<JobKind, string[]>> = {
   export: ['module', 'userId', 'id'],
   backup: ['name', 'set'],
 };
-const TRAVERSAL = ['..', '../etc', '../../etc/passwd', 'a/b', 'a\\b', '..\\..\\x', 'x/../y', '/abs', '\u0000', 'a\u0000b', ' lead', 'trail ', '\n', 'a'.repeat(129)];
+const TRAVERSAL = [
+  '..',
+  '../etc',
+  '../../etc/passwd',
+  'a/b',
+  'a\\b',
+  '..\\..\\x',
+  'x/../y',
+  '/abs',
+  '\u0000',
+  'a\u0000b',
+  ' lead',
+  'trail ',
+  '\n',
+  'a'.repeat(129),
+];
 
 /** A valid payload with one field replaced by anything, or a key added. */
 const mutated = (kind: JobKind) =>
-  fc.tuple(fc.constantFrom(...Object.keys(VALID[kind]), 'extra', '__proto__', 'constructor'), fc.oneof(fc.anything(), fc.string(), fc.integer(), fc.constant(null))).map(
-    ([key, value]) => ({ ...VALID[kind], [key]: value }),
-  );
+  fc
+    .tuple(
+      fc.constantFrom(...Object.keys(VALID[kind]), 'extra', '__proto__', 'constructor'),
+      fc.oneof(fc.anything(), fc.string(), fc.integer(), fc.constant(null)),
+    )
+    .map(([key, value]) => ({ ...VALID[kind], [key]: value }));
 const anyBody = (kind: JobKind) => fc.oneof(mutated(kind), fc.jsonValue(), fc.anything());
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
@@ -139,7 +157,12 @@ describe('hostile input: HTTP bodies', () => {
         fc.asyncProperty(anyBody(kind), async (input) => {
           count('http');
           const before = await jobTotals();
-          const res = await app.inject({ method: 'POST', url: `/v1/jobs/${kind}`, headers: { ...bearer(admin), 'content-type': 'application/json' }, payload: JSON.stringify(input ?? null) ?? 'null' });
+          const res = await app.inject({
+            method: 'POST',
+            url: `/v1/jobs/${kind}`,
+            headers: { ...bearer(admin), 'content-type': 'application/json' },
+            payload: JSON.stringify(input ?? null) ?? 'null',
+          });
           expect(res.statusCode, res.body).toBeLessThan(500);
           if (res.statusCode === 202) return;
           expect(res.statusCode, res.body).toBe(400);
@@ -167,7 +190,12 @@ describe('hostile input: HTTP bodies', () => {
     ];
     for (const c of cases) {
       count('http');
-      const res = await app.inject({ method: 'POST', url: c.url, headers: { ...bearer(admin), 'content-type': c.type }, payload: c.payload });
+      const res = await app.inject({
+        method: 'POST',
+        url: c.url,
+        headers: { ...bearer(admin), 'content-type': c.type },
+        payload: c.payload,
+      });
       expect(res.statusCode, `${c.url} ${c.payload}: ${res.body}`).toBeGreaterThanOrEqual(400);
       expect(res.statusCode, `${c.url} ${c.payload}: ${res.body}`).toBeLessThan(500);
     }
@@ -180,22 +208,36 @@ describe('hostile input: HTTP bodies', () => {
         error_code: fc.oneof(fc.string(), fc.constant('E_X'), fc.anything()),
         message: fc.oneof(fc.string(), fc.constant('boom'), fc.anything()),
         category: fc.oneof(fc.string(), fc.constant(null), fc.anything()),
-        occurred_at: fc.oneof(fc.string(), fc.date().map((d) => (Number.isNaN(d.getTime()) ? 'x' : d.toISOString()))),
+        occurred_at: fc.oneof(
+          fc.string(),
+          fc.date().map((d) => (Number.isNaN(d.getTime()) ? 'x' : d.toISOString())),
+        ),
       },
       { requiredKeys: [] },
     );
-    const body = fc.oneof(failure, fc.array(failure, { maxLength: 5 }), fc.record({ failures: fc.array(failure, { maxLength: 5 }) }), fc.jsonValue());
+    const body = fc.oneof(
+      failure,
+      fc.array(failure, { maxLength: 5 }),
+      fc.record({ failures: fc.array(failure, { maxLength: 5 }) }),
+      fc.jsonValue(),
+    );
     // The server's failure writer moves accepted records from the Redis backlog into Postgres as
     // the run goes, so the check is on the total: backlog + persisted = exactly what was accepted.
     const pendingKey = failureKeys.pending(iso.prefix);
     const landed = async () =>
-      (await h.deps.redis.llen(pendingKey)) + Number((await h.deps.db.pool.query('SELECT count(*) FROM failure_matches WHERE tenant_id = $1', ['alice'])).rows[0].count);
+      (await h.deps.redis.llen(pendingKey)) +
+      Number((await h.deps.db.pool.query('SELECT count(*) FROM failure_matches WHERE tenant_id = $1', ['alice'])).rows[0].count);
     const start = await landed();
     let accepted = 0;
     await fc.assert(
       fc.asyncProperty(body, async (input) => {
         count('http');
-        const res = await app.inject({ method: 'POST', url: '/api/v1/failures', headers: { ...bearer(admin), 'content-type': 'application/json' }, payload: JSON.stringify(input) ?? 'null' });
+        const res = await app.inject({
+          method: 'POST',
+          url: '/api/v1/failures',
+          headers: { ...bearer(admin), 'content-type': 'application/json' },
+          payload: JSON.stringify(input) ?? 'null',
+        });
         expect(res.statusCode, res.body).toBeLessThan(500);
         if (res.statusCode === 202) {
           accepted += (res.json() as { accepted: number }).accepted;
@@ -209,11 +251,19 @@ describe('hostile input: HTTP bodies', () => {
     // Random bodies are mostly invalid: a few valid shapes make sure the accept path is counted too.
     for (const valid of [
       { error_code: 'E_ONE', message: 'one' },
-      [{ error_code: 'E_ARR', message: 'a' }, { error_code: 'E_ARR', message: 'b', category: 'c' }],
+      [
+        { error_code: 'E_ARR', message: 'a' },
+        { error_code: 'E_ARR', message: 'b', category: 'c' },
+      ],
       { failures: [{ error_code: 'E_BATCH', message: 'x', occurred_at: new Date().toISOString() }] },
     ]) {
       count('http');
-      const res = await app.inject({ method: 'POST', url: '/api/v1/failures', headers: { ...bearer(admin), 'content-type': 'application/json' }, payload: JSON.stringify(valid) });
+      const res = await app.inject({
+        method: 'POST',
+        url: '/api/v1/failures',
+        headers: { ...bearer(admin), 'content-type': 'application/json' },
+        payload: JSON.stringify(valid),
+      });
       expect(res.statusCode, res.body).toBe(202);
       accepted += (res.json() as { accepted: number }).accepted;
     }
@@ -227,7 +277,12 @@ describe('hostile input: HTTP bodies', () => {
     const huge = JSON.stringify({ ...VALID.export, records: [{ blob: 'x'.repeat(2 * 1024 * 1024) }] });
     for (const url of ['/v1/jobs/export', '/api/v1/failures', '/api/v1/records/reports']) {
       count('http');
-      const res = await app.inject({ method: 'POST', url, headers: { ...bearer(admin), 'content-type': 'application/json' }, payload: huge });
+      const res = await app.inject({
+        method: 'POST',
+        url,
+        headers: { ...bearer(admin), 'content-type': 'application/json' },
+        payload: huge,
+      });
       expect(res.statusCode, `${url}: ${res.body}`).toBe(413);
     }
     expect(await jobTotals()).toBe(before);
@@ -268,7 +323,12 @@ describe('hostile input: another user and credentials', () => {
     );
     const mine = await app.inject({ method: 'GET', url: '/v1/versions/v1/download', headers: bearer(admin) });
     expect(mine.statusCode, mine.body).toBe(200);
-    for (const url of ['/v1/versions/v1/download', '/v1/projects/p1/export', '/api/v1/records/reports/r1', '/api/v1/records/reports/r1/url']) {
+    for (const url of [
+      '/v1/versions/v1/download',
+      '/v1/projects/p1/export',
+      '/api/v1/records/reports/r1',
+      '/api/v1/records/reports/r1/url',
+    ]) {
       count('authz');
       const res = await app.inject({ method: 'GET', url, headers: bearer(bob) });
       expect(res.statusCode, `${url}: ${res.body}`).toBe(404);
@@ -381,7 +441,9 @@ describe('hostile input: backup archives at restore', () => {
     const key = `backups/evil/${name}.tar.gz`;
     await storage.client.send(new PutObjectCommand({ Bucket: storage.bucket, Key: key, Body: body }));
     const sha = createHash('sha256').update(body).digest('hex');
-    await storage.client.send(new PutObjectCommand({ Bucket: storage.bucket, Key: sha256SidecarKey(key), Body: `${sha}  ${name}.tar.gz\n` }));
+    await storage.client.send(
+      new PutObjectCommand({ Bucket: storage.bucket, Key: sha256SidecarKey(key), Body: `${sha}  ${name}.tar.gz\n` }),
+    );
     const parent = await mkdtemp(join(tmpdir(), 'stowage-chaos-restore-'));
     const toDir = join(parent, 'to');
     let error: Error | null = null;
@@ -398,14 +460,58 @@ describe('hostile input: backup archives at restore', () => {
 
   const db = Buffer.from('SQLite format 3\u0000 not really');
   const cases: [string, () => Promise<Buffer>, RegExp][] = [
-    ['zip-slip ../', () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('../evil.db', db)]), /not a bare file name/],
-    ['zip-slip ../ declared', () => archive([entry('backup-metadata.json', metadata([{ filename: '../evil.db', body: db }])), entry('../evil.db', db)]), /refused/],
-    ['absolute path', () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('/tmp/evil.db', db)]), /not a bare file name/],
-    ['symlink entry', () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('main.db', Buffer.alloc(0), { type: 'symlink', linkname: '/etc/passwd' })]), /symlink, not a file/],
-    ['hard link entry', () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('main.db', Buffer.alloc(0), { type: 'link', linkname: '../../etc/passwd' })]), /not a file/],
-    ['tar bomb: entry larger than declared', () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db, size: 10 }])), entry('main.db', Buffer.alloc(64 * 1024 * 1024))]), /declared/],
-    ['undeclared entry', () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('extra.db', db)]), /not in backup-metadata.json/],
-    ['metadata not first', () => archive([entry('main.db', db), entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }]))]), /first entry/],
+    [
+      'zip-slip ../',
+      () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('../evil.db', db)]),
+      /not a bare file name/,
+    ],
+    [
+      'zip-slip ../ declared',
+      () => archive([entry('backup-metadata.json', metadata([{ filename: '../evil.db', body: db }])), entry('../evil.db', db)]),
+      /refused/,
+    ],
+    [
+      'absolute path',
+      () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('/tmp/evil.db', db)]),
+      /not a bare file name/,
+    ],
+    [
+      'symlink entry',
+      () =>
+        archive([
+          entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])),
+          entry('main.db', Buffer.alloc(0), { type: 'symlink', linkname: '/etc/passwd' }),
+        ]),
+      /symlink, not a file/,
+    ],
+    [
+      'hard link entry',
+      () =>
+        archive([
+          entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])),
+          entry('main.db', Buffer.alloc(0), { type: 'link', linkname: '../../etc/passwd' }),
+        ]),
+      /not a file/,
+    ],
+    [
+      'tar bomb: entry larger than declared',
+      () =>
+        archive([
+          entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db, size: 10 }])),
+          entry('main.db', Buffer.alloc(64 * 1024 * 1024)),
+        ]),
+      /declared/,
+    ],
+    [
+      'undeclared entry',
+      () => archive([entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }])), entry('extra.db', db)]),
+      /not in backup-metadata.json/,
+    ],
+    [
+      'metadata not first',
+      () => archive([entry('main.db', db), entry('backup-metadata.json', metadata([{ filename: 'main.db', body: db }]))]),
+      /first entry/,
+    ],
   ];
   for (const [name, make, message] of cases) {
     it(`restore refuses ${name}, writing nothing outside its staging folder`, async () => {

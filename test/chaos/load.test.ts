@@ -55,10 +55,16 @@ describe('chaos: load', () => {
     await writeFile(join(buildDir, 'index.html'), '<h1>load</h1>\n');
     // At LOG_LEVEL=warn (10,000 'job completed' lines would cost more than the jobs) no ready line
     // is printed: wait on Redis until every process's workers are connected.
-    const start = (name: string) => group.start(name, ['worker', '--queues', 'build-artifact,cleanup', '--concurrency', '8'], { readyText: null });
+    const start = (name: string) =>
+      group.start(name, ['worker', '--queues', 'build-artifact,cleanup', '--concurrency', '8'], { readyText: null });
     await Promise.all([start('w1'), start('w2'), start('w3')]);
-    await waitUntil('3 worker processes on both queues', async () =>
-      (await producer.queue('build-artifact').getWorkersCount()) >= 3 && (await producer.queue('cleanup').getWorkersCount()) >= 3, 60_000, 250);
+    await waitUntil(
+      '3 worker processes on both queues',
+      async () =>
+        (await producer.queue('build-artifact').getWorkersCount()) >= 3 && (await producer.queue('cleanup').getWorkersCount()) >= 3,
+      60_000,
+      250,
+    );
 
     const doomed = new Set<string>();
     const kinds = { 'build-artifact': 0, cleanup: 0 };
@@ -69,7 +75,12 @@ describe('chaos: load', () => {
         Array.from({ length: Math.min(BATCH, TOTAL - i) }, async (_, k) => {
           const n = i + k;
           if (n % DOOMED_EVERY === DOOMED_EVERY - 1) {
-            const { jobId } = await producer.buildArtifact({ userId: 'load', projectId: 'doomed', versionId: `v${n}`, buildDir: join(sc.srcRoot, 'missing', String(n)) });
+            const { jobId } = await producer.buildArtifact({
+              userId: 'load',
+              projectId: 'doomed',
+              versionId: `v${n}`,
+              buildDir: join(sc.srcRoot, 'missing', String(n)),
+            });
             doomed.add(jobId);
             kinds['build-artifact']++;
           } else if (n % 2 === 0) {
@@ -85,20 +96,27 @@ describe('chaos: load', () => {
     const enqueueSeconds = (Date.now() - enqueueStarted) / 1000;
 
     const ledger = async () =>
-      Object.fromEntries((await db.pool.query('SELECT status, count(*)::int AS n FROM job_receipts GROUP BY status')).rows.map((r) => [r.status, r.n])) as {
+      Object.fromEntries(
+        (await db.pool.query('SELECT status, count(*)::int AS n FROM job_receipts GROUP BY status')).rows.map((r) => [r.status, r.n]),
+      ) as {
         completed?: number;
         parked?: number;
       };
     let last = 0;
-    await waitUntil(`${TOTAL} job receipts`, async () => {
-      const l = await ledger();
-      const done = (l.completed ?? 0) + (l.parked ?? 0);
-      if (Date.now() - last > 10_000) {
-        last = Date.now();
-        process.stdout.write(`[chaos] load: ${done}/${TOTAL} finished after ${Math.round((Date.now() - started) / 1000)} s\n`);
-      }
-      return done >= TOTAL;
-    }, 240_000, 1000);
+    await waitUntil(
+      `${TOTAL} job receipts`,
+      async () => {
+        const l = await ledger();
+        const done = (l.completed ?? 0) + (l.parked ?? 0);
+        if (Date.now() - last > 10_000) {
+          last = Date.now();
+          process.stdout.write(`[chaos] load: ${done}/${TOTAL} finished after ${Math.round((Date.now() - started) / 1000)} s\n`);
+        }
+        return done >= TOTAL;
+      },
+      240_000,
+      1000,
+    );
     const runSeconds = (Date.now() - enqueueStarted) / 1000;
     const l = await ledger();
     const parkedJobs = await deadLetterQueue(producer).getJobs(['waiting'], 0, -1);

@@ -90,46 +90,76 @@ describe('chaos: Postgres unavailable', () => {
 
     // Half the jobs before the outage, the rest (and the doomed one) during it.
     const half = Math.floor(N / 2);
-    for (const j of jobs.slice(0, half)) await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
+    for (const j of jobs.slice(0, half))
+      await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
     await waitUntil('a few jobs completed', async () => ((await queue.getJobCounts('completed')).completed ?? 0) >= 3, 60_000);
 
     await pgProxy.set({ mode: 'refuse' });
     const outageStarted = Date.now();
-    for (const j of jobs.slice(half)) await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
+    for (const j of jobs.slice(half))
+      await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
     // Exports do not touch Postgres: they complete during the outage, and only their job receipt waits.
-    for (let i = 0; i < EXPORTS; i++) await producer.export({ module: 'chaos', userId: 'u1', format: 'json', records: [{ i, at: 'outage' }] });
-    const doomed = await producer.buildArtifact({ userId: 'u0', projectId: 'pg-doomed', versionId: 'v1', buildDir: `${sc.srcRoot}/does-not-exist` });
+    for (let i = 0; i < EXPORTS; i++)
+      await producer.export({ module: 'chaos', userId: 'u1', format: 'json', records: [{ i, at: 'outage' }] });
+    const doomed = await producer.buildArtifact({
+      userId: 'u0',
+      projectId: 'pg-doomed',
+      versionId: 'v1',
+      buildDir: `${sc.srcRoot}/does-not-exist`,
+    });
     let posted = 0;
     for (let i = 0; i < FAILURE_POSTS; i++) {
       const res = await fetch(`http://127.0.0.1:${httpPort}/api/v1/failures`, {
         method: 'POST',
         headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
         body: JSON.stringify({
-          failures: Array.from({ length: PER_POST }, (_, k) => ({ error_code: 'E_CHAOS', message: `outage report ${i}-${k} at ${Date.now()}` })),
+          failures: Array.from({ length: PER_POST }, (_, k) => ({
+            error_code: 'E_CHAOS',
+            message: `outage report ${i}-${k} at ${Date.now()}`,
+          })),
         }),
       });
       expect(res.status, await res.clone().text()).toBe(202);
       posted += PER_POST;
       if (i === FAILURE_POSTS / 2) await pgProxy.set({ mode: 'reset' });
-      await sleep((OUTAGE_MS / 2) / FAILURE_POSTS);
+      await sleep(OUTAGE_MS / 2 / FAILURE_POSTS);
     }
     await sleep(Math.max(0, OUTAGE_MS - (Date.now() - outageStarted)));
     // Nothing of the outage's work can be in Postgres yet.
-    const duringCounts = { ...(await queue.getJobCounts('completed', 'delayed', 'active', 'waiting')), exportsCompleted: (await producer.queue('export').getJobCounts('completed')).completed };
+    const duringCounts = {
+      ...(await queue.getJobCounts('completed', 'delayed', 'active', 'waiting')),
+      exportsCompleted: (await producer.queue('export').getJobCounts('completed')).completed,
+    };
     await pgProxy.set({ mode: 'pass' });
     const recoveredAt = Date.now();
 
     const tenantFailures = async () =>
       Number((await db.pool.query('SELECT count(*) FROM failure_matches WHERE tenant_id = $1', ['svc-chaos'])).rows[0].count);
     const receiptsBy = async () =>
-      Object.fromEntries((await db.pool.query('SELECT status, count(*)::int AS n FROM job_receipts GROUP BY status')).rows.map((r) => [r.status, r.n]));
-    await waitUntil('every job completed or parked, every receipt and failure written', async () => {
-      const c = await queue.getJobCounts('completed');
-      const r = await receiptsBy();
-      const e = await producer.queue('export').getJobCounts('completed');
-      return (c.completed ?? 0) >= N && (e.completed ?? 0) >= EXPORTS && (await deadLetterQueue(producer).count()) >= 1 && (r.completed ?? 0) >= N + EXPORTS && (r.parked ?? 0) >= 1 && (await tenantFailures()) >= posted;
-    }, 120_000, 500).catch(async (err: Error) => {
-      throw new Error(`${err.message}; receipts ${JSON.stringify(await receiptsBy())}, failures ${await tenantFailures()}/${posted}, jobs ${JSON.stringify(await queue.getJobCounts('completed', 'failed', 'delayed', 'waiting', 'active'))}`);
+      Object.fromEntries(
+        (await db.pool.query('SELECT status, count(*)::int AS n FROM job_receipts GROUP BY status')).rows.map((r) => [r.status, r.n]),
+      );
+    await waitUntil(
+      'every job completed or parked, every receipt and failure written',
+      async () => {
+        const c = await queue.getJobCounts('completed');
+        const r = await receiptsBy();
+        const e = await producer.queue('export').getJobCounts('completed');
+        return (
+          (c.completed ?? 0) >= N &&
+          (e.completed ?? 0) >= EXPORTS &&
+          (await deadLetterQueue(producer).count()) >= 1 &&
+          (r.completed ?? 0) >= N + EXPORTS &&
+          (r.parked ?? 0) >= 1 &&
+          (await tenantFailures()) >= posted
+        );
+      },
+      120_000,
+      500,
+    ).catch(async (err: Error) => {
+      throw new Error(
+        `${err.message}; receipts ${JSON.stringify(await receiptsBy())}, failures ${await tenantFailures()}/${posted}, jobs ${JSON.stringify(await queue.getJobCounts('completed', 'failed', 'delayed', 'waiting', 'active'))}`,
+      );
     });
     const recoverySeconds = Math.round((Date.now() - recoveredAt) / 1000);
     await sleep(1500);

@@ -99,7 +99,12 @@ describe('chaos: Redis restart', () => {
     await producing;
 
     const queue = producer.queue('build-artifact');
-    await waitUntil(`${N} jobs completed after the restart`, async () => ((await queue.getJobCounts('completed')).completed ?? 0) >= N, 120_000, 500);
+    await waitUntil(
+      `${N} jobs completed after the restart`,
+      async () => ((await queue.getJobCounts('completed')).completed ?? 0) >= N,
+      120_000,
+      500,
+    );
     const recoverySeconds = Math.round((Date.now() - restartedAt) / 1000);
     const counts = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
     const parked = await deadLetterQueue(producer).count();

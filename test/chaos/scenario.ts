@@ -30,7 +30,11 @@ export interface Scenario {
 
 export async function setupScenario(
   name: string,
-  options: { redisUrl?: string; env?: Record<string, string> | ((secrets: Secrets) => Record<string, string>); producerRedisUrl?: string } = {},
+  options: {
+    redisUrl?: string;
+    env?: Record<string, string> | ((secrets: Secrets) => Record<string, string>);
+    producerRedisUrl?: string;
+  } = {},
 ): Promise<Scenario> {
   const iso = isolate(`chaos${name}`);
   const secrets = makeSecrets();

@@ -32,12 +32,17 @@ describe('chaos: store outage', () => {
       group.start('w2', ['worker', '--queues', 'build-artifact', '--concurrency', '3']),
       group.start('sched', ['scheduler'], { readyText: 'job schedulers synced' }),
     ]);
-    for (const j of jobs) await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
+    for (const j of jobs)
+      await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
     const queue = producer.queue('build-artifact');
     const dlq = deadLetterQueue(producer);
 
     // The outage starts once a quarter of the jobs are done, so it hits a busy fleet.
-    await waitUntil('a quarter of the jobs completed', async () => ((await queue.getJobCounts('completed')).completed ?? 0) >= N / 4, 60_000);
+    await waitUntil(
+      'a quarter of the jobs completed',
+      async () => ((await queue.getJobCounts('completed')).completed ?? 0) >= N / 4,
+      60_000,
+    );
     const doneBefore = (await queue.getJobCounts('completed')).completed ?? 0;
     const phase = OUTAGE_MS / 3;
     await storeProxy.set({ mode: 'refuse' });
@@ -52,10 +57,15 @@ describe('chaos: store outage', () => {
     const recoveredAt = Date.now();
 
     let maxParked = parkedPeak;
-    await waitUntil(`${N} jobs completed after the outage`, async () => {
-      maxParked = Math.max(maxParked, await dlq.count());
-      return ((await queue.getJobCounts('completed')).completed ?? 0) >= N;
-    }, 120_000, 500);
+    await waitUntil(
+      `${N} jobs completed after the outage`,
+      async () => {
+        maxParked = Math.max(maxParked, await dlq.count());
+        return ((await queue.getJobCounts('completed')).completed ?? 0) >= N;
+      },
+      120_000,
+      500,
+    );
     const recoverySeconds = (Date.now() - recoveredAt) / 1000;
     const check = await checkArtifacts(sc.s3, sc.db.pool, jobs);
     const counts = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');

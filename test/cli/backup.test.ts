@@ -89,7 +89,14 @@ describe('stowage backup', () => {
     const k1 = (JSON.parse(first.stdout) as { key: string }).key;
     const k2 = (JSON.parse(second.stdout) as { key: string }).key;
     expect(k2).not.toBe(k1);
-    names.push(...[k2, k1].map((k) => k.split('/').at(-1)!.replace(/\.tar\.gz$/, '')));
+    names.push(
+      ...[k2, k1].map((k) =>
+        k
+          .split('/')
+          .at(-1)!
+          .replace(/\.tar\.gz$/, ''),
+      ),
+    );
 
     const [both, adhocNoDb, badPair] = await Promise.all([
       stowage(['backup', 'now', '--set', 'app', '--name', 'x']),
@@ -192,7 +199,12 @@ describe('stowage backup', () => {
       stowage(['backup', 'test-connection'], { R2_ENDPOINT: `http://127.0.0.1:${port}`, STOWAGE_S3_MAX_ATTEMPTS: '1' }),
     ]);
     expect(ok.code, ok.stderr).toBe(0);
-    expect(ok.stdout.split('\n').slice(1, 6).map((l) => l.split('\t').slice(0, 2).join(' '))).toEqual(['put ok', 'head ok', 'get ok', 'list ok', 'delete ok']);
+    expect(
+      ok.stdout
+        .split('\n')
+        .slice(1, 6)
+        .map((l) => l.split('\t').slice(0, 2).join(' ')),
+    ).toEqual(['put ok', 'head ok', 'get ok', 'list ok', 'delete ok']);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/^put\tFAILED/m);
     expect(down.stderr).toMatch(/^stowage: test-connection: put failed/m);
@@ -215,7 +227,10 @@ describe('stowage backup', () => {
 
     const adhoc = await stowage(['backup', 'now', '--name', 'adhoc', '--sqlite', `db=${appDb}`, '--wait']);
     expect(adhoc.code, adhoc.stderr).toBe(0);
-    const adhocName = (JSON.parse(adhoc.stdout) as { key: string }).key.split('/').at(-1)!.replace(/\.tar\.gz$/, '');
+    const adhocName = (JSON.parse(adhoc.stdout) as { key: string }).key
+      .split('/')
+      .at(-1)!
+      .replace(/\.tar\.gz$/, '');
     expect(adhocName).toMatch(/^adhoc-backup-/);
     const del = await stowage(['backup', 'delete', adhocName]);
     expect(del.code, del.stderr).toBe(0);

@@ -112,7 +112,10 @@ describe('stowage CLI', () => {
     expect((await stowage(['dlq', 'list'])).stdout).toContain('dead-letter queue is empty');
 
     const events = await stowage(['events', '--json']);
-    const types = events.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { type: string }).type);
+    const types = events.stdout
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { type: string }).type);
     expect(types).toContain('job_parked');
     // --type filters: no export_completed was emitted here, so nothing is printed.
     const filtered = await stowage(['events', '--json', '--type', 'export_completed,job_redriven']);

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
 describe('docs/design.md', () => {
-  it("names every top-level file and folder of src/ in its layout, and only those", () => {
+  it('names every top-level file and folder of src/ in its layout, and only those', () => {
     const doc = readFileSync(join(root, 'docs/design.md'), 'utf8');
     const block = doc.slice(doc.indexOf('## Layout')).split('```')[1]!;
     const lines = block.split('\n');

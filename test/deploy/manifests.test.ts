@@ -38,7 +38,9 @@ interface Manifest {
 
 function loadManifests(): Manifest[] {
   const out: Manifest[] = [];
-  for (const file of readdirSync(k8sDir).filter((f) => /\.ya?ml$/.test(f)).sort()) {
+  for (const file of readdirSync(k8sDir)
+    .filter((f) => /\.ya?ml$/.test(f))
+    .sort()) {
     const docs = parseAllDocuments(readFileSync(join(k8sDir, file), 'utf8'));
     for (const d of Array.isArray(docs) ? docs : [docs]) {
       if (d.errors.length) throw new Error(`${file}: ${d.errors.map((e) => e.message).join('; ')}`);
@@ -107,7 +109,9 @@ describe('deploy/k8s', () => {
   });
 
   it('has Deployments for worker, scheduler and http, a Service, a migrate Job and PDBs', () => {
-    const deployments = ofKind('Deployment').map((d) => d.metadata.name as string).sort();
+    const deployments = ofKind('Deployment')
+      .map((d) => d.metadata.name as string)
+      .sort();
     expect(deployments).toEqual(['stowage-http', 'stowage-scheduler', 'stowage-worker']);
     expect(named('Job', 'stowage-migrate').spec.template.spec.containers[0].args).toEqual(['migrate']);
     expect(named('Service', 'stowage-http')).toBeTruthy();
@@ -196,7 +200,7 @@ describe('deploy/k8s', () => {
     for (const key of Object.keys(configMap.data ?? {})) expect(ENV_NAMES, key).toContain(key);
   });
 
-  it('the KEDA ScaledObject scales the worker Deployment on every job kind\'s wait list', () => {
+  it("the KEDA ScaledObject scales the worker Deployment on every job kind's wait list", () => {
     const [scaled, ...others] = ofKind('ScaledObject');
     expect(others).toEqual([]);
     expect(scaled!.spec.scaleTargetRef).toEqual(expect.objectContaining({ kind: 'Deployment', name: 'stowage-worker' }));
@@ -228,7 +232,11 @@ interface Stage {
 
 /** Stages of a Dockerfile, continuation lines joined, comments dropped. */
 function dockerStages(text: string): Stage[] {
-  const joined = text.replace(/\\\r?\n/g, ' ').split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const joined = text
+    .replace(/\\\r?\n/g, ' ')
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
   const stages: Stage[] = [];
   for (const line of joined) {
     const from = /^FROM\s+(\S+)(?:\s+AS\s+(\S+))?/i.exec(line);
@@ -272,7 +280,7 @@ describe('Dockerfile', () => {
     expect(runs).not.toMatch(/npm (ci|install|i)\b(?![^\n]*--omit=dev)/);
   });
 
-  it('ships pg_dump at least as new as the compose file\'s PostgreSQL (pg_dump refuses a newer server)', () => {
+  it("ships pg_dump at least as new as the compose file's PostgreSQL (pg_dump refuses a newer server)", () => {
     const text = final.lines.join('\n');
     const major = Number(/ARG PG_CLIENT_MAJOR=(\d+)/.exec(text)?.[1]);
     expect(text).toMatch(/apt-get install[^\n]*postgresql-client-\$\{PG_CLIENT_MAJOR\}/);
@@ -352,7 +360,9 @@ describe('deploy/systemd', () => {
   };
 
   it('ships exactly these units (schedules run in BullMQ, so no timers)', () => {
-    const files = readdirSync(systemdDir).filter((f) => /\.(service|timer|socket)$/.test(f)).sort();
+    const files = readdirSync(systemdDir)
+      .filter((f) => /\.(service|timer|socket)$/.test(f))
+      .sort();
     expect(files).toEqual(Object.keys(units).sort());
   });
 

@@ -17,7 +17,21 @@ export async function exportedMetricNames(): Promise<Set<string>> {
   return names;
 }
 
-const KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'bool', 'offset', 'and', 'or', 'unless', 'inf', 'nan']);
+const KEYWORDS = new Set([
+  'by',
+  'without',
+  'on',
+  'ignoring',
+  'group_left',
+  'group_right',
+  'bool',
+  'offset',
+  'and',
+  'or',
+  'unless',
+  'inf',
+  'nan',
+]);
 
 /** Metric names an expression selects: identifiers that are not functions, keywords, labels or variables. */
 export function metricNamesIn(expr: string): string[] {

@@ -86,7 +86,13 @@ beforeAll(async () => {
   s3 = await startS3(iso.bucket);
   fallbackDir = await mkdtemp(join(tmpdir(), 'stowage-fallback-'));
   const failures = { localFallbackDir: fallbackDir, maxRetries: 2, retryBaseDelayMs: 10, fallbackMaxTries: 2 };
-  const storage = { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, maxAttempts: 1 };
+  const storage = {
+    endpoint: s3.endpoint,
+    bucket: s3.bucket,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    maxAttempts: 1,
+  };
   up = iso.config({ storage, failures });
   down = iso.config({ storage: { ...storage, endpoint: `http://127.0.0.1:${await closedPort()}` }, failures });
   await migrate(up);
@@ -157,12 +163,16 @@ describe('aggregation export', () => {
     });
     // min-occurrences 2 brings the DB_REFUSED group in; deterministic bytes for the same window.
     const two = await buildExport(db, { days: 7, minOccurrences: 2, windowEnd: WINDOW_END });
-    expect(two.doc.patterns.map((p) => [p.error_code, p.count])).toEqual([['DB_TIMEOUT', 4], ['UPLOAD_FAILED', 3], ['DB_REFUSED', 2]]);
+    expect(two.doc.patterns.map((p) => [p.error_code, p.count])).toEqual([
+      ['DB_TIMEOUT', 4],
+      ['UPLOAD_FAILED', 3],
+      ['DB_REFUSED', 2],
+    ]);
     const again = await buildExport(db, { days: 7, minOccurrences: 3, windowEnd: WINDOW_END });
     expect(again.body.equals((await buildExport(db, { days: 7, minOccurrences: 3, windowEnd: WINDOW_END })).body)).toBe(true);
   });
 
-  it('uploads under the documented key, whose sha12 is the stored content\'s', async () => {
+  it("uploads under the documented key, whose sha12 is the stored content's", async () => {
     const metrics = createMetrics({ defaults: false });
     const { summary } = await runAggregation(deps(up, metrics), { days: 7, minOccurrences: 3, windowEnd: WINDOW_END });
     expect(summary.status).toBe('uploaded');
@@ -176,7 +186,14 @@ describe('aggregation export', () => {
     expect(JSON.parse(bytes.toString('utf8')).pattern_count).toBe(2);
     expect((await objectBytes(`${summary.key}.sha256`)).toString()).toBe(`${sha}  ${summary.key.split('/').pop()}\n`);
     const row = await getExport(db, summary.exportId!);
-    expect(row).toMatchObject({ status: 'uploaded', s3Key: summary.key, sha256: sha, sizeBytes: bytes.length, retryCount: 0, localPath: null });
+    expect(row).toMatchObject({
+      status: 'uploaded',
+      s3Key: summary.key,
+      sha256: sha,
+      sizeBytes: bytes.length,
+      retryCount: 0,
+      localPath: null,
+    });
     expect(row!.uploadedAt).toBeInstanceOf(Date);
     const text = await metrics.registry.metrics();
     expect(text).toMatch(/failure_agg_r2_upload_attempt_total\{status="success"\} 1/);
@@ -216,7 +233,11 @@ describe('aggregation export', () => {
     expect(after).toMatchObject({ status: 'uploaded', retryCount: 2, localPath: null });
     expect(after!.lastRetryAt).toBeInstanceOf(Date);
     expect(existsSync(summary.localPath!)).toBe(false);
-    expect(createHash('sha256').update(await objectBytes(summary.key)).digest('hex')).toBe(summary.sha256);
+    expect(
+      createHash('sha256')
+        .update(await objectBytes(summary.key))
+        .digest('hex'),
+    ).toBe(summary.sha256);
     expect(await retryMetrics.registry.metrics()).toMatch(/failure_agg_r2_retry_success_total 1/);
     expect(await retryFallbacks(deps(up))).toEqual([]);
   });
@@ -234,7 +255,11 @@ describe('aggregation export', () => {
   it('a job BullMQ retries tries the upload once, not another R2_MAX_RETRIES round, and falls back', async () => {
     const metrics = createMetrics({ defaults: false });
     type Args = Parameters<typeof aggregation>;
-    const job = { id: 'agg-retried', timestamp: Date.now(), data: { task: 'aggregate', days: 2, minOccurrences: 1, windowEnd: WINDOW_END.toISOString() } };
+    const job = {
+      id: 'agg-retried',
+      timestamp: Date.now(),
+      data: { task: 'aggregate', days: 2, minOccurrences: 1, windowEnd: WINDOW_END.toISOString() },
+    };
     const ctx = { ...deps(down, metrics), signal: new AbortController().signal, attempt: 2, emit: async () => {} };
     const result = await aggregation(job as unknown as Args[0], ctx as unknown as Args[1]);
     expect(result).toMatchObject({ status: 'fallback_local', attempts: 1 });
@@ -245,7 +270,15 @@ describe('aggregation export', () => {
 
   it('runs as the aggregation job: same window, same key; retry-fallbacks as a task of the same queue', async () => {
     const metrics = createMetrics({ defaults: false });
-    const runtime = await startRuntime({ config: up, logger, metrics, db, kinds: ['aggregation'], processors: { aggregation }, maintenance: false });
+    const runtime = await startRuntime({
+      config: up,
+      logger,
+      metrics,
+      db,
+      kinds: ['aggregation'],
+      processors: { aggregation },
+      maintenance: false,
+    });
     const producer = createProducer(up);
     try {
       const { jobId } = await producer.aggregation({ windowEnd: WINDOW_END.toISOString() });

@@ -31,7 +31,12 @@ const app = Fastify({ loggerInstance: logger });
 const tokens: Record<string, string> = {};
 
 const call = (method: 'GET' | 'POST' | 'PATCH', url: string, who: string, payload?: unknown) =>
-  app.inject({ method, url, headers: { authorization: `Bearer ${tokens[who]}` }, ...(payload !== undefined ? { payload: payload as object } : {}) });
+  app.inject({
+    method,
+    url,
+    headers: { authorization: `Bearer ${tokens[who]}` },
+    ...(payload !== undefined ? { payload: payload as object } : {}),
+  });
 
 beforeAll(async () => {
   await migrate(config);
@@ -72,7 +77,7 @@ let acmeIds: string[];
 let globexIds: string[];
 
 describe('failures API', () => {
-  it('accepts one failure or a batch and persists them for the token\'s tenant', async () => {
+  it("accepts one failure or a batch and persists them for the token's tenant", async () => {
     const batch = await call('POST', '/api/v1/failures', 'acme', [
       { error_code: 'db_timeout', category: 'database', message: 'query 17 timed out', catalog_entry: 'DB-1' },
       { error_code: 'DB_TIMEOUT', category: 'database', message: 'query 18 timed out' },
@@ -81,7 +86,11 @@ describe('failures API', () => {
     expect(batch.statusCode).toBe(202);
     acmeIds = batch.json().ids;
     expect(acmeIds).toHaveLength(3);
-    const one = await call('POST', '/api/v1/failures', 'globex', { error_code: 'DB_TIMEOUT', category: 'database', message: 'query 99 timed out' });
+    const one = await call('POST', '/api/v1/failures', 'globex', {
+      error_code: 'DB_TIMEOUT',
+      category: 'database',
+      message: 'query 99 timed out',
+    });
     expect(one.statusCode).toBe(202);
     globexIds = one.json().ids;
     // A body that tries to pick its tenant is refused, not obeyed.
@@ -94,7 +103,10 @@ describe('failures API', () => {
     expect((await call('POST', '/api/v1/failures', 'acmeViewer', { error_code: 'X', message: 'm' })).statusCode).toBe(403);
     await writer.flush();
     const { rows } = await db.pool.query('SELECT tenant_id, count(*)::int AS n FROM failure_matches GROUP BY tenant_id ORDER BY tenant_id');
-    expect(rows).toEqual([{ tenant_id: 'acme', n: 3 }, { tenant_id: 'globex', n: 1 }]);
+    expect(rows).toEqual([
+      { tenant_id: 'acme', n: 3 },
+      { tenant_id: 'globex', n: 1 },
+    ]);
     const text = await metrics.registry.metrics();
     expect(text).toMatch(/failure_match_hits_total\{error_code="DB_TIMEOUT",category="DATABASE"\} 1/);
     expect(text).toMatch(/failure_match_misses_total\{error_code="DB_TIMEOUT"\} 2/);
@@ -103,24 +115,33 @@ describe('failures API', () => {
   it('lists, filters and pages within the tenant only', async () => {
     const acme = await call('GET', '/api/v1/failures', 'acme');
     expect(acme.statusCode).toBe(200);
-    expect(acme.json().items.map((f: { id: string }) => f.id).sort()).toEqual([...acmeIds].sort());
+    expect(
+      acme
+        .json()
+        .items.map((f: { id: string }) => f.id)
+        .sort(),
+    ).toEqual([...acmeIds].sort());
     expect(acme.json().items.every((f: { tenant_id: string }) => f.tenant_id === 'acme')).toBe(true);
     const globex = await call('GET', '/api/v1/failures', 'globex');
     expect(globex.json().items.map((f: { id: string }) => f.id)).toEqual(globexIds);
     const byCode = await call('GET', '/api/v1/failures?error_code=db_timeout', 'acme');
     expect(byCode.json().items).toHaveLength(2);
     const byCategory = await call('GET', '/api/v1/failures?category=storage', 'acme');
-    expect(byCategory.json().items.map((f: { message: string; signature: string }) => [f.message, f.signature])).toEqual([['put "a.zip" failed', 'put "<str>" failed']]);
+    expect(byCategory.json().items.map((f: { message: string; signature: string }) => [f.message, f.signature])).toEqual([
+      ['put "a.zip" failed', 'put "<str>" failed'],
+    ]);
     const page1 = await call('GET', '/api/v1/failures?limit=2', 'acme');
     expect(page1.json()).toMatchObject({ limit: 2, offset: 0, next_offset: 2 });
     const page2 = await call('GET', '/api/v1/failures?limit=2&offset=2', 'acme');
     expect(page2.json().items).toHaveLength(1);
     expect(page2.json().next_offset).toBeNull();
-    expect((await call('GET', `/api/v1/failures?since=${encodeURIComponent(new Date(Date.now() + 60_000).toISOString())}`, 'acme')).json().items).toEqual([]);
+    expect(
+      (await call('GET', `/api/v1/failures?since=${encodeURIComponent(new Date(Date.now() + 60_000).toISOString())}`, 'acme')).json().items,
+    ).toEqual([]);
     expect((await call('GET', '/api/v1/failures?limit=0', 'acme')).statusCode).toBe(400);
   });
 
-  it('gets one failure by id, and 404 for another tenant\'s or a malformed id', async () => {
+  it("gets one failure by id, and 404 for another tenant's or a malformed id", async () => {
     const mine = await call('GET', `/api/v1/failures/${acmeIds[0]}`, 'acme');
     expect(mine.statusCode).toBe(200);
     expect(mine.json()).toMatchObject({ id: acmeIds[0], tenant_id: 'acme', error_code: 'DB_TIMEOUT', catalog_entry: 'DB-1' });
@@ -130,7 +151,7 @@ describe('failures API', () => {
     expect((await call('GET', '/api/v1/failures/not-a-uuid', 'acme')).statusCode).toBe(404);
   });
 
-  it('marks recovery for the tenant\'s own failures only', async () => {
+  it("marks recovery for the tenant's own failures only", async () => {
     const body = { recovery_succeeded: true, recovered_by: 'ops-team', notes: 'restarted' };
     const foreign = await call('PATCH', `/api/v1/failures/${acmeIds[2]}/recovery`, 'globex', body);
     expect(foreign.statusCode).toBe(404);
@@ -142,28 +163,41 @@ describe('failures API', () => {
     expect(ok.statusCode).toBe(200);
     expect(ok.json()).toMatchObject({ recovery_succeeded: true, recovered_by: 'ops-team', notes: 'restarted' });
     expect(ok.json().recovered_at).toEqual(expect.any(String));
-    const failed = await call('PATCH', `/api/v1/failures/${acmeIds[1]}/recovery`, 'acme', { recovery_succeeded: false, recovered_by: 'ops-team' });
+    const failed = await call('PATCH', `/api/v1/failures/${acmeIds[1]}/recovery`, 'acme', {
+      recovery_succeeded: false,
+      recovered_by: 'ops-team',
+    });
     expect(failed.statusCode).toBe(200);
     const text = await metrics.registry.metrics();
     expect(text).toMatch(/recovery_success_total\{recovery_mode="RETRY",error_code="UPLOAD"\} 1/);
     expect(text).toMatch(/recovery_failure_total\{recovery_mode="MANUAL",error_code="DB_TIMEOUT"\} 1/);
-    expect((await call('GET', '/api/v1/failures?recovered=true', 'acme')).json().items.map((f: { id: string }) => f.id)).toEqual([acmeIds[2]]);
+    expect((await call('GET', '/api/v1/failures?recovered=true', 'acme')).json().items.map((f: { id: string }) => f.id)).toEqual([
+      acmeIds[2],
+    ]);
     expect((await call('GET', '/api/v1/failures?recovered=true', 'globex')).json().items).toEqual([]);
   });
 
   it('lists unrecovered failures per tenant', async () => {
     const acme = await call('GET', '/api/v1/failures/unrecovered?since_hours=24&limit=50', 'acme');
     expect(acme.statusCode).toBe(200);
-    expect(acme.json().items.map((f: { id: string }) => f.id).sort()).toEqual([acmeIds[0], acmeIds[1]].sort());
+    expect(
+      acme
+        .json()
+        .items.map((f: { id: string }) => f.id)
+        .sort(),
+    ).toEqual([acmeIds[0], acmeIds[1]].sort());
     const globex = await call('GET', '/api/v1/failures/unrecovered', 'globex');
     expect(globex.json().items.map((f: { id: string }) => f.id)).toEqual(globexIds);
     expect((await call('GET', '/api/v1/failures/unrecovered?limit=1', 'acme')).json().items).toHaveLength(1);
   });
 
-  it('computes stats over the tenant\'s rows only', async () => {
+  it("computes stats over the tenant's rows only", async () => {
     const acme = (await call('GET', '/api/v1/failures/stats', 'acme')).json();
     expect(acme).toMatchObject({ total: 3, matched: 1, unmatched: 2, recovered: 1, recovery_failed: 1, unrecovered: 2 });
-    expect(acme.top_error_codes).toEqual([{ error_code: 'DB_TIMEOUT', count: 2 }, { error_code: 'UPLOAD', count: 1 }]);
+    expect(acme.top_error_codes).toEqual([
+      { error_code: 'DB_TIMEOUT', count: 2 },
+      { error_code: 'UPLOAD', count: 1 },
+    ]);
     const globex = (await call('GET', '/api/v1/failures/stats?since_hours=1', 'globex')).json();
     expect(globex).toMatchObject({ total: 1, matched: 0, recovered: 0, unrecovered: 1 });
     expect(globex.top_error_codes).toEqual([{ error_code: 'DB_TIMEOUT', count: 1 }]);

@@ -89,7 +89,9 @@ afterAll(async () => {
 describe('stowage aggregate / retry-fallbacks', () => {
   it('--json --skip-r2 prints the export and stores nothing', async () => {
     const doc = JSON.parse(await run('aggregate', '--json', '--skip-r2', '--days', '1'));
-    expect(doc.patterns).toEqual([expect.objectContaining({ error_code: 'JOB_FAILED', signature: 'job <num> failed', count: 3, tenants: ['acme'] })]);
+    expect(doc.patterns).toEqual([
+      expect.objectContaining({ error_code: 'JOB_FAILED', signature: 'job <num> failed', count: 3, tenants: ['acme'] }),
+    ]);
     expect(await run('aggregate', '--json', '--skip-r2', '--min-occurrences', '4')).toContain('"pattern_count": 0');
     expect(await readdir(fallbackDir)).toEqual([]);
   });

@@ -53,10 +53,15 @@ describe('failure ingestion', () => {
     try {
       // 7 batches of 30 and 10 single failures, from two tenants, while the writer cannot write.
       for (let b = 0; b < 7; b++) {
-        const batch = Array.from({ length: 30 }, (_, i) => ({ error_code: 'E_TIMEOUT', message: `call ${b}-${i} timed out`, category: 'net' }));
+        const batch = Array.from({ length: 30 }, (_, i) => ({
+          error_code: 'E_TIMEOUT',
+          message: `call ${b}-${i} timed out`,
+          category: 'net',
+        }));
         ids.push(...(await recordFailures({ redis, config, metrics: fm }, b % 2 ? 'acme' : 'globex', batch)).ids);
       }
-      for (let i = 0; i < 10; i++) ids.push(...(await recordFailures({ redis, config, metrics: fm }, 'acme', { error_code: 'E_ONE', message: `single ${i}` })).ids);
+      for (let i = 0; i < 10; i++)
+        ids.push(...(await recordFailures({ redis, config, metrics: fm }, 'acme', { error_code: 'E_ONE', message: `single ${i}` })).ids);
       // Give the writer time to fail a few rounds: nothing is lost or dropped meanwhile.
       await new Promise((r) => setTimeout(r, 600));
       expect(await redis.llen(failureKeys.pending(config.prefix))).toBe(220);
@@ -87,8 +92,16 @@ describe('failure ingestion', () => {
     await redis.rpush(
       failureKeys.pending(config.prefix),
       JSON.stringify({
-        id: '00000000-0000-4000-8000-000000000001', tenantId: 'acme', errorCode: 'E1', category: null, message: 'bad\u0000', signature: 'bad',
-        catalogEntry: null, recoveryMode: null, recoverySucceeded: null, createdAt: '2026-01-01T00:00:00Z',
+        id: '00000000-0000-4000-8000-000000000001',
+        tenantId: 'acme',
+        errorCode: 'E1',
+        category: null,
+        message: 'bad\u0000',
+        signature: 'bad',
+        catalogEntry: null,
+        recoveryMode: null,
+        recoverySucceeded: null,
+        createdAt: '2026-01-01T00:00:00Z',
       }),
       'not json',
     );
@@ -109,9 +122,15 @@ describe('failure ingestion', () => {
 
   it('refuses invalid failures whole, naming the field, and accepts nothing of them', async () => {
     const len = await redis.llen(failureKeys.pending(config.prefix));
-    await expect(recordFailures({ redis, config }, 'acme', [{ error_code: 'E', message: 'ok' }, { error_code: 'E' }])).rejects.toThrow(/1\.message/);
-    await expect(recordFailures({ redis, config }, 'acme', { error_code: 'E', message: 'ok', occurred_at: 'yesterday' })).rejects.toThrow(/occurred_at/);
-    await expect(recordFailures({ redis, config }, 'acme', { error_code: 'E', message: 'nul \u0000' })).rejects.toThrow(/message: must not contain NUL/);
+    await expect(recordFailures({ redis, config }, 'acme', [{ error_code: 'E', message: 'ok' }, { error_code: 'E' }])).rejects.toThrow(
+      /1\.message/,
+    );
+    await expect(recordFailures({ redis, config }, 'acme', { error_code: 'E', message: 'ok', occurred_at: 'yesterday' })).rejects.toThrow(
+      /occurred_at/,
+    );
+    await expect(recordFailures({ redis, config }, 'acme', { error_code: 'E', message: 'nul \u0000' })).rejects.toThrow(
+      /message: must not contain NUL/,
+    );
     expect(await redis.llen(failureKeys.pending(config.prefix))).toBe(len);
   });
 });

@@ -7,9 +7,9 @@ import { createMetrics } from '../../src/observability/metrics.js';
 
 describe('normalizeSignature', () => {
   it('masks numbers, ids, hex and quoted values, and nothing else', () => {
-    expect(normalizeSignature(`user 42 got 'no such key "a"' for 3f2504e0-4f89-11d3-9a0c-0305e82c3301 at 0xFF00, trace 9f86d081884c7d65`)).toBe(
-      'user <num> got "<str>" for <id> at <hex>, trace <hex>',
-    );
+    expect(
+      normalizeSignature(`user 42 got 'no such key "a"' for 3f2504e0-4f89-11d3-9a0c-0305e82c3301 at 0xFF00, trace 9f86d081884c7d65`),
+    ).toBe('user <num> got "<str>" for <id> at <hex>, trace <hex>');
     expect(normalizeSignature("can't open `x.txt`:\n  timeout   after 1.5s")).toBe(`can't open "<str>": timeout after <num>s`);
     expect(normalizeSignature('deadline exceeded')).toBe('deadline exceeded');
     expect(normalizeSignature('x'.repeat(900))).toHaveLength(500);
@@ -20,7 +20,12 @@ describe('failure metric labels', () => {
   it('are normalized and capped, the rest counted as OTHER', async () => {
     const label = boundedLabel(2);
     expect([label('db-timeout'), label(' DB timeout!! '), label('x'), label('y'), label('DB_TIMEOUT'), label(null)]).toEqual([
-      'DB_TIMEOUT', 'DB_TIMEOUT', 'X', 'OTHER', 'DB_TIMEOUT', 'OTHER',
+      'DB_TIMEOUT',
+      'DB_TIMEOUT',
+      'X',
+      'OTHER',
+      'DB_TIMEOUT',
+      'OTHER',
     ]);
     const metrics = createMetrics({ defaults: false });
     const fm = failureMetrics(metrics.registry);

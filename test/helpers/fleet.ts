@@ -8,7 +8,15 @@ import { startRuntime, type ProcessorMap, type Runtime } from '../../src/workers
 import { GetObjectCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { createEventStream, jobIdFor, parsePayload, type EventStream, type JobKind, type JobProgress, type PayloadInput } from '../../src/queues/index.js';
+import {
+  createEventStream,
+  jobIdFor,
+  parsePayload,
+  type EventStream,
+  type JobKind,
+  type JobProgress,
+  type PayloadInput,
+} from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import type { Processor, ProcessorContext } from '../../src/workers/context.js';
 import type { Isolation } from './isolation.js';

@@ -23,7 +23,10 @@ export interface Isolation {
 }
 
 export function isolate(label: string): Isolation {
-  const id = `${label.replace(/[^a-z0-9]/gi, '').toLowerCase().slice(0, 12)}${randomBytes(3).toString('hex')}`;
+  const id = `${label
+    .replace(/[^a-z0-9]/gi, '')
+    .toLowerCase()
+    .slice(0, 12)}${randomBytes(3).toString('hex')}`;
   const prefix = `test-${id}`;
   const schema = `t_${id}`;
   const bucket = `b-${id}`;

@@ -23,8 +23,7 @@ let alice: string;
 let bob: string;
 let built: { sha256: string; size: number };
 
-const get = (url: string, token?: string) =>
-  app.inject({ method: 'GET', url, headers: token ? { authorization: `Bearer ${token}` } : {} });
+const get = (url: string, token?: string) => app.inject({ method: 'GET', url, headers: token ? { authorization: `Bearer ${token}` } : {} });
 
 beforeAll(async () => {
   h = await harness(iso, { s3: true });
@@ -37,7 +36,9 @@ beforeAll(async () => {
   const { jobId } = await h.deps.producer.buildArtifact({ userId: 'alice', projectId: 'site', versionId: 'v1', buildDir: dir });
   built = (await h.deps.producer.waitFor('build-artifact', jobId, 30_000)) as { sha256: string; size: number };
   // A version the application knows about but whose artifact was never stored.
-  await h.deps.db.pool.query(`INSERT INTO project_versions (user_id, project_id, version_id, created_at) VALUES ('alice', 'site', 'v0', now() - interval '1 day')`);
+  await h.deps.db.pool.query(
+    `INSERT INTO project_versions (user_id, project_id, version_id, created_at) VALUES ('alice', 'site', 'v0', now() - interval '1 day')`,
+  );
 });
 
 afterAll(async () => {

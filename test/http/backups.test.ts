@@ -28,7 +28,12 @@ let viewer: string;
 let user: string;
 
 const call = (method: 'GET' | 'POST' | 'DELETE', url: string, token?: string, body?: unknown) =>
-  app.inject({ method, url, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(body !== undefined ? { payload: body as object } : {}) });
+  app.inject({
+    method,
+    url,
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+    ...(body !== undefined ? { payload: body as object } : {}),
+  });
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'stowage-httpbackups-'));
@@ -92,7 +97,9 @@ describe('/api/backups', () => {
 
     const list = await call('GET', '/api/backups?set=web', admin);
     expect(list.statusCode).toBe(200);
-    const backups = (list.json() as { backups: { name: string; set: string; size: number; sha256: string; key: string; ageSeconds: number }[] }).backups;
+    const backups = (
+      list.json() as { backups: { name: string; set: string; size: number; sha256: string; key: string; ageSeconds: number }[] }
+    ).backups;
     expect(backups).toHaveLength(2);
     expect(backups[0]!.name).toMatch(/^web-backup-\d{4}-\d{2}-\d{2}-\d{6}$/);
     expect(backups[0]!.name > backups[1]!.name).toBe(true); // newest first

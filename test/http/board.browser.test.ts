@@ -124,7 +124,7 @@ describe('Bull Board in Chromium', () => {
     }
   });
 
-  it('shows a failed job\'s error on its queue\'s Failed tab, and saves a screenshot', async () => {
+  it("shows a failed job's error on its queue's Failed tab, and saves a screenshot", async () => {
     const reason = `source bucket unreachable (${iso.id})`;
     // A real BullMQ worker fails one job for good, leaving it in aggregation's failed set (the
     // Stowage runtime would park it in dead-letter instead).

@@ -80,7 +80,12 @@ beforeAll(async () => {
         await ctx.progress({ stage: 'write', bytes: 100, totalBytes: 100 });
         if (first.fail) throw new PermanentError(`record ${first.n} is refused`);
         const key = `exports/reports/${first.n}.json`;
-        await ctx.emit('export_completed', { module: recordsJob(job.data).module, userId: recordsJob(job.data).userId, key, records: recordsJob(job.data).records.length });
+        await ctx.emit('export_completed', {
+          module: recordsJob(job.data).module,
+          userId: recordsJob(job.data).userId,
+          key,
+          records: recordsJob(job.data).records.length,
+        });
         return standInResult(String(first.n), { key, record_count: recordsJob(job.data).records.length });
       },
     },
@@ -97,7 +102,7 @@ afterAll(async () => {
 });
 
 describe('GET /v1/jobs/:kind/:id/events', () => {
-  it('streams progress, the job\'s domain event and completed, in order, then ends', async () => {
+  it("streams progress, the job's domain event and completed, in order, then ends", async () => {
     const { jobId, open } = await activeJob(1);
     const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     expect(client.res.status).toBe(200);
@@ -107,7 +112,10 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
     expect(client.events[0]).toMatchObject({ event: 'state', data: { jobId, state: 'active' } });
     open();
     await client.finished();
-    expect(client.events.map((e) => e.event), JSON.stringify(client.events)).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
+    expect(
+      client.events.map((e) => e.event),
+      JSON.stringify(client.events),
+    ).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
     const [, read, write, domain, completed] = client.events;
     expect(read!.data).toEqual({ jobId, progress: { stage: 'read', bytes: 0, totalBytes: 100 } });
     expect(write!.data).toEqual({ jobId, progress: { stage: 'write', bytes: 100, totalBytes: 100 } });
@@ -115,7 +123,11 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
       id: expect.stringMatching(/^\d+-\d+$/),
       data: { type: 'export_completed', queue: 'export', jobId, data: { key: 'exports/reports/1.json', records: 1 } },
     });
-    expect(completed).toEqual({ event: 'completed', id: 'done', data: { jobId, result: standInResult('1', { key: 'exports/reports/1.json' }) } });
+    expect(completed).toEqual({
+      event: 'completed',
+      id: 'done',
+      data: { jobId, result: standInResult('1', { key: 'exports/reports/1.json' }) },
+    });
   });
 
   it('still sends the domain event before completed when the shared domain reader lags', async () => {
@@ -127,7 +139,10 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
     expect(await killClients((name) => name === `stowage:http:events:${h.deps.config.prefix}`)).toBe(1);
     open();
     await client.finished();
-    expect(client.events.map((e) => e.event), JSON.stringify(client.events)).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
+    expect(
+      client.events.map((e) => e.event),
+      JSON.stringify(client.events),
+    ).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
   });
 
   it('still sends progress before the domain event when the job-lifecycle reader lags', async () => {
@@ -140,7 +155,10 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
     expect(await killClients((name) => name === qe)).toBeGreaterThanOrEqual(1);
     open();
     await client.finished();
-    expect(client.events.map((e) => e.event), JSON.stringify(client.events)).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
+    expect(
+      client.events.map((e) => e.event),
+      JSON.stringify(client.events),
+    ).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
   });
 
   it('streams failed with the reason for a job that fails for good', async () => {
@@ -194,7 +212,11 @@ describe('GET /v1/events', () => {
       const second = await stream.emit('backup_completed', { set: 's', key: 'k2', size: 1, sha256: 'x', databases: 1 });
       await client.until(() => client.events.length >= 2, 'two events');
       expect(client.events).toEqual([
-        { event: 'export_completed', id: first, data: expect.objectContaining({ id: first, type: 'export_completed', data: expect.objectContaining({ key: 'k1' }) }) },
+        {
+          event: 'export_completed',
+          id: first,
+          data: expect.objectContaining({ id: first, type: 'export_completed', data: expect.objectContaining({ key: 'k1' }) }),
+        },
         { event: 'backup_completed', id: second, data: expect.objectContaining({ id: second, type: 'backup_completed' }) },
       ]);
       await client.until(() => client.comments.includes('heartbeat'), 'a heartbeat', HEARTBEAT_MS * 10);
@@ -212,7 +234,7 @@ describe('GET /v1/events', () => {
     }
   });
 
-  it('a user token sees only its own user\'s events, jobs and job streams; another user\'s job is 404', async () => {
+  it("a user token sees only its own user's events, jobs and job streams; another user's job is 404", async () => {
     const redis = createRedis(h.deps.config.redisUrl);
     const stream = createEventStream(redis, h.deps.config.prefix);
     const u1 = await createToken(h.secret, { user: 'u1', role: 'user' });
@@ -224,7 +246,7 @@ describe('GET /v1/events', () => {
       await stream.emit('job_parked', { queue: 'export', jobId: 'j', name: 'n', reason: 'r', attempts: 1 });
       const own = await stream.emit('export_completed', { module: 'm', userId: 'u1', key: 'mine', records: 1 });
       await operator.until(() => operator.events.length >= 3, 'all three events for the operator');
-      await mine.until(() => mine.events.some((e) => e.id === own), 'the user\'s own event');
+      await mine.until(() => mine.events.some((e) => e.id === own), "the user's own event");
       // Emitted in order on one stream: had the others been sent, they would have come first.
       expect(mine.events.map((e) => e.id)).toEqual([own]);
       await mine.close();

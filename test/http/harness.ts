@@ -95,7 +95,11 @@ export const basicHeader = (user = BASIC_USER, password = BASIC_PASSWORD) =>
  * Workers for a harness: its schema migrated, then a runtime for `kinds` on the harness's config,
  * metrics and pool (the real processors unless `processors` says otherwise). Close it before `h`.
  */
-export async function harnessRuntime(h: Harness, kinds: JobKind[], options: { processors?: ProcessorMap; maintenance?: boolean } = {}): Promise<Runtime> {
+export async function harnessRuntime(
+  h: Harness,
+  kinds: JobKind[],
+  options: { processors?: ProcessorMap; maintenance?: boolean } = {},
+): Promise<Runtime> {
   await migrate(h.deps.config);
   return startRuntime({
     config: h.deps.config,

@@ -52,7 +52,12 @@ afterAll(async () => {
 });
 
 it('POST without an id answers the id the object gets, and the object is then found by it', { timeout: 15_000 }, async () => {
-  const res = await app.inject({ method: 'POST', url: '/v1/records/notes', headers: as(alice), payload: { format: 'json', records: [{ title: 'Lisbon' }] } });
+  const res = await app.inject({
+    method: 'POST',
+    url: '/v1/records/notes',
+    headers: as(alice),
+    payload: { format: 'json', records: [{ title: 'Lisbon' }] },
+  });
   expect(res.statusCode).toBe(202);
   const { id, jobId } = res.json() as { id: string; jobId: string };
   expect(id).toMatch(/^[0-9a-f]{32}$/);
@@ -62,19 +67,21 @@ it('POST without an id answers the id the object gets, and the object is then fo
 });
 
 describe.each(RECORD_ROUTE_PREFIXES)('%s', (prefix) => {
-  it('lists, searches and gets the caller\'s records', async () => {
+  it("lists, searches and gets the caller's records", async () => {
     const list = await get(`${prefix}/diary`, alice);
     expect(list.statusCode).toBe(200);
     expect(list.json().entries).toEqual([expect.objectContaining({ id: 'd1', format: 'jsonl', record_count: 2 })]);
     const search = await get(`${prefix}/diary?q=RIVER`, alice);
-    expect(search.json().hits).toEqual([expect.objectContaining({ source: 'record', id: 'd1', index: 0, record: { text: 'Sunny walk by the river' } })]);
+    expect(search.json().hits).toEqual([
+      expect.objectContaining({ source: 'record', id: 'd1', index: 0, record: { text: 'Sunny walk by the river' } }),
+    ]);
     const got = await get(`${prefix}/diary/d1`, aliceViewer);
     expect(got.statusCode).toBe(200);
     expect(got.json().records).toEqual([{ text: 'Sunny walk by the river' }, { text: 'Rain' }]);
     expect((await get(`${prefix}/diary?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z`, alice)).json().entries).toEqual([]);
   });
 
-  it('user B gets 404 for user A\'s record and URL, and sees none of A\'s records in lists or searches', async () => {
+  it("user B gets 404 for user A's record and URL, and sees none of A's records in lists or searches", async () => {
     for (const url of [`${prefix}/diary/d1`, `${prefix}/diary/d1/url`]) {
       const res = await get(url, bob);
       expect(res.statusCode).toBe(404);
@@ -84,14 +91,24 @@ describe.each(RECORD_ROUTE_PREFIXES)('%s', (prefix) => {
     expect((await get(`${prefix}/diary?q=river`, bob)).json().hits).toEqual([]);
   });
 
-  it('refuses a missing token (401), a viewer\'s write (403), bad ids, queries and bodies (400)', async () => {
+  it("refuses a missing token (401), a viewer's write (403), bad ids, queries and bodies (400)", async () => {
     expect((await get(`${prefix}/diary`)).statusCode).toBe(401);
-    const viewerPost = await app.inject({ method: 'POST', url: `${prefix}/diary`, headers: as(aliceViewer), payload: { format: 'json', records: [{ a: 1 }] } });
+    const viewerPost = await app.inject({
+      method: 'POST',
+      url: `${prefix}/diary`,
+      headers: as(aliceViewer),
+      payload: { format: 'json', records: [{ a: 1 }] },
+    });
     expect(viewerPost.statusCode).toBe(403);
     const badModule = await get(`${prefix}/a..b`, alice);
     expect(badModule.statusCode).toBe(400);
     expect(badModule.json().error.message).toMatch(/module: must not contain \.\./);
-    const badBody = await app.inject({ method: 'POST', url: `${prefix}/diary`, headers: as(alice), payload: { format: 'xml', records: [] } });
+    const badBody = await app.inject({
+      method: 'POST',
+      url: `${prefix}/diary`,
+      headers: as(alice),
+      payload: { format: 'xml', records: [] },
+    });
     expect(badBody.statusCode).toBe(400);
     expect(badBody.json().error.message).toMatch(/format/);
     expect((await get(`${prefix}/diary?from=yesterday`, alice)).statusCode).toBe(400);

@@ -54,7 +54,10 @@ describe('probes', () => {
   });
 
   it('GET /readyz is 503 naming Postgres when its port is closed; unconfigured storage is skipped', async () => {
-    const db = createDb({ databaseUrl: `postgres://postgres@127.0.0.1:${await closedPort()}/postgres`, databaseSchema: iso.schema }, { max: 1 });
+    const db = createDb(
+      { databaseUrl: `postgres://postgres@127.0.0.1:${await closedPort()}/postgres`, databaseSchema: iso.schema },
+      { max: 1 },
+    );
     const unconfigured = () => {
       throw new StowageError('STOWAGE_ERR_CONFIG', 'object storage is not configured: set R2_BUCKET');
     };
@@ -126,7 +129,12 @@ describe('POST /v1/jobs/:kind', () => {
     expect(none.headers['www-authenticate']).toMatch(/^Bearer/);
     expect(none.json().error).toMatchObject({ code: 'STOWAGE_ERR_UNAUTHORIZED', message: expect.stringContaining('missing bearer token') });
 
-    const basic = await app.inject({ method: 'POST', url: '/v1/jobs/export', headers: { authorization: basicHeader() }, payload: exportPayload });
+    const basic = await app.inject({
+      method: 'POST',
+      url: '/v1/jobs/export',
+      headers: { authorization: basicHeader() },
+      payload: exportPayload,
+    });
     expect(basic.statusCode).toBe(401);
     expect(basic.json().error.message).toMatch(/bearer tokens only/);
 
@@ -150,7 +158,12 @@ describe('POST /v1/jobs/:kind', () => {
   });
 
   it('403 for a viewer token: viewers may read jobs but not enqueue', async () => {
-    const res = await app.inject({ method: 'POST', url: '/v1/jobs/export', headers: bearer(viewer), payload: { ...exportPayload, userId: 'u2' } });
+    const res = await app.inject({
+      method: 'POST',
+      url: '/v1/jobs/export',
+      headers: bearer(viewer),
+      payload: { ...exportPayload, userId: 'u2' },
+    });
     expect(res.statusCode).toBe(403);
     expect(res.json().error.code).toBe('STOWAGE_ERR_FORBIDDEN');
     expect(await h.queue('export').getJobCountByTypes('waiting')).toBe(1);
@@ -180,7 +193,10 @@ describe('POST /v1/jobs/:kind', () => {
 describe('GET /v1/jobs/:kind/:id', () => {
   it('reports state, progress, result and failedReason to any valid token', async () => {
     const { jobId } = await h.deps.producer.enqueue('export', { ...exportPayload, userId: 'u3' });
-    await h.queue('export').getJob(jobId).then((job) => job!.updateProgress({ stage: 'upload', bytes: 10 }));
+    await h
+      .queue('export')
+      .getJob(jobId)
+      .then((job) => job!.updateProgress({ stage: 'upload', bytes: 10 }));
     const res = await app.inject({ method: 'GET', url: `/v1/jobs/export/${jobId}`, headers: bearer(viewer) });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toMatchObject({
@@ -319,7 +335,11 @@ describe('Bull Board auth (inject)', () => {
     expect(badQuery.statusCode).toBe(401);
     expect(badQuery.headers['set-cookie']).toBeUndefined();
 
-    const badCookie = await app.inject({ method: 'GET', url: `${board}/api/queues`, headers: { cookie: `${BOARD_COOKIE}=${admin.slice(0, -2)}xx` } });
+    const badCookie = await app.inject({
+      method: 'GET',
+      url: `${board}/api/queues`,
+      headers: { cookie: `${BOARD_COOKIE}=${admin.slice(0, -2)}xx` },
+    });
     expect(badCookie.statusCode).toBe(401);
     expect(String(badCookie.headers['set-cookie'])).toContain('Max-Age=0');
   });
@@ -329,18 +349,38 @@ describe('Bull Board auth (inject)', () => {
     const resume = `${board}/api/queues/cleanup/resume`;
     const here = { host: 'stowage.test:3000' };
 
-    const crossOrigin = await app.inject({ method: 'PUT', url: pause, headers: { ...bearer(admin), ...here, origin: 'https://evil.example' } });
+    const crossOrigin = await app.inject({
+      method: 'PUT',
+      url: pause,
+      headers: { ...bearer(admin), ...here, origin: 'https://evil.example' },
+    });
     expect(crossOrigin.statusCode).toBe(403);
-    const crossReferer = await app.inject({ method: 'PUT', url: pause, headers: { authorization: basicHeader(), ...here, referer: 'https://evil.example/page' } });
+    const crossReferer = await app.inject({
+      method: 'PUT',
+      url: pause,
+      headers: { authorization: basicHeader(), ...here, referer: 'https://evil.example/page' },
+    });
     expect(crossReferer.statusCode).toBe(403);
-    const crossSite = await app.inject({ method: 'PUT', url: pause, headers: { ...bearer(admin), ...here, 'sec-fetch-site': 'same-site' } });
+    const crossSite = await app.inject({
+      method: 'PUT',
+      url: pause,
+      headers: { ...bearer(admin), ...here, 'sec-fetch-site': 'same-site' },
+    });
     expect(crossSite.statusCode).toBe(403);
-    const asViewer = await app.inject({ method: 'PUT', url: pause, headers: { ...bearer(viewer), ...here, origin: 'http://stowage.test:3000' } });
+    const asViewer = await app.inject({
+      method: 'PUT',
+      url: pause,
+      headers: { ...bearer(viewer), ...here, origin: 'http://stowage.test:3000' },
+    });
     expect(asViewer.statusCode).toBe(403);
     expect(asViewer.json().error.message).toMatch(/read-only/);
     expect(await h.queue('cleanup').isPaused()).toBe(false);
 
-    const asAdmin = await app.inject({ method: 'PUT', url: pause, headers: { ...bearer(admin), ...here, origin: 'http://stowage.test:3000' } });
+    const asAdmin = await app.inject({
+      method: 'PUT',
+      url: pause,
+      headers: { ...bearer(admin), ...here, origin: 'http://stowage.test:3000' },
+    });
     expect(asAdmin.statusCode).toBe(200);
     expect(await h.queue('cleanup').isPaused()).toBe(true);
     // Basic auth without Origin/Referer: a non-browser client.
@@ -418,7 +458,8 @@ describe('listening', () => {
   });
 
   it('knows loopback from the rest', () => {
-    for (const host of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '::ffff:127.0.0.1']) expect(isLoopback(host), host).toBe(true);
+    for (const host of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '::ffff:127.0.0.1'])
+      expect(isLoopback(host), host).toBe(true);
     for (const host of ['0.0.0.0', '::', '10.0.0.5', '192.168.1.1', 'example.com', '']) expect(isLoopback(host), host).toBe(false);
   });
 

@@ -30,7 +30,8 @@ export async function sseClient(baseUrl: string, path: string, headers: Record<s
             const colon = line.indexOf(':');
             if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 1).trimStart();
           }
-          if (fields.data !== undefined) events.push({ event: fields.event ?? 'message', data: JSON.parse(fields.data), ...(fields.id ? { id: fields.id } : {}) });
+          if (fields.data !== undefined)
+            events.push({ event: fields.event ?? 'message', data: JSON.parse(fields.data), ...(fields.id ? { id: fields.id } : {}) });
           wake?.();
         }
       }
@@ -68,4 +69,3 @@ export async function sseClient(baseUrl: string, path: string, headers: Record<s
     },
   };
 }
-

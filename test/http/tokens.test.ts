@@ -66,9 +66,19 @@ describe('tokens', () => {
   it('rejects a validly signed token from another issuer or with an unknown role', async () => {
     const now = Math.floor(Date.now() / 1000);
     const sign = (claims: Record<string, unknown>, issuer: string) =>
-      new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).setIssuer(issuer).setSubject('alice').setIssuedAt(now).setExpirationTime(now + 60).sign(key);
-    expect((await rejection(verifyToken(secret, await sign({ tenant: 'a', role: 'admin' }, 'someone-else')))).message).toMatch(/claim "iss"/);
-    expect((await rejection(verifyToken(secret, await sign({ tenant: 'a', role: 'root' }, 'stowage')))).message).toMatch(/claims are invalid: role/);
+      new SignJWT(claims)
+        .setProtectedHeader({ alg: 'HS256' })
+        .setIssuer(issuer)
+        .setSubject('alice')
+        .setIssuedAt(now)
+        .setExpirationTime(now + 60)
+        .sign(key);
+    expect((await rejection(verifyToken(secret, await sign({ tenant: 'a', role: 'admin' }, 'someone-else')))).message).toMatch(
+      /claim "iss"/,
+    );
+    expect((await rejection(verifyToken(secret, await sign({ tenant: 'a', role: 'root' }, 'stowage')))).message).toMatch(
+      /claims are invalid: role/,
+    );
   });
 
   it('parses ttl strictly and names a bad one', async () => {

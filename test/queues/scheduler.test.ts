@@ -45,7 +45,10 @@ describe('scheduler', () => {
           ['nightly-agg', '0 2 * * *', 'UTC'],
         ].sort(),
       );
-      expect((await cleanup.getJobSchedulers(0, -1)).map((s) => [s.id ?? s.key, s.tz]).sort()).toEqual([['cleanup-daily', 'UTC'], ['daily-cleanup', 'Europe/Berlin']]);
+      expect((await cleanup.getJobSchedulers(0, -1)).map((s) => [s.id ?? s.key, s.tz]).sort()).toEqual([
+        ['cleanup-daily', 'UTC'],
+        ['daily-cleanup', 'Europe/Berlin'],
+      ]);
       expect((await maint.getJobSchedulers(0, -1)).map((s) => s.id ?? s.key)).toEqual(['dlq-auto-redrive']);
       // One pending job per schedule, not three.
       expect(await agg.getDelayedCount()).toBe(3);
@@ -55,7 +58,10 @@ describe('scheduler', () => {
 
       // A schedule removed from config is removed from Redis.
       await syncSchedules(iso.config({ schedules: schedules.slice(1) }), redis);
-      expect((await agg.getJobSchedulers(0, -1)).map((s) => s.id ?? s.key).sort()).toEqual(['failure-aggregation', 'failure-aggregation-retry']);
+      expect((await agg.getJobSchedulers(0, -1)).map((s) => s.id ?? s.key).sort()).toEqual([
+        'failure-aggregation',
+        'failure-aggregation-retry',
+      ]);
       expect(await agg.getDelayedCount()).toBe(2);
       // A default can be switched off from config.
       await syncSchedules(

@@ -73,7 +73,12 @@ async function putAll(objects: Array<{ key: string; body: string; test?: boolean
       while (next < objects.length) {
         const o = objects[next++]!;
         await client.send(
-          new PutObjectCommand({ Bucket: s3.bucket, Key: o.key, Body: o.body, ...(o.test ? { Metadata: { 'stowage-test': 'true' } } : {}) }),
+          new PutObjectCommand({
+            Bucket: s3.bucket,
+            Key: o.key,
+            Body: o.body,
+            ...(o.test ? { Metadata: { 'stowage-test': 'true' } } : {}),
+          }),
         );
       }
     }),
@@ -190,13 +195,23 @@ describe('cleanup of objects', () => {
   });
 
   it('a dry run lists exactly what --prefix and --older-than pick; the real run deletes exactly those', async () => {
-    const dry = await runRecordedCleanup({ storage, db, config, options: { prefix: 'logs/', olderThanDays: daysSinceCut(), dryRun: true } });
+    const dry = await runRecordedCleanup({
+      storage,
+      db,
+      config,
+      options: { prefix: 'logs/', olderThanDays: daysSinceCut(), dryRun: true },
+    });
     expect(dry.report.objects.map((o) => o.key)).toEqual(logsA);
     expect(dry.report).toMatchObject({ scanned: 2300, deleted: 1500, errors: 0, dryRun: true });
     expect(dry.report.bytesFreed).toBe(logsA.reduce((n, k) => n + `log ${k}`.length, 0));
     expect((await keysUnder('logs/')).length).toBe(2300);
 
-    const real = await runRecordedCleanup({ storage, db, config, options: { prefix: 'logs/', olderThanDays: daysSinceCut(), dryRun: false } });
+    const real = await runRecordedCleanup({
+      storage,
+      db,
+      config,
+      options: { prefix: 'logs/', olderThanDays: daysSinceCut(), dryRun: false },
+    });
     expect(real.report.objects.map((o) => o.key)).toEqual(logsA);
     expect(real.report).toMatchObject({ scanned: 2300, deleted: 1500, errors: 0, dryRun: false });
     // More than one DeleteObjects batch was needed.
@@ -231,19 +246,28 @@ describe('cleanup of objects', () => {
     expect(await keysUnder('logs/')).toEqual(logsB.filter((k, i) => !marked.includes(k) || i >= 100));
     expect(await keysUnder('keep/')).toEqual(keep);
     const [last] = await listCleanupLogs(db, 1);
-    expect(last).toMatchObject({ mode: 'objects', scanned: 100, deleted: 50, errors: 0, dryRun: false, prefix: 'logs/b/00', details: { testOnly: true } });
+    expect(last).toMatchObject({
+      mode: 'objects',
+      scanned: 100,
+      deleted: 50,
+      errors: 0,
+      dryRun: false,
+      prefix: 'logs/b/00',
+      details: { testOnly: true },
+    });
   });
 });
 
 describe('orphaned packs', () => {
-  const packs = [
-    packKey('u2', 'p1', 'v1', 'v2'),
-    packKey('u2', 'p1', 'v2', 'v3'),
-    packKey('u2', 'p1', 'v3', 'v4'),
-  ];
+  const packs = [packKey('u2', 'p1', 'v1', 'v2'), packKey('u2', 'p1', 'v2', 'v3'), packKey('u2', 'p1', 'v3', 'v4')];
 
   beforeAll(async () => {
-    await putAll(packs.flatMap((key) => [{ key, body: `pack ${key}` }, { key: sha256SidecarKey(key), body: `${'1'.repeat(64)}  x\n` }]));
+    await putAll(
+      packs.flatMap((key) => [
+        { key, body: `pack ${key}` },
+        { key: sha256SidecarKey(key), body: `${'1'.repeat(64)}  x\n` },
+      ]),
+    );
     for (const v of ['v1', 'v2', 'v3']) {
       await db.pool.query('INSERT INTO project_versions (user_id, project_id, version_id) VALUES ($1, $2, $3)', ['u2', 'p1', v]);
     }
@@ -260,7 +284,12 @@ describe('orphaned packs', () => {
     expect(await keysUnder('u2/')).toEqual([packs[0], sha256SidecarKey(packs[0]!), packs[1], sha256SidecarKey(packs[1]!)]);
 
     await db.pool.query("DELETE FROM project_versions WHERE user_id = 'u2' AND version_id = 'v1'");
-    const second = await runRecordedCleanup({ storage, db, config, options: { dryRun: false, orphanedPacks: true, olderThanDays: 0, prefix: 'u2/' } });
+    const second = await runRecordedCleanup({
+      storage,
+      db,
+      config,
+      options: { dryRun: false, orphanedPacks: true, olderThanDays: 0, prefix: 'u2/' },
+    });
     expect(second.report.objects.map((o) => o.key)).toEqual([packs[0], sha256SidecarKey(packs[0]!)]);
     expect(await keysUnder('u2/')).toEqual([packs[1], sha256SidecarKey(packs[1]!)]);
     // Nothing else in the bucket was a pack or touched.
@@ -285,12 +314,16 @@ describe('multipart uploads (real incomplete uploads on radosgw)', () => {
 
     const dry = sink();
     await cleanupCommand(config, { dryRun: true, multipart: true, olderThanHours: hoursSinceCut() }, dry);
-    expect(dry.lines.filter((l) => l.startsWith('would abort\t')).map((l) => l.split('\t').slice(1, 3))).toEqual([[oldUpload.key, oldUpload.id]]);
+    expect(dry.lines.filter((l) => l.startsWith('would abort\t')).map((l) => l.split('\t').slice(1, 3))).toEqual([
+      [oldUpload.key, oldUpload.id],
+    ]);
     expect((await openUploads()).length).toBe(2);
 
     const out = sink();
     await cleanupCommand(config, { force: true, multipart: true, olderThanHours: hoursSinceCut() }, out);
-    expect(out.lines.filter((l) => l.startsWith('aborted\t')).map((l) => l.split('\t').slice(1, 3))).toEqual([[oldUpload.key, oldUpload.id]]);
+    expect(out.lines.filter((l) => l.startsWith('aborted\t')).map((l) => l.split('\t').slice(1, 3))).toEqual([
+      [oldUpload.key, oldUpload.id],
+    ]);
     expect((await openUploads()).map((u) => [u.key, u.id])).toEqual([[freshUpload.key, freshUpload.id]]);
     // Aborting removed the upload, not an object of that name (there never was one).
     expect(await keysUnder('mp/')).toEqual([]);

@@ -36,7 +36,12 @@ function docsTable(): Map<string, Record<string, string>> {
   const rows = section
     .split('\n')
     .filter((l) => l.startsWith('|'))
-    .map((l) => l.slice(1, -1).split('|').map((c) => c.trim()));
+    .map((l) =>
+      l
+        .slice(1, -1)
+        .split('|')
+        .map((c) => c.trim()),
+    );
   const [header, , ...body] = rows;
   return new Map(body.map((cells) => [cells[0]!, Object.fromEntries(header!.map((h, i) => [h, cells[i]!]))]));
 }
@@ -97,8 +102,20 @@ for (const kind of ['rgw', 's3rver'] as const) {
     });
 
     it('20 concurrent manifest writers leave 20 entries', { timeout: 30_000 }, async () => {
-      const deps = { storage, redis: () => redis, lockKey: (module: string, userId: string) => redisKeys.manifestLock(iso.prefix, module, userId) };
-      const entry = (id: string) => ({ id, key: `m/u/${id}.json`, format: 'json' as const, record_count: 1, size: 1, sha256: '0'.repeat(64), created_at: new Date().toISOString() });
+      const deps = {
+        storage,
+        redis: () => redis,
+        lockKey: (module: string, userId: string) => redisKeys.manifestLock(iso.prefix, module, userId),
+      };
+      const entry = (id: string) => ({
+        id,
+        key: `m/u/${id}.json`,
+        format: 'json' as const,
+        record_count: 1,
+        size: 1,
+        sha256: '0'.repeat(64),
+        created_at: new Date().toISOString(),
+      });
       const updates = await Promise.all(Array.from({ length: 20 }, (_, i) => upsertManifestEntry(deps, 'contract', 'u', entry(`w${i}`))));
       expect(new Set(updates.map((u) => u.mode))).toEqual(new Set([kind === 'rgw' ? 'conditional' : 'lock']));
       const { entries } = await readManifest(storage, 'contract', 'u');
@@ -126,15 +143,18 @@ for (const kind of ['rgw', 's3rver'] as const) {
       expect(after).toEqual([]);
     });
 
-    it(kind === 'rgw' ? 'refuses a presigned URL with a changed signature' : 'does not check presigned signatures (documented)', async () => {
-      await s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'signed.txt', Body: 'signed' }));
-      const { url } = await presignDownload(storage, { key: 'signed.txt', expiresInSeconds: 600 });
-      const u = new URL(url);
-      const signature = u.searchParams.get('X-Amz-Signature')!;
-      u.searchParams.set('X-Amz-Signature', `${signature.slice(0, -1)}${signature.endsWith('0') ? '1' : '0'}`);
-      const res = await fetch(u);
-      await res.arrayBuffer();
-      expect(res.status).toBe(kind === 'rgw' ? 403 : 200);
-    });
+    it(
+      kind === 'rgw' ? 'refuses a presigned URL with a changed signature' : 'does not check presigned signatures (documented)',
+      async () => {
+        await s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'signed.txt', Body: 'signed' }));
+        const { url } = await presignDownload(storage, { key: 'signed.txt', expiresInSeconds: 600 });
+        const u = new URL(url);
+        const signature = u.searchParams.get('X-Amz-Signature')!;
+        u.searchParams.set('X-Amz-Signature', `${signature.slice(0, -1)}${signature.endsWith('0') ? '1' : '0'}`);
+        const res = await fetch(u);
+        await res.arrayBuffer();
+        expect(res.status).toBe(kind === 'rgw' ? 403 : 200);
+      },
+    );
   });
 }

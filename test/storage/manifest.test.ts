@@ -108,7 +108,9 @@ describe('manifest on radosgw (conditional writes)', () => {
     expect(entries.map((e) => e.id).sort()).toEqual(Array.from({ length: 20 }, (_, i) => `c${i}`).sort());
   });
 
-  it('a store refusing the ETag form it seemed to honour: 20 writers switch to the lock, all land, and the switch is logged', { timeout: 25_000 }, async () => {
+  it('a store refusing the ETag form it seemed to honour: 20 writers switch to the lock, all land, and the switch is logged', {
+    timeout: 25_000,
+  }, async () => {
     const lines: string[] = [];
     const logger = createLogger({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
     // radosgw answers 412 to the quoted form of its own ETag (it compares byte for byte).

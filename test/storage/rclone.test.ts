@@ -44,7 +44,15 @@ async function rclone(args: string[]): Promise<void> {
 beforeAll(async () => {
   s3 = await startS3(iso.bucket);
   storage = createStorage(
-    iso.config({ storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, partSizeMb: 5 } }),
+    iso.config({
+      storage: {
+        endpoint: s3.endpoint,
+        bucket: s3.bucket,
+        accessKeyId: s3.accessKeyId,
+        secretAccessKey: s3.secretAccessKey,
+        partSizeMb: 5,
+      },
+    }),
   );
   dir = await mkdtemp(join(tmpdir(), 'stowage-rclone-'));
   await writeFile(join(dir, 'app.js'), 'export const x = 1;\n'.repeat(50_000));
@@ -67,7 +75,9 @@ describe('rclone reads what Stowage wrote', () => {
     try {
       await rclone(['copyto', `store:${s3.bucket}/${key}`, join(out, 'v1.zip')]);
       await rclone(['copyto', `store:${s3.bucket}/${sha256SidecarKey(key)}`, join(out, 'v1.zip.sha256')]);
-      const digest = execFileSync('sha256sum', [join(out, 'v1.zip')]).toString().split(' ')[0];
+      const digest = execFileSync('sha256sum', [join(out, 'v1.zip')])
+        .toString()
+        .split(' ')[0];
       expect(digest).toBe(result.sha256);
       // The sidecar is in sha256sum's format, naming the file by its base name.
       expect(execFileSync('sha256sum', ['-c', 'v1.zip.sha256'], { cwd: out }).toString()).toContain('v1.zip: OK');

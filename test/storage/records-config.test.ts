@@ -6,17 +6,27 @@ import { searchableValues } from '../../src/storage/manifest.js';
 
 describe('exports config', () => {
   it('defaults: no searchable fields, 20 values, 200 characters, compaction at 256 KiB', () => {
-    expect(loadConfig({}).exports).toEqual({ searchableFields: {}, searchableMaxValues: 20, searchableMaxChars: 200, manifestCompactBytes: 256 * 1024 });
+    expect(loadConfig({}).exports).toEqual({
+      searchableFields: {},
+      searchableMaxValues: 20,
+      searchableMaxChars: 200,
+      manifestCompactBytes: 256 * 1024,
+    });
   });
 
   it('reads STOWAGE_EXPORT_SEARCHABLE_FIELDS as module:field,field;module:field and STOWAGE_MANIFEST_COMPACT_BYTES', () => {
-    const config = loadConfig({ STOWAGE_EXPORT_SEARCHABLE_FIELDS: 'finance: description, category ;notes:title', STOWAGE_MANIFEST_COMPACT_BYTES: '4096' });
+    const config = loadConfig({
+      STOWAGE_EXPORT_SEARCHABLE_FIELDS: 'finance: description, category ;notes:title',
+      STOWAGE_MANIFEST_COMPACT_BYTES: '4096',
+    });
     expect(config.exports.searchableFields).toEqual({ finance: ['description', 'category'], notes: ['title'] });
     expect(config.exports.manifestCompactBytes).toBe(4096);
   });
 
   it('takes the object form from overrides (as from the STOWAGE_CONFIG file)', () => {
-    expect(loadConfig({}, { exports: { searchableFields: { finance: ['memo'] } } }).exports.searchableFields).toEqual({ finance: ['memo'] });
+    expect(loadConfig({}, { exports: { searchableFields: { finance: ['memo'] } } }).exports.searchableFields).toEqual({
+      finance: ['memo'],
+    });
   });
 
   it('names the bad variable', () => {

@@ -36,7 +36,8 @@ beforeAll(async () => {
   }
   // … and 20 MB of text in 200 small files (read ahead, deflated on the thread pool).
   const text = Buffer.from(Array.from({ length: 2000 }, (_, i) => `export const v${i} = ${i * 7} + x${i % 13};\n`).join(''));
-  for (let i = 0; i < 200; i++) await writeFile(join(src, `m${i}.js`), Buffer.concat(Array(Math.ceil(100_000 / text.length)).fill(text)).subarray(0, 100_000));
+  for (let i = 0; i < 200; i++)
+    await writeFile(join(src, `m${i}.js`), Buffer.concat(Array(Math.ceil(100_000 / text.length)).fill(text)).subarray(0, 100_000));
 });
 
 afterAll(async () => {
@@ -45,23 +46,38 @@ afterAll(async () => {
 });
 
 describe('memory', () => {
-  it('uploads a ~300 MB artifact with peak RSS under 250 MB, and the stored bytes hash to the reported SHA-256', { timeout: 120_000 }, async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', child, join(work, 'build'), 'mem/snapshots/v1.zip'], {
-      env: {
-        ...process.env,
-        // The child cannot inject(): it gets the radosgw bucket through the production env vars.
-        ...storageEnv(s3),
-        STOWAGE_PART_SIZE_MB: '8',
-        STOWAGE_UPLOAD_QUEUE_SIZE: '4',
-        LOG_LEVEL: 'silent',
+  it('uploads a ~300 MB artifact with peak RSS under 250 MB, and the stored bytes hash to the reported SHA-256', {
+    timeout: 120_000,
+  }, async () => {
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--import', 'tsx', child, join(work, 'build'), 'mem/snapshots/v1.zip'],
+      {
+        env: {
+          ...process.env,
+          // The child cannot inject(): it gets the radosgw bucket through the production env vars.
+          ...storageEnv(s3),
+          STOWAGE_PART_SIZE_MB: '8',
+          STOWAGE_UPLOAD_QUEUE_SIZE: '4',
+          LOG_LEVEL: 'silent',
+        },
+        maxBuffer: 1 << 20,
       },
-      maxBuffer: 1 << 20,
-    });
-    const result = JSON.parse(stdout.trim().split('\n').at(-1)!) as { size: number; sha256: string; etag: string | null; sourceBytes: number; maxRssBytes: number; ms: number };
+    );
+    const result = JSON.parse(stdout.trim().split('\n').at(-1)!) as {
+      size: number;
+      sha256: string;
+      etag: string | null;
+      sourceBytes: number;
+      maxRssBytes: number;
+      ms: number;
+    };
     expect(result.sourceBytes).toBe(230 * MiB + 20_000_000);
     expect(result.size).toBeGreaterThan(230 * MiB);
     expect(result.maxRssBytes).toBeLessThan(250 * MiB);
-    console.info(`300 MB pipeline: ${result.ms} ms, peak RSS ${(result.maxRssBytes / MiB).toFixed(0)} MiB, artifact ${(result.size / MiB).toFixed(0)} MiB`);
+    console.info(
+      `300 MB pipeline: ${result.ms} ms, peak RSS ${(result.maxRssBytes / MiB).toFixed(0)} MiB, artifact ${(result.size / MiB).toFixed(0)} MiB`,
+    );
 
     // Read back with the test's own client, straight from radosgw.
     const res = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'mem/snapshots/v1.zip' }));

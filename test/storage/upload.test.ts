@@ -190,7 +190,12 @@ describe('uploadStream on radosgw', () => {
     const body = randomBytes(1000);
     const part = await s3.client.send(new UploadPartCommand({ Bucket: s3.bucket, Key: key, UploadId, PartNumber: 1, Body: body }));
     const done = await s3.client.send(
-      new CompleteMultipartUploadCommand({ Bucket: s3.bucket, Key: key, UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] } }),
+      new CompleteMultipartUploadCommand({
+        Bucket: s3.bucket,
+        Key: key,
+        UploadId,
+        MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] },
+      }),
     );
     const plainEtag = `"${md5(md5(body)).toString('hex')}-1"`;
     expect((await s3.client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: key }))).ETag).toBe(plainEtag);
@@ -221,7 +226,12 @@ describe('uploadStream on radosgw', () => {
     expect(small).toMatchObject({ size: 6, sha256: createHash('sha256').update('hello\n').digest('hex'), sidecarKey: 'small.bin.sha256' });
     expect((await fetchObject(s3, 'small.bin')).text).toBe('hello\n');
     const empty = await uploadStream(storage, { key: 'empty.bin', body: Readable.from([]), sidecar: false });
-    expect(empty).toMatchObject({ size: 0, sha256: createHash('sha256').digest('hex'), sidecarKey: null, etag: '"d41d8cd98f00b204e9800998ecf8427e"' });
+    expect(empty).toMatchObject({
+      size: 0,
+      sha256: createHash('sha256').digest('hex'),
+      sidecarKey: null,
+      etag: '"d41d8cd98f00b204e9800998ecf8427e"',
+    });
     expect(await fetchObject(s3, 'empty.bin')).toMatchObject({ size: 0 });
     expect(await exists(s3.client, s3.bucket, 'empty.bin.sha256')).toBe(false);
     expect(proxy.stats.partRequests - parts).toBe(0);
@@ -271,7 +281,10 @@ describe('uploadStream on radosgw', () => {
         if (n >= 5 * MiB) controller.abort();
       },
     });
-    const err = await pending.then(() => null, (e: unknown) => e);
+    const err = await pending.then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(Error);
     expect(isPermanent(err)).toBe(false);
     expect((err as Error).message).toContain('aborted');
@@ -284,10 +297,20 @@ describe('uploadStream on radosgw', () => {
 
   it('treats a missing bucket as permanent', async () => {
     const storage = createStorage(
-      iso.config({ storage: { endpoint: s3.endpoint, bucket: `${iso.bucket}-missing`, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } }),
+      iso.config({
+        storage: {
+          endpoint: s3.endpoint,
+          bucket: `${iso.bucket}-missing`,
+          accessKeyId: s3.accessKeyId,
+          secretAccessKey: s3.secretAccessKey,
+        },
+      }),
     );
     storages.push(storage);
-    const err = await uploadStream(storage, { key: 'x.bin', body: Readable.from([Buffer.from('x')]) }).then(() => null, (e: unknown) => e);
+    const err = await uploadStream(storage, { key: 'x.bin', body: Readable.from([Buffer.from('x')]) }).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(isPermanent(err)).toBe(true);
     expect((err as Error).message).toContain('NoSuchBucket');
   });
@@ -315,7 +338,10 @@ describe('uploadStream on a store that refuses AbortMultipartUpload (s3rver: 405
     const before = proxy.stats.abortRequests;
     let err: unknown;
     try {
-      err = await uploadStream(storage, { key: 'fail/plain.zip', body: randomBody(20 * MiB).body }).then(() => null, (e: unknown) => e);
+      err = await uploadStream(storage, { key: 'fail/plain.zip', body: randomBody(20 * MiB).body }).then(
+        () => null,
+        (e: unknown) => e,
+      );
     } finally {
       proxy.heal();
     }
@@ -336,7 +362,13 @@ describe('uploadStream on a store that refuses AbortMultipartUpload (s3rver: 405
     const uploadId = match![1]!;
     const completeWith = async (id: string) => {
       const part = await s3.client.send(
-        new UploadPartCommand({ Bucket: s3.bucket, Key: 'fail/plain.zip', UploadId: id, PartNumber: 10_000, Body: Buffer.from('left open\n') }),
+        new UploadPartCommand({
+          Bucket: s3.bucket,
+          Key: 'fail/plain.zip',
+          UploadId: id,
+          PartNumber: 10_000,
+          Body: Buffer.from('left open\n'),
+        }),
       );
       return s3.client.send(
         new CompleteMultipartUploadCommand({

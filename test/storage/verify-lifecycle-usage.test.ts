@@ -10,7 +10,14 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { CreateMultipartUploadCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import {
+  CreateMultipartUploadCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsCommand,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { lifecycleCommand, usageCommand, verifyCommand, type Output } from '../../src/cli/commands/storage-ops.js';
@@ -52,13 +59,24 @@ beforeAll(async () => {
     forcePathStyle: true,
     credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
   });
-  await Promise.all(written.map((o) => client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: o.key, Body: Buffer.alloc(o.size, 7) }))));
+  await Promise.all(
+    written.map((o) => client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: o.key, Body: Buffer.alloc(o.size, 7) }))),
+  );
   const body = 'snapshot bytes\n';
   await client.send(
-    new PutObjectCommand({ Bucket: s3.bucket, Key: 'gamma/v1.zip', Body: body, Metadata: { 'stowage-kind': 'artifact', 'sha256-sidecar': 'v1.zip.sha256' } }),
+    new PutObjectCommand({
+      Bucket: s3.bucket,
+      Key: 'gamma/v1.zip',
+      Body: body,
+      Metadata: { 'stowage-kind': 'artifact', 'sha256-sidecar': 'v1.zip.sha256' },
+    }),
   );
   await client.send(
-    new PutObjectCommand({ Bucket: s3.bucket, Key: 'gamma/v1.zip.sha256', Body: `${createHash('sha256').update(body).digest('hex')}  v1.zip\n` }),
+    new PutObjectCommand({
+      Bucket: s3.bucket,
+      Key: 'gamma/v1.zip.sha256',
+      Body: `${createHash('sha256').update(body).digest('hex')}  v1.zip\n`,
+    }),
   );
 });
 
@@ -120,14 +138,16 @@ describe('verify', () => {
 });
 
 describe('lifecycle', () => {
-  it('the default rules are the seeds\': snapshots 30 days, failure_patterns/ 90, incomplete multipart 1', () => {
+  it("the default rules are the seeds': snapshots 30 days, failure_patterns/ 90, incomplete multipart 1", () => {
     expect(config().lifecycleRules).toEqual(DEFAULT_LIFECYCLE_RULES);
     expect(DEFAULT_LIFECYCLE_RULES.map((r) => [r.prefix, r.expireDays ?? null, r.abortIncompleteMultipartDays ?? null])).toEqual([
       ['*/*/snapshots/', 30, null],
       ['failure_patterns/', 90, null],
       ['', null, 1],
     ]);
-    expect(() => loadConfig({}, { lifecycleRules: [{ id: 'x', prefix: 'a/' }] })).toThrow(/lifecycleRules\.0\.expireDays: needs expireDays/);
+    expect(() => loadConfig({}, { lifecycleRules: [{ id: 'x', prefix: 'a/' }] })).toThrow(
+      /lifecycleRules\.0\.expireDays: needs expireDays/,
+    );
     expect(() => loadConfig({}, { lifecycleRules: [{ id: 'x', prefix: 'a*/', expireDays: 1 }] })).toThrow(/whole path segment/);
   });
 
@@ -147,17 +167,29 @@ describe('lifecycle', () => {
   it('plans the store change; applying the same rules again changes nothing', () => {
     const rules = DEFAULT_LIFECYCLE_RULES;
     const first = planLifecycle(rules, [{ ID: 'old-rule', Status: 'Enabled', Filter: { Prefix: 'x/' }, Expiration: { Days: 3 } }]);
-    expect(first).toMatchObject({ added: ['failure-patterns-90d', 'abort-incomplete-multipart-1d'], changed: [], removed: ['old-rule'], unchanged: false });
+    expect(first).toMatchObject({
+      added: ['failure-patterns-90d', 'abort-incomplete-multipart-1d'],
+      changed: [],
+      removed: ['old-rule'],
+      unchanged: false,
+    });
     // The `*` rule cannot be a store rule: it is left to cleanup --enforce-lifecycle.
     expect(first.cleanupOnly.map((r) => r.id)).toEqual(['snapshots-30d']);
     // What the store echoes back after the put is what we asked for.
     const again = planLifecycle(rules, first.desired);
     expect(again.unchanged).toBe(true);
-    const edited = planLifecycle(rules.map((r) => (r.id === 'failure-patterns-90d' ? { ...r, expireDays: 180 } : r)), first.desired);
+    const edited = planLifecycle(
+      rules.map((r) => (r.id === 'failure-patterns-90d' ? { ...r, expireDays: 180 } : r)),
+      first.desired,
+    );
     expect(edited).toMatchObject({ added: [], changed: ['failure-patterns-90d'], removed: [] });
-    expect(toS3Rule(rules[2]!)).toEqual({ ID: 'abort-incomplete-multipart-1d', Status: 'Enabled', Filter: { Prefix: '' }, AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 } });
+    expect(toS3Rule(rules[2]!)).toEqual({
+      ID: 'abort-incomplete-multipart-1d',
+      Status: 'Enabled',
+      Filter: { Prefix: '' },
+      AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 },
+    });
   });
-
 });
 
 describe('lifecycle on radosgw', () => {
@@ -203,7 +235,8 @@ describe('lifecycle on radosgw', () => {
     await lc.client.send(new PutObjectCommand({ Bucket: lc.bucket, Key: 'expire/old.txt', Body: 'x' }));
     await lc.client.send(new PutObjectCommand({ Bucket: lc.bucket, Key: 'keep/old.txt', Body: 'x' }));
     const upload = await lc.client.send(new CreateMultipartUploadCommand({ Bucket: lc.bucket, Key: 'uploads/abandoned.bin' }));
-    const uploads = async () => (await lc.client.send(new ListMultipartUploadsCommand({ Bucket: lc.bucket, Prefix: 'uploads/' }))).Uploads ?? [];
+    const uploads = async () =>
+      (await lc.client.send(new ListMultipartUploadsCommand({ Bucket: lc.bucket, Prefix: 'uploads/' }))).Uploads ?? [];
     const exists = (key: string) =>
       lc.client.send(new HeadObjectCommand({ Bucket: lc.bucket, Key: key })).then(
         () => true,
@@ -235,8 +268,12 @@ describe('lifecycle on s3rver (no lifecycle API)', () => {
     expect(err).toMatchObject({ code: 'STOWAGE_ERR_STORE' });
     const message = (err as Error).message;
     expect(message).not.toContain('\n');
-    expect(message).toMatch(/^the object store does not implement bucket lifecycle rules \(GetBucketLifecycleConfiguration\) \(HTTP 501 NotImplemented\); run `stowage cleanup --enforce-lifecycle --force`/);
-    await expect(lifecycleCommand(config({}, plain), { apply: true, dryRun: true }, sink())).rejects.toMatchObject({ code: 'STOWAGE_ERR_STORE' });
+    expect(message).toMatch(
+      /^the object store does not implement bucket lifecycle rules \(GetBucketLifecycleConfiguration\) \(HTTP 501 NotImplemented\); run `stowage cleanup --enforce-lifecycle --force`/,
+    );
+    await expect(lifecycleCommand(config({}, plain), { apply: true, dryRun: true }, sink())).rejects.toMatchObject({
+      code: 'STOWAGE_ERR_STORE',
+    });
 
     const show = sink();
     await lifecycleCommand(config({}, plain), { show: true }, show);
@@ -260,9 +297,10 @@ describe('lifecycle on s3rver (no lifecycle API)', () => {
       }`;
     const env = { PATH: process.env.PATH, HOME: process.env.HOME, ...storageEnv(plain), LOG_LEVEL: 'silent' };
     const run = promisify(execFile);
-    const failure = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', entry, 'lifecycle', '--apply'], { cwd: ROOT, env }).catch(
-      (e: { code: number; stdout: string; stderr: string }) => e,
-    );
+    const failure = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', entry, 'lifecycle', '--apply'], {
+      cwd: ROOT,
+      env,
+    }).catch((e: { code: number; stdout: string; stderr: string }) => e);
     expect(failure).toMatchObject({ code: ERROR_CODES.STOWAGE_ERR_STORE.exit });
     // One line: no runtime warning (Node 24: the AWS SDK has no Node-version notice to print).
     const stderr = (failure as { stderr: string }).stderr.split('\n').filter(Boolean);
@@ -301,7 +339,15 @@ describe('usage', () => {
     const out = sink();
     await usageCommand(config(), { prefix: 'beta/', json: true }, out);
     expect(JSON.parse(out.lines[0]!).prefixes).toEqual([{ prefix: 'beta/deep/', objects: 20, bytes: 20 * 2048 }]);
-    expect(summarize([{ key: 'a/b/c', size: 1 }, { key: 'a/d', size: 2 }], 'a/')).toEqual([
+    expect(
+      summarize(
+        [
+          { key: 'a/b/c', size: 1 },
+          { key: 'a/d', size: 2 },
+        ],
+        'a/',
+      ),
+    ).toEqual([
       { prefix: 'a/', objects: 1, bytes: 2 },
       { prefix: 'a/b/', objects: 1, bytes: 1 },
     ]);

@@ -18,7 +18,24 @@ let outside: string;
 
 /** Text that compresses like source code (varied tokens, not one repeated line). */
 function sourceText(bytes: number): Buffer {
-  const words = ['const', 'return', 'function', 'import', 'export', 'await', 'value', 'result', 'items', 'config', '=>', '{', '}', '(', ')', ';'];
+  const words = [
+    'const',
+    'return',
+    'function',
+    'import',
+    'export',
+    'await',
+    'value',
+    'result',
+    'items',
+    'config',
+    '=>',
+    '{',
+    '}',
+    '(',
+    ')',
+    ';',
+  ];
   const parts: string[] = [];
   let n = 0;
   for (let i = 0; n < bytes; i++) {
@@ -68,7 +85,9 @@ async function describeTree(dir: string): Promise<Record<string, string>> {
       } else if (!st.isFile()) {
         out[r] = 'special'; // never read: a FIFO would block
       } else {
-        const hash = createHash('sha256').update(await readFile(p)).digest('hex');
+        const hash = createHash('sha256')
+          .update(await readFile(p))
+          .digest('hex');
         out[r] = `file ${mode} ${st.size} ${Math.floor(st.mtimeMs / 1000)} ${hash}`;
       }
     }
@@ -144,8 +163,14 @@ describe('scanSource', () => {
   });
 
   it('refuses a missing source and a special file as permanent errors naming the path', async () => {
-    await expect(scanSource(join(work, 'nope'))).rejects.toMatchObject({ name: 'PermanentError', message: expect.stringContaining('nope') });
-    await expect(scanSource(join(src, 'pipe'))).rejects.toMatchObject({ name: 'PermanentError', message: expect.stringContaining('neither') });
+    await expect(scanSource(join(work, 'nope'))).rejects.toMatchObject({
+      name: 'PermanentError',
+      message: expect.stringContaining('nope'),
+    });
+    await expect(scanSource(join(src, 'pipe'))).rejects.toMatchObject({
+      name: 'PermanentError',
+      message: expect.stringContaining('neither'),
+    });
   });
 });
 
@@ -186,7 +211,10 @@ describe('createZipStream', () => {
     const b = join(work, 'det-b.zip');
     await zipTo(src, a);
     await zipTo(src, b);
-    const hash = async (f: string) => createHash('sha256').update(await readFile(f)).digest('hex');
+    const hash = async (f: string) =>
+      createHash('sha256')
+        .update(await readFile(f))
+        .digest('hex');
     expect(await hash(a)).toBe(await hash(b));
   });
 
@@ -205,7 +233,9 @@ describe('createZipStream', () => {
     expect(bytes.readUInt32LE(bytes.length - 22)).toBe(0x06054b50);
     expect(bytes.readUInt16LE(bytes.length - 22 + 10)).toBe(0xffff);
     expect(bytes.readUInt32LE(bytes.length - 22 - 20 - 56)).toBe(0x06064b50);
-    const python = spawnSync('python3', ['-c', 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); print(z.testzip())', file], { encoding: 'utf8' });
+    const python = spawnSync('python3', ['-c', 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); print(z.testzip())', file], {
+      encoding: 'utf8',
+    });
     if (python.status !== null && !python.error) expect(python.stdout.trim()).toBe('None');
   });
 
@@ -240,7 +270,9 @@ describe('createZipStream', () => {
     const file = join(work, 'single.zip');
     await zipTo(join(src, 'lib', 'big.js'), file);
     expect(unzipTest(file)).toContain('testing: big.js');
-    expect(execFileSync('unzip', ['-p', file, 'big.js'], { maxBuffer: 8 << 20 }).equals(await readFile(join(src, 'lib', 'big.js')))).toBe(true);
+    expect(execFileSync('unzip', ['-p', file, 'big.js'], { maxBuffer: 8 << 20 }).equals(await readFile(join(src, 'lib', 'big.js')))).toBe(
+      true,
+    );
   });
 
   it('stops with an AbortError when the signal fires', async () => {
@@ -256,21 +288,31 @@ describe('createZipStream', () => {
     await writeFile(join(dir, 'a.txt'), sourceText(100_000));
     const scanned = await scanSource(dir);
     await writeFile(join(dir, 'a.txt'), 'short');
-    await expect(pipeline(createZipStream(scanned), createWriteStream(join(work, 'shrink.zip')))).rejects.toThrow(/changed while it was being archived/);
+    await expect(pipeline(createZipStream(scanned), createWriteStream(join(work, 'shrink.zip')))).rejects.toThrow(
+      /changed while it was being archived/,
+    );
   });
 
-  it.skipIf(!process.env.STOWAGE_SLOW_TESTS)('writes more than 65,535 entries with a Zip64 end record that unzip -t accepts', { timeout: 300_000 }, async () => {
-    const dir = join(work, 'entries');
-    for (let d = 0; d < 70; d++) {
-      await mkdir(join(dir, `d${d}`), { recursive: true });
-      await Promise.all(Array.from({ length: 1000 }, (_, i) => writeFile(join(dir, `d${d}`, `f${i}.txt`), `${d}/${i}\n`)));
-    }
-    const file = join(work, 'entries.zip');
-    await zipTo(dir, file);
-    expect(unzipTest(file)).toContain('No errors detected');
-    expect(execFileSync('unzip', ['-Z1', file], { encoding: 'utf8', maxBuffer: 64 << 20 }).trim().split('\n')).toHaveLength(70_070);
-    await rm(dir, { recursive: true, force: true });
-  });
+  it.skipIf(!process.env.STOWAGE_SLOW_TESTS)(
+    'writes more than 65,535 entries with a Zip64 end record that unzip -t accepts',
+    { timeout: 300_000 },
+    async () => {
+      const dir = join(work, 'entries');
+      for (let d = 0; d < 70; d++) {
+        await mkdir(join(dir, `d${d}`), { recursive: true });
+        await Promise.all(Array.from({ length: 1000 }, (_, i) => writeFile(join(dir, `d${d}`, `f${i}.txt`), `${d}/${i}\n`)));
+      }
+      const file = join(work, 'entries.zip');
+      await zipTo(dir, file);
+      expect(unzipTest(file)).toContain('No errors detected');
+      expect(
+        execFileSync('unzip', ['-Z1', file], { encoding: 'utf8', maxBuffer: 64 << 20 })
+          .trim()
+          .split('\n'),
+      ).toHaveLength(70_070);
+      await rm(dir, { recursive: true, force: true });
+    },
+  );
 
   // Real >4 GiB archive (about 75 s on 2 cores and 4.4 GB of temporary disk). Run with STOWAGE_SLOW_TESTS=1.
   it.skipIf(!process.env.STOWAGE_SLOW_TESTS)('writes a >4 GiB archive that unzip -t accepts', { timeout: 300_000 }, async () => {

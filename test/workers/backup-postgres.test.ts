@@ -95,7 +95,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // Every database this file may have made, including drill and default-named restores.
-  const leftovers = await sql<{ datname: string }>(admin(), `SELECT datname FROM pg_database WHERE datname LIKE 'stowage_bk_${suffix}%' OR datname LIKE 'stowage_drill_%'`).catch(() => []);
+  const leftovers = await sql<{ datname: string }>(
+    admin(),
+    `SELECT datname FROM pg_database WHERE datname LIKE 'stowage_bk_${suffix}%' OR datname LIKE 'stowage_drill_%'`,
+  ).catch(() => []);
   for (const { datname } of leftovers) await sql(admin(), `DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`).catch(() => {});
   for (const s of storages) s.close();
   await queue?.close();
@@ -138,11 +141,14 @@ describe('PostgreSQL backups', () => {
 
   it('restores into a new database with the same rows', async () => {
     const { stagingDir, pending } = await stageRestore(storage, key, { toDir: join(work, 'restore'), pgDatabase: RESTORED_DB });
-    expect(pending.postgres).toEqual([expect.objectContaining({ name: 'shop', sourceDatabase: SOURCE_DB, targetDatabase: RESTORED_DB, force: false })]);
+    expect(pending.postgres).toEqual([
+      expect.objectContaining({ name: 'shop', sourceDatabase: SOURCE_DB, targetDatabase: RESTORED_DB, force: false }),
+    ]);
     const applied = await applyRestore(stagingDir, { postgresUrl: () => urlFor(SOURCE_DB) });
     expect(applied.postgres).toEqual([{ name: 'shop', database: RESTORED_DB, created: true }]);
 
-    const q = 'SELECT (SELECT json_agg(o ORDER BY id) FROM orders o) AS orders, (SELECT json_agg(l ORDER BY order_id) FROM lines l) AS lines';
+    const q =
+      'SELECT (SELECT json_agg(o ORDER BY id) FROM orders o) AS orders, (SELECT json_agg(l ORDER BY order_id) FROM lines l) AS lines';
     const [source] = await sql(SOURCE_DB, q);
     const [restored] = await sql(RESTORED_DB, q);
     expect((restored as { orders: unknown[] }).orders).toHaveLength(1000);
@@ -153,7 +159,9 @@ describe('PostgreSQL backups', () => {
   });
 
   it('refuses to restore over the source, or into an existing database, unless forced', async () => {
-    await expect(stageRestore(storage, key, { toDir: join(work, 'over'), pgDatabase: SOURCE_DB })).rejects.toThrow(/would overwrite the source database/);
+    await expect(stageRestore(storage, key, { toDir: join(work, 'over'), pgDatabase: SOURCE_DB })).rejects.toThrow(
+      /would overwrite the source database/,
+    );
 
     // Staged into a name that exists by now: apply refuses and leaves that database as it was.
     const { stagingDir } = await stageRestore(storage, key, { toDir: join(work, 'exists'), pgDatabase: RESTORED_DB });
@@ -186,7 +194,12 @@ describe('PostgreSQL backups', () => {
 
   it('a drill restores the newest backup into a scratch database, verifies it and drops it', async () => {
     const drill = await runRestoreDrill({ db, storage, config: config() }, 'pgset');
-    expect(drill).toMatchObject({ ok: true, set: 'pgset', key, databases: [{ name: 'shop', kind: 'postgres', ok: true, detail: 'restored, 2 table(s)' }] });
+    expect(drill).toMatchObject({
+      ok: true,
+      set: 'pgset',
+      key,
+      databases: [{ name: 'shop', kind: 'postgres', ok: true, detail: 'restored, 2 table(s)' }],
+    });
     const left = await sql(admin(), "SELECT datname FROM pg_database WHERE datname LIKE 'stowage_drill_%'");
     expect(left).toEqual([]);
 
@@ -195,7 +208,12 @@ describe('PostgreSQL backups', () => {
   });
 
   it('a database that cannot be dumped fails the job and names it without the password', async () => {
-    const err = await runProcessor('backup', backup, { name: 'gone', postgres: [{ name: 'x', url: urlFor(`stowage_bk_${suffix}_missing`) }] }, deps()).then(
+    const err = await runProcessor(
+      'backup',
+      backup,
+      { name: 'gone', postgres: [{ name: 'x', url: urlFor(`stowage_bk_${suffix}_missing`) }] },
+      deps(),
+    ).then(
       () => null,
       (e: unknown) => e as Error,
     );

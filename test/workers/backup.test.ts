@@ -39,7 +39,13 @@ let otherDb: string;
 const storages: Storage[] = [];
 
 const backupSets = () => [
-  { name: 'app', sqlite: [{ name: 'main', path: appDb }, { name: 'other', path: otherDb }] },
+  {
+    name: 'app',
+    sqlite: [
+      { name: 'main', path: appDb },
+      { name: 'other', path: otherDb },
+    ],
+  },
   { name: 'pruned', sqlite: [{ name: 'x', path: otherDb }], retention: { keepLast: 1 } },
 ];
 const run = (data: BackupPayload) => env.run(data);
@@ -69,7 +75,10 @@ for (;;) {
 `;
 
 function startWriter(path: string): { child: ChildProcess; committed: () => number; ready: Promise<void> } {
-  const child = spawn(process.execPath, ['--input-type=module', '-e', WRITER, path], { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--input-type=module', '-e', WRITER, path], {
+    cwd: process.cwd(),
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   let committed = 0;
   let resolveReady!: () => void;
   const ready = new Promise<void>((r) => (resolveReady = r));
@@ -89,7 +98,9 @@ beforeAll(async () => {
   otherDb = join(work, 'other.db');
   const app = new Database(appDb);
   app.pragma('journal_mode = WAL');
-  app.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, payload BLOB NOT NULL); CREATE TABLE counter (n INTEGER NOT NULL); INSERT INTO counter VALUES (0);');
+  app.exec(
+    'CREATE TABLE items (id INTEGER PRIMARY KEY, payload BLOB NOT NULL); CREATE TABLE counter (n INTEGER NOT NULL); INSERT INTO counter VALUES (0);',
+  );
   app.close();
   const other = new Database(otherDb);
   other.exec("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT); INSERT INTO kv VALUES ('a', '1'), ('b', '2');");
@@ -133,7 +144,9 @@ describe('backup', () => {
     expect((await getObject(`${key}.sha256`)).toString()).toBe(`${digest}  ${key.split('/').at(-1)}\n`);
     const row = await getBackupByKey(env.db, env.s3.bucket, key);
     expect(row).toMatchObject({ set: 'app', size, sha256: digest, status: 'completed', verified: true });
-    expect(result.emitted.map((e) => [e.type, e.data])).toEqual([['backup_completed', { set: 'app', key, size, sha256: digest, databases: 2 }]]);
+    expect(result.emitted.map((e) => [e.type, e.data])).toEqual([
+      ['backup_completed', { set: 'app', key, size, sha256: digest, databases: 2 }],
+    ]);
 
     // tar lists the archive: metadata first, then one file per database.
     const restore = join(work, 'restore');
@@ -190,15 +203,14 @@ describe('backup', () => {
     expect(a).not.toBe(b);
     expect(a).not.toBe(id({ set: 'app' }));
     expect(() => parsePayload('backup', { set: 'app', requestedAt: 'yesterday' })).toThrow(/requestedAt/);
-    expect(() => parsePayload('backup', { name: 'x', sqlite: [{ name: 'a', path: '/a.db' }], task: 'drill' })).toThrow(/prune and drill need a configured set/);
+    expect(() => parsePayload('backup', { name: 'x', sqlite: [{ name: 'a', path: '/a.db' }], task: 'drill' })).toThrow(
+      /prune and drill need a configured set/,
+    );
     expect(parsePayload('backup', { set: 'app', task: 'drill' })).toMatchObject({ set: 'app', task: 'drill' }); // schedulable as a config schedule
   });
 
   it('two backups of one set never run at once: the second fails retryably', async () => {
-    const settled = await Promise.allSettled([
-      run({ set: 'app' }),
-      run({ set: 'app' }),
-    ]);
+    const settled = await Promise.allSettled([run({ set: 'app' }), run({ set: 'app' })]);
     const failed = settled.filter((s) => s.status === 'rejected');
     expect(settled.filter((s) => s.status === 'fulfilled')).toHaveLength(1);
     expect(failed).toHaveLength(1);
@@ -232,7 +244,18 @@ describe('backup', () => {
       keys.push(key);
       await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: `archive ${day}` }));
       await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: `${key}.sha256`, Body: 'x' }));
-      await recordBackup(env.db, { set: 'pruned', bucket: env.s3.bucket, key, takenAt, size: 9, sha256: 'x', verified: day !== 5, databases: [], queue: null, jobId: null });
+      await recordBackup(env.db, {
+        set: 'pruned',
+        bucket: env.s3.bucket,
+        key,
+        takenAt,
+        size: 9,
+        sha256: 'x',
+        verified: day !== 5,
+        databases: [],
+        queue: null,
+        jobId: null,
+      });
     }
     // Day 5 is newest but unverified: not counted, not deleted. keepLast 2 keeps days 4 and 3.
     const dry = await pruneBackupSet({ db: env.db, storage }, 'pruned', { keepLast: 2 }, { dryRun: true });
@@ -262,7 +285,9 @@ describe('backup', () => {
 });
 
 /** A tar.gz built by hand: for hostile archives. */
-async function handmade(entries: { name: string; type?: 'file' | 'symlink' | 'directory'; body?: Buffer; size?: number; linkname?: string }[]): Promise<Buffer> {
+async function handmade(
+  entries: { name: string; type?: 'file' | 'symlink' | 'directory'; body?: Buffer; size?: number; linkname?: string }[],
+): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   const done = new Promise<void>((resolve, reject) => {
@@ -310,7 +335,9 @@ describe('restore', () => {
   const tables = (path: string) => {
     const d = new Database(path, { readonly: true });
     try {
-      return (d.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map((r) => r.name);
+      return (d.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
+        (r) => r.name,
+      );
     } finally {
       d.close();
     }
@@ -382,7 +409,13 @@ describe('restore', () => {
     d.exec('CREATE TABLE t (x)');
     d.close();
     const size = (await readFile(snap)).length;
-    const meta = { timestamp: '2026-01-01T00:00:00Z', version: '1', stowage_version: '0.1.0', set: 'x', databases: [{ name: 'm', filename: 'main.db', size_bytes: size, checksum: `sha256:${'0'.repeat(64)}`, source_path: '/srv/main.db' }] };
+    const meta = {
+      timestamp: '2026-01-01T00:00:00Z',
+      version: '1',
+      stowage_version: '0.1.0',
+      set: 'x',
+      databases: [{ name: 'm', filename: 'main.db', size_bytes: size, checksum: `sha256:${'0'.repeat(64)}`, source_path: '/srv/main.db' }],
+    };
     const bad = 'backups/x/x-backup-badsum.tar.gz';
     await uploadStream(storage, { key: bad, body: createBackupArchive(meta, [{ filename: 'main.db', path: snap, size }]) });
     const to = join(work, 'restore-badsum');
@@ -414,7 +447,13 @@ describe('restore', () => {
   });
 
   const meta = Buffer.from(
-    JSON.stringify({ timestamp: '2026-01-01T00:00:00Z', version: '1', stowage_version: '0.1.0', set: 'h', databases: [{ name: 'm', filename: 'main.db', size_bytes: 10, checksum: `sha256:${'0'.repeat(64)}`, source_path: '/srv/main.db' }] }),
+    JSON.stringify({
+      timestamp: '2026-01-01T00:00:00Z',
+      version: '1',
+      stowage_version: '0.1.0',
+      set: 'h',
+      databases: [{ name: 'm', filename: 'main.db', size_bytes: 10, checksum: `sha256:${'0'.repeat(64)}`, source_path: '/srv/main.db' }],
+    }),
   );
   it.each([
     ['a ../ path', [{ name: '../evil.db', body: Buffer.alloc(10) }], /not a bare file name/],
@@ -425,7 +464,10 @@ describe('restore', () => {
     ['an undeclared entry', [{ name: 'extra.db', body: Buffer.alloc(10) }], /not in backup-metadata/],
     ['no metadata first', [], /first entry must be/],
   ])('refuses a hostile archive (%s) with nothing written', async (label, entries, message) => {
-    const all = label === 'no metadata first' ? [{ name: 'main.db', body: Buffer.alloc(10) }] : [{ name: 'backup-metadata.json', body: meta }, ...entries];
+    const all =
+      label === 'no metadata first'
+        ? [{ name: 'main.db', body: Buffer.alloc(10) }]
+        : [{ name: 'backup-metadata.json', body: meta }, ...entries];
     const hostile = `backups/h/h-${label.replace(/[^a-z]/g, '')}.tar.gz`;
     await uploadStream(storage, { key: hostile, body: Readable.from([await handmade(all)]) });
     const to = join(work, `restore-hostile-${label.replace(/[^a-z]/g, '')}`);

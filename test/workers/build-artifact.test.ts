@@ -35,7 +35,10 @@ const objectExists = (key: string) => env.exists(key);
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 async function rowCount(userId: string, projectId: string): Promise<number> {
-  const { rows } = await env.db.pool.query('SELECT count(*)::int AS n FROM project_versions WHERE user_id = $1 AND project_id = $2', [userId, projectId]);
+  const { rows } = await env.db.pool.query('SELECT count(*)::int AS n FROM project_versions WHERE user_id = $1 AND project_id = $2', [
+    userId,
+    projectId,
+  ]);
   return rows[0].n as number;
 }
 
@@ -138,7 +141,10 @@ describe('buildArtifact', () => {
   });
 
   it('warns over the warn size and still uploads', async () => {
-    const { result, emitted } = await run({ userId: 'u3', projectId: 'p3', versionId: 'v1', buildDir }, { warnBytes: 1000, limitBytes: 10_000_000 });
+    const { result, emitted } = await run(
+      { userId: 'u3', projectId: 'p3', versionId: 'v1', buildDir },
+      { warnBytes: 1000, limitBytes: 10_000_000 },
+    );
     expect(result.status).toBe('uploaded');
     expect(emitted.map((e) => e.type)).toEqual(['artifact_size_warning', 'artifact_uploaded']);
     const warning = emitted[0] as DomainEvent<'artifact_size_warning'>;
@@ -180,7 +186,14 @@ describe('buildArtifact', () => {
     const packDir = join(work, 'pack');
     await mkdir(packDir);
     await writeFile(join(packDir, 'objects.pack'), randomBytes(10_000));
-    const { result } = await run({ userId: 'u5', projectId: 'p5', versionId: 'v2', fromVersionId: 'v1', packPath: join(packDir, 'objects.pack'), buildDir });
+    const { result } = await run({
+      userId: 'u5',
+      projectId: 'p5',
+      versionId: 'v2',
+      fromVersionId: 'v1',
+      packPath: join(packDir, 'objects.pack'),
+      buildDir,
+    });
     const key = packKey('u5', 'p5', 'v1', 'v2');
     expect(result.packKey).toBe(key);
     const pack = await getObject(key);
@@ -191,7 +204,14 @@ describe('buildArtifact', () => {
     expect(execFileSync('unzip', ['-Z1', zipFile], { encoding: 'utf8' }).trim()).toBe('objects.pack');
 
     // A pack that already is a zip is stored as it is.
-    const { result: again } = await run({ userId: 'u5', projectId: 'p5', versionId: 'v3', fromVersionId: 'v2', packPath: zipFile, buildDir });
+    const { result: again } = await run({
+      userId: 'u5',
+      projectId: 'p5',
+      versionId: 'v3',
+      fromVersionId: 'v2',
+      packPath: zipFile,
+      buildDir,
+    });
     expect(sha256(await getObject(again.packKey!))).toBe(sha256(pack));
   });
 
@@ -206,7 +226,10 @@ describe('buildArtifact', () => {
       [{ userId: 'u6', projectId: 'p6', versionId: 'v1', buildDir, packPath: join(buildDir, 'app.js') }, /^packPath: needs fromVersionId/],
     ];
     for (const [payload, message] of cases) {
-      const err = await run(payload).then(() => null, (e: unknown) => e);
+      const err = await run(payload).then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect(isPermanent(err), String(err)).toBe(true);
       expect((err as Error).message).toMatch(message);
     }

@@ -26,7 +26,14 @@ beforeAll(async () => {
   env = await processorTestEnv(iso, 'cleanup', cleanup);
   for (const key of [...testKeys, ...realKeys]) {
     const test = testKeys.includes(key);
-    await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: key, Body: `body of ${key}`, ...(test ? { Metadata: { 'stowage-test': 'true' } } : {}) }));
+    await env.reader.send(
+      new PutObjectCommand({
+        Bucket: env.s3.bucket,
+        Key: key,
+        Body: `body of ${key}`,
+        ...(test ? { Metadata: { 'stowage-test': 'true' } } : {}),
+      }),
+    );
     await env.reader.send(new PutObjectCommand({ Bucket: env.s3.bucket, Key: sha256SidecarKey(key), Body: `${'a'.repeat(64)}  x\n` }));
   }
 });
@@ -42,7 +49,9 @@ describe('cleanup processor', () => {
     for (const key of [...testKeys, ...realKeys]) expect(await exists(key)).toBe(true);
     const [row] = await listCleanupLogs(env.db, 1);
     expect(row).toMatchObject({ mode: 'objects', scanned: 6, deleted: 4, dryRun: true, queue: 'cleanup', jobId, prefix: 't/' });
-    expect(emitted.map((e) => [e.type, e.data])).toEqual([['cleanup_completed', { mode: 'objects', scanned: 6, deleted: 4, bytesFreed: row!.bytesFreed, dryRun: true }]]);
+    expect(emitted.map((e) => [e.type, e.data])).toEqual([
+      ['cleanup_completed', { mode: 'objects', scanned: 6, deleted: 4, bytesFreed: row!.bytesFreed, dryRun: true }],
+    ]);
   });
 
   it('deletes the marked objects with their sidecars, writes the r2_cleanup_logs row and emits cleanup_completed', async () => {
@@ -55,10 +64,24 @@ describe('cleanup processor', () => {
     }
     for (const key of realKeys) expect(await exists(key)).toBe(true);
     const [row] = await listCleanupLogs(env.db, 1);
-    expect(row).toMatchObject({ mode: 'objects', scanned: 6, deleted: 4, bytesFreed: bytes, errors: 0, dryRun: false, queue: 'cleanup', jobId });
+    expect(row).toMatchObject({
+      mode: 'objects',
+      scanned: 6,
+      deleted: 4,
+      bytesFreed: bytes,
+      errors: 0,
+      dryRun: false,
+      queue: 'cleanup',
+      jobId,
+    });
     expect(row!.finishedAt.getTime()).toBeGreaterThanOrEqual(row!.startedAt.getTime());
     expect(emitted).toHaveLength(1);
-    expect(emitted[0]).toMatchObject({ type: 'cleanup_completed', queue: 'cleanup', jobId, data: { mode: 'objects', scanned: 6, deleted: 4, bytesFreed: bytes, dryRun: false } });
+    expect(emitted[0]).toMatchObject({
+      type: 'cleanup_completed',
+      queue: 'cleanup',
+      jobId,
+      data: { mode: 'objects', scanned: 6, deleted: 4, bytesFreed: bytes, dryRun: false },
+    });
   });
 
   it('enforceLifecycle completes on radosgw with nothing skipped', async () => {

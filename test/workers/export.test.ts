@@ -39,7 +39,9 @@ async function getText(key: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  env = await processorTestEnv(iso, 'export', exportRecords, { exports: { searchableFields: { analytics: ['name', 'tags'], journal: ['mood'] }, searchableMaxValues: 3, manifestCompactBytes: 1024 } });
+  env = await processorTestEnv(iso, 'export', exportRecords, {
+    exports: { searchableFields: { analytics: ['name', 'tags'], journal: ['mood'] }, searchableMaxValues: 3, manifestCompactBytes: 1024 },
+  });
   ({ s3, config, db, reader } = env);
   storage = createStorage(config);
 });
@@ -71,13 +73,25 @@ describe('export processor', () => {
     expect(entries).toEqual([
       expect.objectContaining({ id: 'tx1', key, format: 'jsonl', record_count: 2, size: result.size, sha256: result.sha256 }),
     ]);
-    expect(emitted).toEqual([expect.objectContaining({ type: 'export_completed', queue: 'export', jobId, data: { module: 'finance', userId: 'u1', key, records: 2 } })]);
+    expect(emitted).toEqual([
+      expect.objectContaining({
+        type: 'export_completed',
+        queue: 'export',
+        jobId,
+        data: { module: 'finance', userId: 'u1', key, records: 2 },
+      }),
+    ]);
   });
 
   it('writes JSON as an array; without an id the key derives from the records, so a rerun writes the same key and one manifest entry', async () => {
     const records = [{ theme: 'dark' }, { theme: 'light', font: 12 }];
     const first = await run({ module: 'settings', userId: 'u1', format: 'json', records });
-    const second = await run({ module: 'settings', userId: 'u1', format: 'json', records: [{ theme: 'dark' }, { font: 12, theme: 'light' }] });
+    const second = await run({
+      module: 'settings',
+      userId: 'u1',
+      format: 'json',
+      records: [{ theme: 'dark' }, { font: 12, theme: 'light' }],
+    });
     expect(second.result.key).toBe(first.result.key);
     expect(first.result.key).toMatch(new RegExp(`^settings/u1/${today()}/[0-9a-f]{32}\\.json$`));
     expect(JSON.parse(await getText(first.result.key as string))).toEqual(records);
@@ -117,7 +131,9 @@ describe('export processor', () => {
     // The read side reads it too (with parquetjs), and search covers Parquet objects.
     const got = await getRecord(storage, 'analytics', 'u1', 'pq1');
     expect(got?.records).toEqual(normalized);
-    expect(await searchRecords(storage, 'analytics', 'u1', 'grace')).toEqual([expect.objectContaining({ source: 'record', id: 'pq1', index: 1 })]);
+    expect(await searchRecords(storage, 'analytics', 'u1', 'grace')).toEqual([
+      expect.objectContaining({ source: 'record', id: 'pq1', index: 1 }),
+    ]);
 
     // The configured searchable fields are in the manifest entry (at most 3 distinct values each),
     // so a search that reads no object still finds the Parquet object by them.
@@ -130,13 +146,24 @@ describe('export processor', () => {
   it('rejects unsafe module and user ids before writing anything', async () => {
     await expect(run({ module: '../x', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/module/);
     await expect(run({ module: 'm', userId: 'a/b', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/userId/);
-    await expect(run({ module: 'manifests', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/module: manifests and json_blobs are reserved/);
+    await expect(run({ module: 'manifests', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(
+      /module: manifests and json_blobs are reserved/,
+    );
   });
 });
 
 describe('read side', () => {
   beforeAll(async () => {
-    await run({ module: 'notes', userId: 'alice', format: 'jsonl', records: [{ title: 'Groceries', body: 'milk, eggs' }, { title: 'Trip', body: 'Lisbon in May' }], id: 'n1' });
+    await run({
+      module: 'notes',
+      userId: 'alice',
+      format: 'jsonl',
+      records: [
+        { title: 'Groceries', body: 'milk, eggs' },
+        { title: 'Trip', body: 'Lisbon in May' },
+      ],
+      id: 'n1',
+    });
     await run({ module: 'notes', userId: 'alice', format: 'json', records: [{ title: 'Books', body: 'Dune; lisbon guide' }], id: 'n2' });
     await run({ module: 'notes', userId: 'bob', format: 'json', records: [{ title: 'Secret', body: 'lisbon plans' }], id: 'b1' });
   });
@@ -155,14 +182,14 @@ describe('read side', () => {
     expect(await listRecords(storage, 'notes', 'alice', { to: new Date(Date.now() - 3_600_000) })).toEqual([]);
   });
 
-  it('searchRecords finds records by field text, case-insensitively, only in the caller\'s objects', async () => {
+  it("searchRecords finds records by field text, case-insensitively, only in the caller's objects", async () => {
     const hits = await searchRecords(storage, 'notes', 'alice', 'LISBON');
     expect(hits.map((h) => `${h.source}:${h.id}:${h.source === 'record' ? h.index : ''}`).sort()).toEqual(['record:n1:1', 'record:n2:0']);
     expect(hits.some((h) => h.id === 'b1')).toBe(false);
     expect(await searchRecords(storage, 'notes', 'alice', 'nothing-like-this')).toEqual([]);
   });
 
-  it('recordUrl presigns a working GET for the caller\'s object, and null for another user\'s', async () => {
+  it("recordUrl presigns a working GET for the caller's object, and null for another user's", async () => {
     const signed = await recordUrl(storage, 'notes', 'alice', 'n2', 60);
     expect(signed).not.toBeNull();
     const res = await fetch(signed!.url);
@@ -180,7 +207,13 @@ describe('compacted manifests', () => {
   it('list, get and search still answer completely once the manifest rolled into segments', { timeout: 20_000 }, async () => {
     const moods = ['calm', 'tired', 'elated', 'grumpy'];
     for (let i = 0; i < 24; i++) {
-      await run({ module: 'journal', userId: 'carol', format: i % 2 ? 'json' : 'jsonl', records: [{ day: i, mood: moods[i % 4], text: `entry number ${i}` }], id: `j${i}` });
+      await run({
+        module: 'journal',
+        userId: 'carol',
+        format: i % 2 ? 'json' : 'jsonl',
+        records: [{ day: i, mood: moods[i % 4], text: `entry number ${i}` }],
+        id: `j${i}`,
+      });
     }
     const head = await readManifestHead(storage, 'journal', 'carol');
     expect(head.segments.length).toBeGreaterThanOrEqual(3);
@@ -233,19 +266,27 @@ describe('producer SDK and the store-down path (runtime)', () => {
     await producer?.close();
   });
 
-  it('storeRecords enqueues and, with {wait: true}, returns the typed ExportResult; storeJsonBlob likewise', { timeout: 20_000 }, async () => {
+  it('storeRecords enqueues and, with {wait: true}, returns the typed ExportResult; storeJsonBlob likewise', {
+    timeout: 20_000,
+  }, async () => {
     runtime = await startTestRuntime(config, db, ['export'], { export: exportRecords });
     const records = [{ item: 'tea', price: 3 }];
     const stored = await producer.storeRecords({ module: 'orders', userId: 'dave', format: 'jsonl', records }, { wait: true });
     expect(stored).toMatchObject({ op: 'records', format: 'jsonl', record_count: 1, url: `s3://${s3.bucket}/${stored.key}` });
     expect(stored.key).toBe(`orders/dave/${today()}/${stored.id}.jsonl`);
-    expect(stored.sha256).toBe(createHash('sha256').update(await getText(stored.key)).digest('hex'));
+    expect(stored.sha256).toBe(
+      createHash('sha256')
+        .update(await getText(stored.key))
+        .digest('hex'),
+    );
 
     // Without wait: the job and the id the object gets (derived from the records, like the worker's).
     const enqueued = await producer.storeRecords({ module: 'orders', userId: 'dave', format: 'json', records: [{ item: 'cake' }] });
     const done = await producer.waitFor('export', enqueued.jobId);
     expect(done).toMatchObject({ id: enqueued.id });
-    await expect(producer.storeRecords({ module: 'orders', userId: '', format: 'json', records: [] })).rejects.toThrow(/userId: must not be empty.*records: at least one record/);
+    await expect(producer.storeRecords({ module: 'orders', userId: '', format: 'json', records: [] })).rejects.toThrow(
+      /userId: must not be empty.*records: at least one record/,
+    );
 
     // A, then B, then A again ends with A (each call is a write of its own).
     await producer.storeJsonBlob('prefs', { v: 'A' }, { wait: true });
@@ -257,20 +298,38 @@ describe('producer SDK and the store-down path (runtime)', () => {
     runtime = undefined;
   });
 
-  it('with the store unreachable the job retries, is parked with its records intact, and a redrive against a live store stores it', { timeout: 30_000 }, async () => {
+  it('with the store unreachable the job retries, is parked with its records intact, and a redrive against a live store stores it', {
+    timeout: 30_000,
+  }, async () => {
     const port = await closedPort();
     const downConfig = iso.config({
-      storage: { endpoint: `http://127.0.0.1:${port}`, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, maxAttempts: 1 },
+      storage: {
+        endpoint: `http://127.0.0.1:${port}`,
+        bucket: s3.bucket,
+        accessKeyId: s3.accessKeyId,
+        secretAccessKey: s3.secretAccessKey,
+        maxAttempts: 1,
+      },
     });
-    const records = [{ amount: 42, memo: 'stored while the store was down' }, { amount: 7, memo: 'second' }];
+    const records = [
+      { amount: 42, memo: 'stored while the store was down' },
+      { amount: 7, memo: 'second' },
+    ];
     runtime = await startTestRuntime(downConfig, db, ['export'], { export: exportRecords });
     await expect(
-      producer.storeRecords({ module: 'ledger', userId: 'erin', format: 'jsonl', records, id: 'down1' }, { wait: true, attempts: 3, backoffMs: 50 }),
+      producer.storeRecords(
+        { module: 'ledger', userId: 'erin', format: 'jsonl', records, id: 'down1' },
+        { wait: true, attempts: 3, backoffMs: 50 },
+      ),
     ).rejects.toThrow(/was parked in the dead-letter queue \(retries_exhausted\).*ECONNREFUSED/);
     // waitFor answered once the job was parked, so the dead-letter queue holds it now.
     const parked = await runtime.deadLetter.list({ queue: 'export' });
     expect(parked).toHaveLength(1);
-    expect(parked[0]!.data).toMatchObject({ attemptsMade: 3, reason: 'retries_exhausted', payload: { module: 'ledger', userId: 'erin', records } });
+    expect(parked[0]!.data).toMatchObject({
+      attemptsMade: 3,
+      reason: 'retries_exhausted',
+      payload: { module: 'ledger', userId: 'erin', records },
+    });
     const jobId = parked[0]!.data.originJobId;
     expect(parked[0]!.id).toBe(parkedJobId('export', jobId));
     expect(await getRecord(storage, 'ledger', 'erin', 'down1')).toBeNull();

@@ -101,7 +101,10 @@ describe('worker runtime', () => {
     const job = await producer.queue('export').getJob(jobId);
     expect(job?.progress).toEqual({ stage: 'working', bytes: 1, totalBytes: 1 });
     // Completed receipts are written behind the job, in batches.
-    const receipt = await until(() => getJobReceipt(db, 'export', jobId), (r) => r !== null);
+    const receipt = await until(
+      () => getJobReceipt(db, 'export', jobId),
+      (r) => r !== null,
+    );
     expect(receipt).toMatchObject({ status: 'completed', attempts: 1, result: standInResult('happy@1') });
   });
 
@@ -159,7 +162,9 @@ describe('worker runtime', () => {
     expect(await producer.queue('export').getJobState(jobId)).toBe('unknown');
     expect((await getJobReceipt(db, 'export', jobId))?.status).toBe('parked');
     // Waiting on a job that was already parked (and so is gone from its queue) still says why.
-    await expect(producer.waitFor('export', jobId, 5_000)).rejects.toThrow(/parked in the dead-letter queue \(permanent\): .*source for perm does not exist/);
+    await expect(producer.waitFor('export', jobId, 5_000)).rejects.toThrow(
+      /parked in the dead-letter queue \(permanent\): .*source for perm does not exist/,
+    );
     const events = await createEventStream(redis, iso.prefix).read();
     expect(events.some((e) => e.type === 'job_parked' && e.jobId === jobId)).toBe(true);
   });

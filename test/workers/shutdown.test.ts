@@ -77,7 +77,7 @@ describe('worker process lifecycle', () => {
     expect(await exited(worker)).toEqual({ code: 0, signal: null });
   });
 
-  it('a SIGKILLed worker\'s job is completed by another process', async () => {
+  it("a SIGKILLed worker's job is completed by another process", async () => {
     const a = await startWorker();
     const { jobId } = await producer.export({ module: 'm', userId: 'u', format: 'json', records: [{ sleepMs: 3000, t: 'kill' }] });
     await waitForActive(jobId);

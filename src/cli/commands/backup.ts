@@ -16,7 +16,15 @@ import { deleteBackupObject, describeBackup, resolveBackup } from '../../backups
 import { runRestoreDrill } from '../../backups/drill.js';
 import { withBackupLock } from '../../backups/lock.js';
 import { pruneBackupSet } from '../../backups/prune.js';
-import { applyRestore, cancelRestore, readPendingRestore, stageRestore, stagingDirFor, STAGING_DIR_NAME, type PendingRestore } from '../../backups/restore.js';
+import {
+  applyRestore,
+  cancelRestore,
+  readPendingRestore,
+  stageRestore,
+  stagingDirFor,
+  STAGING_DIR_NAME,
+  type PendingRestore,
+} from '../../backups/restore.js';
 import { DEFAULT_KEEP_LAST, type RetentionPolicy } from '../../backups/retention.js';
 import { loadConfig, type Config } from '../../config.js';
 import { listAllBackups, markBackupDeleted } from '../../db/backups.js';
@@ -77,7 +85,11 @@ export function humanAge(seconds: number): string {
 function pairs(flag: string, field: 'path' | 'url') {
   return (value: string, acc: Record<string, string>[] = []): Record<string, string>[] => {
     const i = value.indexOf('=');
-    if (i <= 0 || i === value.length - 1) throw new StowageError('STOWAGE_ERR_USAGE', `${flag}: expected NAME=${field.toUpperCase()}, got "${field === 'url' ? value.replace(/:[^:@/]*@/, ':***@') : value}"`);
+    if (i <= 0 || i === value.length - 1)
+      throw new StowageError(
+        'STOWAGE_ERR_USAGE',
+        `${flag}: expected NAME=${field.toUpperCase()}, got "${field === 'url' ? value.replace(/:[^:@/]*@/, ':***@') : value}"`,
+      );
     return [...acc, { name: value.slice(0, i), [field]: value.slice(i + 1) }];
   };
 }
@@ -85,7 +97,8 @@ function pairs(flag: string, field: 'path' | 'url') {
 function positive(flag: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 1) throw new StowageError('STOWAGE_ERR_USAGE', `${flag}: expected a positive integer, got "${value}"`);
+    if (!Number.isSafeInteger(n) || n < 1)
+      throw new StowageError('STOWAGE_ERR_USAGE', `${flag}: expected a positive integer, got "${value}"`);
     return n;
   };
 }
@@ -94,7 +107,8 @@ function positive(flag: string) {
 async function findStaged(config: Config): Promise<string[]> {
   const candidates = new Set<string>();
   for (const set of config.backupSets) for (const d of set.sqlite) candidates.add(dirname(d.path));
-  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) if (name.startsWith('stowage-restore-')) candidates.add(join(tmpdir(), name));
+  for (const name of await readdir(tmpdir()).catch(() => [] as string[]))
+    if (name.startsWith('stowage-restore-')) candidates.add(join(tmpdir(), name));
   const found: string[] = [];
   for (const dir of candidates) {
     const staging = await stagingDirFor(dir);
@@ -106,11 +120,13 @@ async function findStaged(config: Config): Promise<string[]> {
 async function locateStaging(config: Config, dir: string | undefined, verb: string): Promise<string> {
   if (dir) {
     const staging = await stagingDirFor(resolve(dir));
-    if (!staging) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `${verb}: no pending restore in ${resolve(dir)} (nor in its ${STAGING_DIR_NAME})`);
+    if (!staging)
+      throw new StowageError('STOWAGE_ERR_NOT_FOUND', `${verb}: no pending restore in ${resolve(dir)} (nor in its ${STAGING_DIR_NAME})`);
     return staging;
   }
   const found = await findStaged(config);
-  if (found.length === 0) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `${verb}: no pending restore found next to the configured databases; give --dir`);
+  if (found.length === 0)
+    throw new StowageError('STOWAGE_ERR_NOT_FOUND', `${verb}: no pending restore found next to the configured databases; give --dir`);
   if (found.length > 1) throw new StowageError('STOWAGE_ERR_USAGE', `${verb}: several pending restores (${found.join(', ')}); give --dir`);
   return found[0]!;
 }
@@ -125,7 +141,8 @@ function postgresUrlFor(config: Config, pending: PendingRestore, override?: stri
 function printPlan(stagingDir: string, pending: PendingRestore): void {
   out(`staged ${backupName(pending.key)} (taken ${pending.timestamp}) in ${stagingDir}`);
   for (const d of pending.databases) out(`  sqlite   ${d.name}\t-> ${d.target}`);
-  for (const d of pending.postgres ?? []) out(`  postgres ${d.name}\t-> database ${d.targetDatabase}${d.force ? ' (forced: over an existing database)' : ' (new)'}`);
+  for (const d of pending.postgres ?? [])
+    out(`  postgres ${d.name}\t-> database ${d.targetDatabase}${d.force ? ' (forced: over an existing database)' : ' (new)'}`);
 }
 
 export function registerBackupCommands(program: Command): void {
@@ -140,22 +157,33 @@ export function registerBackupCommands(program: Command): void {
     .option('--postgres <name=url>', 'ad hoc: a PostgreSQL database URL (repeatable)', pairs('--postgres', 'url'))
     .option('--wait', 'wait for the job and print its result as JSON (exit 1 if it fails)')
     .option('--timeout <ms>', 'with --wait: give up after this many ms', positive('--timeout'), 30 * 60_000)
-    .action(async (opts: { set?: string; name?: string; sqlite?: { name: string; path: string }[]; postgres?: { name: string; url: string }[]; wait?: boolean; timeout: number }) => {
-      if (Boolean(opts.set) === Boolean(opts.name)) throw new StowageError('STOWAGE_ERR_USAGE', 'backup now: give --set NAME, or --name NAME with --sqlite/--postgres databases');
-      if (opts.set && (opts.sqlite || opts.postgres)) throw new StowageError('STOWAGE_ERR_USAGE', 'backup now: --sqlite and --postgres go with --name, not --set');
-      const payload: PayloadInput<'backup'> = opts.set
-        ? { set: opts.set, requestedAt: new Date().toISOString() }
-        : { name: opts.name!, sqlite: opts.sqlite ?? [], postgres: opts.postgres ?? [], requestedAt: new Date().toISOString() };
-      const producer = createProducer(loadConfig());
-      try {
-        const { jobId } = await producer.backup(payload);
-        if (!opts.wait) return out(jobId);
-        err(jobId);
-        out(JSON.stringify(await producer.waitFor('backup', jobId, opts.timeout), null, 2));
-      } finally {
-        await producer.close();
-      }
-    });
+    .action(
+      async (opts: {
+        set?: string;
+        name?: string;
+        sqlite?: { name: string; path: string }[];
+        postgres?: { name: string; url: string }[];
+        wait?: boolean;
+        timeout: number;
+      }) => {
+        if (Boolean(opts.set) === Boolean(opts.name))
+          throw new StowageError('STOWAGE_ERR_USAGE', 'backup now: give --set NAME, or --name NAME with --sqlite/--postgres databases');
+        if (opts.set && (opts.sqlite || opts.postgres))
+          throw new StowageError('STOWAGE_ERR_USAGE', 'backup now: --sqlite and --postgres go with --name, not --set');
+        const payload: PayloadInput<'backup'> = opts.set
+          ? { set: opts.set, requestedAt: new Date().toISOString() }
+          : { name: opts.name!, sqlite: opts.sqlite ?? [], postgres: opts.postgres ?? [], requestedAt: new Date().toISOString() };
+        const producer = createProducer(loadConfig());
+        try {
+          const { jobId } = await producer.backup(payload);
+          if (!opts.wait) return out(jobId);
+          err(jobId);
+          out(JSON.stringify(await producer.waitFor('backup', jobId, opts.timeout), null, 2));
+        } finally {
+          await producer.close();
+        }
+      },
+    );
 
   backup
     .command('list')
@@ -188,7 +216,9 @@ export function registerBackupCommands(program: Command): void {
             policy = { keepLast: DEFAULT_KEEP_LAST };
             err(`set ${set} is not configured: using keepLast ${DEFAULT_KEEP_LAST}`);
           }
-          const res = await withBackupLock(db, set, () => pruneBackupSet({ db, storage: storage(), logger }, set, policy, { dryRun: Boolean(opts.dryRun) }));
+          const res = await withBackupLock(db, set, () =>
+            pruneBackupSet({ db, storage: storage(), logger }, set, policy, { dryRun: Boolean(opts.dryRun) }),
+          );
           for (const d of res.decisions) {
             const action = d.action === 'delete' ? (opts.dryRun ? 'would delete' : 'deleted') : d.action === 'keep' ? 'keep' : 'ignore';
             out(`${action}\t${backupName(d.backup.key)}\t${d.reasons.join(', ')}`);
@@ -210,7 +240,13 @@ export function registerBackupCommands(program: Command): void {
         const s = storage();
         const row = await resolveBackup(db, s.bucket, name);
         const file = resolve(opts.out ?? `${backupName(row.key)}.tar.gz`);
-        if (await stat(file).then(() => true, () => false)) throw new StowageError('STOWAGE_ERR_USAGE', `download: ${file} exists; remove it or give another --out`);
+        if (
+          await stat(file).then(
+            () => true,
+            () => false,
+          )
+        )
+          throw new StowageError('STOWAGE_ERR_USAGE', `download: ${file} exists; remove it or give another --out`);
         let body: NodeJS.ReadableStream;
         try {
           body = (await s.client.send(new GetObjectCommand({ Bucket: s.bucket, Key: row.key }))).Body as NodeJS.ReadableStream;
@@ -225,7 +261,9 @@ export function registerBackupCommands(program: Command): void {
           const pct = row.size ? Math.floor((bytes / row.size) * 100) : 100;
           if (tty) {
             const filled = Math.round(pct / 5);
-            process.stderr.write(`\r[${'#'.repeat(filled)}${'-'.repeat(20 - filled)}] ${pct}% ${humanBytes(bytes)} / ${humanBytes(row.size)}`);
+            process.stderr.write(
+              `\r[${'#'.repeat(filled)}${'-'.repeat(20 - filled)}] ${pct}% ${humanBytes(bytes)} / ${humanBytes(row.size)}`,
+            );
           } else if (pct >= shown + 25 || pct === 100) {
             shown = pct - (pct % 25);
             err(`downloaded ${pct}% (${humanBytes(bytes)} / ${humanBytes(row.size)})`);
@@ -247,7 +285,11 @@ export function registerBackupCommands(program: Command): void {
           );
           if (tty) process.stderr.write('\n');
           const digest = hash.digest('hex');
-          if (digest !== row.sha256) throw new StowageError('STOWAGE_ERR_STORE', `download: ${row.key} has SHA-256 ${digest}, the backup recorded ${row.sha256}; not kept`);
+          if (digest !== row.sha256)
+            throw new StowageError(
+              'STOWAGE_ERR_STORE',
+              `download: ${row.key} has SHA-256 ${digest}, the backup recorded ${row.sha256}; not kept`,
+            );
           await rename(part, file);
         } catch (e) {
           await rm(part, { force: true });
@@ -282,11 +324,15 @@ export function registerBackupCommands(program: Command): void {
         if (opts.json) out(JSON.stringify({ endpoint: s.endpoint, bucket: s.bucket, ...probe }, null, 2));
         else {
           out(`endpoint ${s.endpoint}, bucket ${s.bucket}`);
-          for (const step of probe.steps) out(`${step.step}\t${step.ok ? 'ok' : 'FAILED'}\t${step.ms} ms${step.error ? `\t${step.error}` : ''}`);
+          for (const step of probe.steps)
+            out(`${step.step}\t${step.ok ? 'ok' : 'FAILED'}\t${step.ms} ms${step.error ? `\t${step.error}` : ''}`);
         }
         if (!probe.ok) {
           const failed = probe.steps.find((x) => !x.ok);
-          throw new StowageError('STOWAGE_ERR_STORE', `test-connection: ${failed?.step ?? 'probe'} failed${failed?.error ? `: ${failed.error}` : ''}`);
+          throw new StowageError(
+            'STOWAGE_ERR_STORE',
+            `test-connection: ${failed?.step ?? 'probe'} failed${failed?.error ? `: ${failed.error}` : ''}`,
+          );
         }
       });
     });
@@ -322,8 +368,10 @@ export function registerBackupCommands(program: Command): void {
         const staging = await locateStaging(config, opts.dir, 'apply-restore');
         const pending = await readPendingRestore(staging);
         const result = await applyRestore(staging, { postgresUrl: postgresUrlFor(config, pending, opts.pgUrl) });
-        for (const d of result.postgres) out(`restored postgres ${d.name} into database ${d.database}${d.created ? ' (created)' : ' (over the existing database)'}`);
-        for (const d of result.databases) out(`restored sqlite ${d.name} at ${d.target}${d.safetyCopy ? ` (previous copy: ${d.safetyCopy})` : ''}`);
+        for (const d of result.postgres)
+          out(`restored postgres ${d.name} into database ${d.database}${d.created ? ' (created)' : ' (over the existing database)'}`);
+        for (const d of result.databases)
+          out(`restored sqlite ${d.name} at ${d.target}${d.safetyCopy ? ` (previous copy: ${d.safetyCopy})` : ''}`);
         out(`applied ${backupName(pending.key)}`);
       });
     });
@@ -360,7 +408,8 @@ export function registerBackupCommands(program: Command): void {
           }
         }
         const failed = results.filter((r) => !r.ok);
-        if (failed.length) throw new StowageError('STOWAGE_ERR_INTERNAL', `drill failed for ${failed.map((r) => `${r.set} (${r.error})`).join(', ')}`);
+        if (failed.length)
+          throw new StowageError('STOWAGE_ERR_INTERNAL', `drill failed for ${failed.map((r) => `${r.set} (${r.error})`).join(', ')}`);
       });
     });
 }

@@ -15,7 +15,8 @@ import { createStorage, type Storage } from '../../storage/client.js';
 function positive(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 1) throw new StowageError('STOWAGE_ERR_USAGE', `${name}: expected a positive integer, got "${value}"`);
+    if (!Number.isSafeInteger(n) || n < 1)
+      throw new StowageError('STOWAGE_ERR_USAGE', `${name}: expected a positive integer, got "${value}"`);
     return n;
   };
 }
@@ -27,7 +28,13 @@ async function withDeps<T>(fn: (deps: AggregationDeps) => Promise<T>): Promise<T
   const db = createDb(config, { max: 2 });
   let storage: Storage | undefined;
   try {
-    return await fn({ config, db, logger, metrics: createMetrics({ defaults: false }), storage: () => (storage ??= createStorage(config)) });
+    return await fn({
+      config,
+      db,
+      logger,
+      metrics: createMetrics({ defaults: false }),
+      storage: () => (storage ??= createStorage(config)),
+    });
   } finally {
     storage?.close();
     await db.close();
@@ -55,7 +62,9 @@ export function registerFailureCommands(program: Command): void {
           console.log(JSON.stringify(doc, null, 2));
           return;
         }
-        console.log(`${summary.patterns} pattern(s) over ${summary.window.days} day(s), at least ${summary.window.min_occurrences} occurrence(s) each`);
+        console.log(
+          `${summary.patterns} pattern(s) over ${summary.window.days} day(s), at least ${summary.window.min_occurrences} occurrence(s) each`,
+        );
         console.log(`status: ${summary.status}${summary.attempts ? ` after ${summary.attempts} attempt(s)` : ''}`);
         console.log(`key: ${summary.key}`);
         console.log(`sha256: ${summary.sha256} (${summary.size} bytes)`);

@@ -71,8 +71,12 @@ export async function verifyCommand(cfg: Config, opts: VerifyOptions, io: Output
         io.out(`${label.padEnd(width)}  ${shown.padEnd(19)}  ${report.evidence[name]}`);
       }
       const caps = report.capabilities;
-      io.out(`manifests: ${caps.createOnly && caps.compareAndSwap ? `conditional writes (If-Match with the ${caps.compareAndSwap} ETag)` : 'the Redis fenced lock'}`);
-      io.out(`uploads: ${caps.partChecksumSha256 ? 'a SHA-256 checksum with every part' : 'size checked by HEAD after the upload'}; ETag from ${caps.completeEtag ? 'CompleteMultipartUpload' : 'HEAD'}`);
+      io.out(
+        `manifests: ${caps.createOnly && caps.compareAndSwap ? `conditional writes (If-Match with the ${caps.compareAndSwap} ETag)` : 'the Redis fenced lock'}`,
+      );
+      io.out(
+        `uploads: ${caps.partChecksumSha256 ? 'a SHA-256 checksum with every part' : 'size checked by HEAD after the upload'}; ETag from ${caps.completeEtag ? 'CompleteMultipartUpload' : 'HEAD'}`,
+      );
       io.out(`listings: ${caps.listObjectsV2 ? 'ListObjectsV2' : 'ListObjects (v1) markers'}`);
       return;
     }
@@ -128,7 +132,8 @@ export interface LifecycleOptions {
 }
 
 export async function lifecycleCommand(cfg: Config, opts: LifecycleOptions, io: Output = consoleOutput): Promise<void> {
-  if (Boolean(opts.show) === Boolean(opts.apply)) throw new StowageError('STOWAGE_ERR_USAGE', 'lifecycle: give exactly one of --show or --apply');
+  if (Boolean(opts.show) === Boolean(opts.apply))
+    throw new StowageError('STOWAGE_ERR_USAGE', 'lifecycle: give exactly one of --show or --apply');
   if (opts.dryRun && !opts.apply) throw new StowageError('STOWAGE_ERR_USAGE', 'lifecycle: --dry-run goes with --apply');
   const rules = cfg.lifecycleRules;
   await withStorage(cfg, async (storage) => {
@@ -157,7 +162,10 @@ export async function lifecycleCommand(cfg: Config, opts: LifecycleOptions, io: 
     for (const id of plan.added) io.out(`${verb}add\t${id}`);
     for (const id of plan.changed) io.out(`${verb}change\t${id}`);
     for (const id of plan.removed) io.out(`${verb}remove\t${id}`);
-    for (const r of plan.cleanupOnly) io.out(`cleanup only\t${r.id}\t${r.prefix}\t(a \`*\` prefix: stores filter by a literal prefix; enforced by cleanup --enforce-lifecycle)`);
+    for (const r of plan.cleanupOnly)
+      io.out(
+        `cleanup only\t${r.id}\t${r.prefix}\t(a \`*\` prefix: stores filter by a literal prefix; enforced by cleanup --enforce-lifecycle)`,
+      );
   });
 }
 
@@ -179,7 +187,8 @@ export async function cleanupCommand(cfg: Config, opts: CleanupCliOptions, io: O
     throw new StowageError('STOWAGE_ERR_USAGE', 'cleanup: deletes nothing without --force (or list what it would delete with --dry-run)');
   }
   if (opts.force && opts.dryRun) throw new StowageError('STOWAGE_ERR_USAGE', 'cleanup: give --force or --dry-run, not both');
-  if (opts.olderThanHours !== undefined && !opts.multipart) throw new StowageError('STOWAGE_ERR_USAGE', 'cleanup: --older-than-hours goes with --multipart');
+  if (opts.olderThanHours !== undefined && !opts.multipart)
+    throw new StowageError('STOWAGE_ERR_USAGE', 'cleanup: --older-than-hours goes with --multipart');
   const db = createDb(cfg, { max: 2 });
   try {
     return await withStorage(cfg, async (storage) => {
@@ -204,7 +213,8 @@ export async function cleanupCommand(cfg: Config, opts: CleanupCliOptions, io: O
         io.out(JSON.stringify({ logId, ...report }, null, 2));
       } else {
         for (const o of report.objects) io.out(`${verb}\t${o.key}\t${o.size}\t${o.reason}`);
-        for (const u of report.uploads) io.out(`${report.dryRun ? 'would abort' : 'aborted'}\t${u.key}\t${u.uploadId}\t${u.initiated ?? '-'}\t${u.reason}`);
+        for (const u of report.uploads)
+          io.out(`${report.dryRun ? 'would abort' : 'aborted'}\t${u.key}\t${u.uploadId}\t${u.initiated ?? '-'}\t${u.reason}`);
         io.out(
           `${report.modes.join('+')}: scanned ${report.scanned}, ${verb} ${report.deleted} (${mib(report.bytesFreed)}), ` +
             `errors ${report.errors}${report.stragglers ? `, stragglers ${report.stragglers}` : ''}; r2_cleanup_logs #${logId}`,
@@ -229,7 +239,10 @@ export interface UsageOptions {
 /** Prints the usage; a budget breach is reported on stderr and returned (the CLI exits 1). */
 export async function usageCommand(cfg: Config, opts: UsageOptions, io: Output = consoleOutput): Promise<{ overBudget: boolean }> {
   return withStorage(cfg, async (storage) => {
-    const report = await measureUsage(storage, cfg.usage, { ...(opts.prefix ? { prefix: opts.prefix } : {}), onProgress: (m) => io.err(m) });
+    const report = await measureUsage(storage, cfg.usage, {
+      ...(opts.prefix ? { prefix: opts.prefix } : {}),
+      onProgress: (m) => io.err(m),
+    });
     if (opts.json) io.out(JSON.stringify(report, null, 2));
     else {
       io.out('prefix\tobjects\tbytes');
@@ -242,7 +255,9 @@ export async function usageCommand(cfg: Config, opts: UsageOptions, io: Output =
       );
     }
     if (report.overBudget) {
-      io.err(`stowage: usage: estimated monthly cost $${report.cost.totalUsd.toFixed(2)} is over the budget of $${report.budgetUsd!.toFixed(2)}`);
+      io.err(
+        `stowage: usage: estimated monthly cost $${report.cost.totalUsd.toFixed(2)} is over the budget of $${report.budgetUsd!.toFixed(2)}`,
+      );
     }
     return { overBudget: report.overBudget };
   });
@@ -255,8 +270,13 @@ export function registerStorageCommands(program: Command, options: { config?: ()
 
   program
     .command('verify')
-    .description('check the object store: put, head, get, list and delete a probe (timed); or what it supports; or list objects; or show one')
-    .option('--capabilities', 'probe what the store supports (conditional writes, multipart listing and abort, lifecycle, checksums) and how Stowage adapts')
+    .description(
+      'check the object store: put, head, get, list and delete a probe (timed); or what it supports; or list objects; or show one',
+    )
+    .option(
+      '--capabilities',
+      'probe what the store supports (conditional writes, multipart listing and abort, lifecycle, checksums) and how Stowage adapts',
+    )
     .option('--list', 'list objects (key order)')
     .option('--prefix <prefix>', 'with --list: only keys under this prefix')
     .option('--limit <n>', 'with --list: at most this many (0 = all)', number('--limit', true), 100)
@@ -269,8 +289,8 @@ export function registerStorageCommands(program: Command, options: { config?: ()
   program
     .command('lifecycle')
     .description('show the retention rules, or apply them to the bucket (idempotent)')
-    .option('--show', 'print the configured rules and the store\'s current ones')
-    .option('--apply', 'make the bucket\'s lifecycle rules equal the configured ones')
+    .option('--show', "print the configured rules and the store's current ones")
+    .option('--apply', "make the bucket's lifecycle rules equal the configured ones")
     .option('--dry-run', 'with --apply: print the change, change nothing')
     .option('--json', 'print JSON')
     .action(async (opts: LifecycleOptions) => {
@@ -290,7 +310,11 @@ export function registerStorageCommands(program: Command, options: { config?: ()
     .option('--test-only', 'only objects Stowage marked as test data')
     .option('--orphaned-packs', 'diff packs whose versions no longer exist in project_versions')
     .option('--multipart', 'abort incomplete multipart uploads (then list again and abort stragglers)')
-    .option('--older-than-hours <hours>', `with --multipart: only uploads started at least this long ago (default ${24})`, number('--older-than-hours', false))
+    .option(
+      '--older-than-hours <hours>',
+      `with --multipart: only uploads started at least this long ago (default ${24})`,
+      number('--older-than-hours', false),
+    )
     .option('--enforce-lifecycle', 'apply the configured lifecycle rules by listing and deleting (for stores without lifecycle support)')
     .option('--json', 'print the report as JSON')
     .action(async (opts: CleanupCliOptions) => {

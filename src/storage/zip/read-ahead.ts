@@ -46,8 +46,16 @@ export class ReadAhead {
       const items = batch;
       batch = [];
       batchBytes = 0;
-      const results = this.pool!.run(items.map(({ entry }) => ({ path: entry.path, size: entry.size, stored: isStoredExtension(entry.name) })));
-      items.forEach(({ index, entry, cost }, j) => this.hold(index, results.then((rs) => fromWorker(entry, rs[j]!)), cost));
+      const results = this.pool!.run(
+        items.map(({ entry }) => ({ path: entry.path, size: entry.size, stored: isStoredExtension(entry.name) })),
+      );
+      items.forEach(({ index, entry, cost }, j) =>
+        this.hold(
+          index,
+          results.then((rs) => fromWorker(entry, rs[j]!)),
+          cost,
+        ),
+      );
     };
     while (this.cursor < this.entries.length && pending.size + batch.length < PREFETCH_ENTRIES) {
       const entry = this.entries[this.cursor]!;

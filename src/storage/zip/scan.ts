@@ -135,7 +135,15 @@ export async function scanSource(source: string, options: { signal?: AbortSignal
           // The stored target is the resolved path made relative to the link, so a target like
           // `../../root/b` cannot point elsewhere once extracted under another folder name.
           const linkTarget = relative(dirname(abs), resolved).split(sep).join('/') || '.';
-          entries.push({ name, path: abs, type: 'symlink', mode: st.mode, size: Buffer.byteLength(linkTarget), mtimeMs: st.mtimeMs, linkTarget });
+          entries.push({
+            name,
+            path: abs,
+            type: 'symlink',
+            mode: st.mode,
+            size: Buffer.byteLength(linkTarget),
+            mtimeMs: st.mtimeMs,
+            linkTarget,
+          });
         } else {
           skipped.push({ name, reason: 'special-file' });
         }
