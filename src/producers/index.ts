@@ -91,6 +91,8 @@ export interface Producer {
   waitFor<K extends JobKind>(kind: K, jobId: string, timeoutMs?: number): Promise<Result<K>>;
   /** The queue for a kind (read-only uses: counts, getJob). */
   queue<K extends JobKind>(kind: K): KindQueue<K>;
+  /** The dead-letter queue (read-only uses: counts, the parked jobs and why they failed). */
+  deadLetterQueue(): DeadLetterQueue;
   close(): Promise<void>;
 }
 
@@ -213,6 +215,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     backup: (p, o) => enqueue('backup', p, o),
     cleanup: (p, o) => enqueue('cleanup', p, o),
     queue,
+    deadLetterQueue: deadLetter,
     waitFor,
     async close() {
       await Promise.all([...queueEvents.values()].map((qe) => qe.close()));

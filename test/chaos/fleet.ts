@@ -13,10 +13,9 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { Queue } from 'bullmq';
 import { expect, inject } from 'vitest';
 import type { Producer } from '../../src/producers/index.js';
-import { DEAD_LETTER_QUEUE, type JobKind, type ParkedJob } from '../../src/queues/index.js';
+import type { DeadLetterQueue } from '../../src/queues/index.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -248,7 +247,6 @@ export async function recordSummary(scenario: string, figures: Record<string, un
 }
 
 /** The dead-letter queue, read through the producer's connection (reads only: counts, getJobs). */
-export function deadLetterQueue(producer: Producer): Queue<ParkedJob> {
-  // producer.queue() is typed for job kinds; for reading, the dead-letter queue is a queue like them.
-  return producer.queue(DEAD_LETTER_QUEUE as JobKind) as unknown as Queue<ParkedJob>;
+export function deadLetterQueue(producer: Producer): DeadLetterQueue {
+  return producer.deadLetterQueue();
 }
