@@ -16,15 +16,10 @@ import type { Storage } from '../storage/client.js';
 import { postgresConnection, postgresUrlFor } from './postgres.js';
 import { applyRestore, dropPostgresDatabase, stageRestore, type ApplyResult } from './restore.js';
 import { quickCheck } from './snapshot.js';
+import type { BackupResult } from '../queues/payloads.js';
 
-export interface DrillResult {
-  ok: boolean;
-  set: string;
-  key: string | null;
-  error?: string;
-  ms: number;
-  databases: { name: string; kind: 'sqlite' | 'postgres'; ok: boolean; detail: string }[];
-}
+/** The drill's checks: the `drill` backup job result (declared once, in the queue contract). */
+export type DrillResult = Omit<Extract<BackupResult, { status: 'drilled' }>, 'status'>;
 
 /**
  * A restore drill: the newest completed backup of `set` is staged (archive checksum, per-file

@@ -31,6 +31,7 @@ import { codeOf } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { canonicalJson } from '../queues/contract.js';
+import type { AggregationResult } from '../queues/payloads.js';
 import { retry } from '../retry.js';
 import type { Storage } from '../storage/client.js';
 import { aggregationKey } from '../storage/keys.js';
@@ -71,18 +72,8 @@ export interface AggregationExport {
   patterns: CandidatePattern[];
 }
 
-export interface AggregationSummary {
-  status: 'uploaded' | 'fallback_local' | 'skipped';
-  key: string;
-  sha256: string;
-  size: number;
-  patterns: number;
-  /** The audit row; null when nothing was stored (skip). */
-  exportId: string | null;
-  localPath: string | null;
-  attempts: number;
-  window: AggregationExport['window'];
-}
+/** The export's summary: the `aggregate` job result (declared once, in the queue contract). */
+export type AggregationSummary = Omit<Extract<AggregationResult, { task: 'aggregate' }>, 'task'>;
 
 /** Build the export for a window. Pure apart from the read; same rows → same bytes. */
 export async function buildExport(

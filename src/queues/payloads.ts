@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { absolutePath, safeId } from '../ids.js';
+import type { BackupDatabaseEntry } from '../db/backups.js';
 
 export const buildArtifactPayload = z.strictObject({
   userId: safeId,
@@ -44,7 +45,7 @@ export const aggregationPayload = z.strictObject({
 
 /**
  * What an aggregation job returns: for `aggregate`, the export's summary (src/failures/aggregation.ts
- * `AggregationSummary`); for `retry-fallbacks`, how many fallback exports it handled and how.
+ * builds it); for `retry-fallbacks`, how many fallback exports it handled and how.
  */
 export type AggregationResult =
   | {
@@ -145,18 +146,7 @@ export const backupPayload = z
   });
 
 /** One database in a backup: its entry in the archive's metadata and in the `backups` row. */
-export type BackedUpDatabase = {
-  name: string;
-  filename: string;
-  size_bytes: number;
-  checksum: string;
-  /** `postgres` for a pg_dump (custom format); absent or `sqlite` for a SQLite snapshot. */
-  kind?: 'sqlite' | 'postgres';
-  /** SQLite: the live database's absolute path. */
-  source_path?: string;
-  /** PostgreSQL: the database URL without its password. */
-  source?: string;
-};
+export type BackedUpDatabase = BackupDatabaseEntry;
 
 /** What a backup job returns, by task: the stored archive, the retention decisions, or the drill's checks. */
 export type BackupResult =
@@ -170,7 +160,7 @@ export type BackupResult =
       decisions: { key: string; action: 'keep' | 'delete' | 'ignore'; reasons: string[] }[];
     }
   | {
-      /** src/backups/drill.ts `DrillResult`; a failed drill fails the job instead. */
+      /** A restore drill's checks (src/backups/drill.ts); a failed drill fails the job instead. */
       status: 'drilled';
       ok: boolean;
       set: string;
