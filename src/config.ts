@@ -353,6 +353,43 @@ export const ENV_VARS: readonly EnvVar[] = envVarsOf(configSchema as unknown as 
 /** Every name that sets something: primary names and aliases. */
 export const ENV_NAMES: readonly string[] = ['STOWAGE_CONFIG', ...ENV_VARS.flatMap((v) => [v.name, ...v.aliases])];
 
+/** Prefixes of the variables Stowage owns: an unknown one is most likely a misspelling. */
+const OWN_PREFIXES = /^(STOWAGE|R2|AGG|FAILURE)_/;
+/** The project's tooling reads these, not the configuration (tests, scripts/node24.sh). */
+const TOOLING_VARIABLES = new Set(['STOWAGE_SLOW_TESTS', 'STOWAGE_NODE_VERSION']);
+
+/** Edit distance (insert, delete, substitute), for suggesting the name a misspelling meant. */
+function distance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length]!;
+}
+
+/**
+ * Variables with one of Stowage's prefixes that set nothing (`STOWAGE_CONCURENCY=2`), each with
+ * the closest known name when one is near. They are ignored; the CLI warns about each at start-up.
+ */
+export function unknownVariables(
+  env: Record<string, string | undefined> = process.env,
+): Array<{ name: string; suggestion: string | null }> {
+  const known = new Set(ENV_NAMES);
+  return Object.keys(env)
+    .filter((name) => OWN_PREFIXES.test(name) && !known.has(name) && !TOOLING_VARIABLES.has(name))
+    .sort()
+    .map((name) => {
+      let best: { name: string; d: number } | null = null;
+      for (const candidate of known) {
+        const d = distance(name, candidate);
+        if (!best || d < best.d) best = { name: candidate, d };
+      }
+      return { name, suggestion: best && best.d <= Math.max(2, Math.floor(name.length / 5)) ? best.name : null };
+    });
+}
+
 /** `module:field,field;module2:field` → `{module: [field, field], module2: [field]}`; bad parts are left for zod to name. */
 function parseSearchableFields(text: string): unknown {
   const out: Record<string, string[]> = {};

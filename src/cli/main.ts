@@ -5,7 +5,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { createToken, ROLES, type Role } from '../auth/tokens.js';
-import { loadConfig, redactConfig, type Config } from '../config.js';
+import { loadConfig, redactConfig, unknownVariables, type Config } from '../config.js';
 import { migrate } from '../db/migrate.js';
 import { codeOf, ERROR_CODES, StowageError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
@@ -326,6 +326,11 @@ function allCommands(cmd: Command): Command[] {
 
 export async function main(argv = process.argv): Promise<number> {
   const program = buildProgram();
+  for (const { name, suggestion } of unknownVariables()) {
+    process.stderr.write(
+      `stowage: warning: ${name} is not a Stowage setting and is ignored${suggestion ? `; did you mean ${suggestion}?` : ''}\n`,
+    );
+  }
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

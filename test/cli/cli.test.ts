@@ -39,6 +39,17 @@ afterAll(async () => {
 const exportData = (record: Record<string, unknown>) => JSON.stringify({ module: 'cli', userId: 'u1', format: 'json', records: [record] });
 
 describe('stowage CLI', () => {
+  it('warns at start-up about a misspelt variable, naming the closest known one, and still runs', async () => {
+    const run = await stowage(['config'], { STOWAGE_CONCURENCY: '2', R2_BUKET: 'b-x', STOWAGE_CONCURRENCY: '3' });
+    expect(run.code).toBe(0);
+    expect(run.stderr.split('\n').filter(Boolean)).toEqual([
+      'stowage: warning: R2_BUKET is not a Stowage setting and is ignored; did you mean R2_BUCKET?',
+      'stowage: warning: STOWAGE_CONCURENCY is not a Stowage setting and is ignored; did you mean STOWAGE_CONCURRENCY?',
+    ]);
+    // The misspelt one set nothing; the real alias did.
+    expect(JSON.parse(run.stdout).worker.concurrency).toBe(3);
+  });
+
   it('prints help for every command', async () => {
     const runs = await Promise.all([
       stowage(['--help']),
