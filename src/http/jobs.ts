@@ -1,7 +1,9 @@
 /**
  * The job API: `POST /v1/jobs/:kind` enqueues (admin token; the same validation as the SDK) and
  * `GET /v1/jobs/:kind/:id` reports a job's state, progress and outcome (any token; a `user` token
- * sees its own jobs only). A job's live events are in events.ts.
+ * sees its own jobs only). A job that failed for good leaves its queue when it is parked: it is then
+ * found in the dead-letter queue and reported as `parked`, with why and where. A job's live events
+ * are in events.ts.
  */
 import type { JobState, Queue } from 'bullmq';
 import type { FastifyPluginAsync } from 'fastify';
@@ -9,7 +11,16 @@ import { z } from 'zod';
 import { mayRead } from '../auth/tokens.js';
 import { NotFoundError, StowageError } from '../errors.js';
 import type { Producer } from '../producers/index.js';
-import { JOB_KINDS, PAYLOAD_SCHEMAS, QUEUE_NAMES, isJobKind, type PayloadInput } from '../queues/index.js';
+import {
+  DEAD_LETTER_QUEUE,
+  JOB_KINDS,
+  PAYLOAD_SCHEMAS,
+  QUEUE_NAMES,
+  isJobKind,
+  parkedJobId,
+  type ParkedJob,
+  type PayloadInput,
+} from '../queues/index.js';
 import { jsonSchema, replies, validatedInHandler } from './schemas.js';
 
 export interface JobRoutesOptions {
@@ -39,7 +50,8 @@ const JOB_STATES = [
   'waiting',
   'waiting-children',
   'unknown',
-] as const satisfies readonly (JobState | 'unknown')[];
+  'parked',
+] as const satisfies readonly (JobState | 'unknown' | 'parked')[];
 const iso = z.iso.datetime().nullable();
 const jobView = z.object({
   jobId: z.string(),
@@ -52,6 +64,15 @@ const jobView = z.object({
   createdAt: iso,
   processedAt: iso,
   finishedAt: iso,
+  /** Present when state is `parked`: why, and the dead-letter job to redrive or purge. */
+  parked: z
+    .object({
+      reason: z.enum(['permanent', 'retries_exhausted', 'stalled']),
+      deadLetterId: z.string(),
+      parkedAt: z.iso.datetime(),
+      error: z.object({ name: z.string(), code: z.string().optional(), message: z.string() }),
+    })
+    .optional(),
 });
 
 const enqueueSchema = { params: jsonSchema(enqueueParams), body: jsonSchema(payload), response: replies({ 202: enqueued }) };
@@ -81,10 +102,33 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
       const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
       if (!queue) throw unknownKind(kind, QUEUE_NAMES);
       const job = await queue.getJob(id);
-      // Another user's job answers exactly like a missing one, so ids cannot be probed.
-      if (!job || !mayRead(caller, (job.data as { userId?: unknown } | undefined)?.userId))
-        throw new NotFoundError(`job ${id} not found in queue ${kind}`);
       const at = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : null);
+      const notFound = () => new NotFoundError(`job ${id} not found in queue ${kind}`);
+      if (!job) {
+        const parked = isJobKind(kind) ? await parkedJob(deps.queues, kind, id) : undefined;
+        // Another user's job answers exactly like a missing one, so ids cannot be probed.
+        if (!parked || !mayRead(caller, (parked.data.payload as { userId?: unknown } | undefined)?.userId)) throw notFound();
+        const p = parked.data;
+        return {
+          jobId: id,
+          kind: kind as (typeof QUEUE_NAMES)[number],
+          state: 'parked',
+          progress: null,
+          result: null,
+          failedReason: p.error.message,
+          attemptsMade: p.attemptsMade,
+          createdAt: at(p.timestamps.created),
+          processedAt: at(p.timestamps.processed),
+          finishedAt: at(p.timestamps.failed),
+          parked: {
+            reason: p.reason,
+            deadLetterId: parked.id ?? parkedJobId(kind, id),
+            parkedAt: new Date(p.timestamps.parked).toISOString(),
+            error: { name: p.error.name, ...(p.error.code ? { code: p.error.code } : {}), message: p.error.message },
+          },
+        };
+      }
+      if (!mayRead(caller, (job.data as { userId?: unknown } | undefined)?.userId)) throw notFound();
       return {
         jobId: job.id ?? id,
         kind: kind as (typeof QUEUE_NAMES)[number],
@@ -100,6 +144,17 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
     },
   );
 };
+
+/** The dead-letter copy of a job of `kind` that was parked (its origin queue no longer has it). */
+async function parkedJob(
+  queues: readonly Queue[],
+  kind: string,
+  id: string,
+): Promise<{ id?: string | undefined; data: ParkedJob } | undefined> {
+  const dlq = queues.find((q) => q.name === DEAD_LETTER_QUEUE);
+  const job = await dlq?.getJob(parkedJobId(kind, id));
+  return job && (job.data as ParkedJob | undefined)?.originJobId === id ? { id: job.id, data: job.data as ParkedJob } : undefined;
+}
 
 function unknownKind(kind: string, known: readonly string[]): StowageError {
   return new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${known.join(', ')}`);

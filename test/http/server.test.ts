@@ -7,12 +7,12 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
 import { createDb } from '../../src/db/pool.js';
-import { StowageError } from '../../src/errors.js';
+import { PermanentError, StowageError } from '../../src/errors.js';
 import { BOARD_COOKIE, buildServer, errorResponse, isLoopback, startServer, type StowageServer } from '../../src/http/server.js';
 import { QUEUE_NAMES, createRedis, type PayloadInput } from '../../src/queues/index.js';
 import { createStorage } from '../../src/storage/client.js';
 import { isolate } from '../helpers/isolation.js';
-import { BASIC_PASSWORD, basicHeader, closedPort, harness, type Harness } from './harness.js';
+import { BASIC_PASSWORD, basicHeader, closedPort, harness, harnessRuntime, type Harness } from './harness.js';
 
 const iso = isolate('http');
 let h: Harness;
@@ -214,6 +214,53 @@ describe('GET /v1/jobs/:kind/:id', () => {
     expect(dlq.json()).toMatchObject({ jobId: 'export--x1', kind: 'dead-letter', state: 'waiting' });
   });
 
+  it('a job parked after failing for good stays visible: state parked, why, and its dead-letter id; other users get 404', async () => {
+    const runtime = await harnessRuntime(h, ['export'], {
+      maintenance: false,
+      processors: {
+        export: async () => {
+          throw new PermanentError('buildDir /nope does not exist');
+        },
+      },
+    });
+    let jobId = '';
+    try {
+      ({ jobId } = await h.deps.producer.enqueue('export', { ...exportPayload, userId: 'u7' }));
+      const owner = await createToken(h.secret, { user: 'u7', role: 'user' });
+      const other = await createToken(h.secret, { user: 'u8', role: 'user' });
+      const get = (token: string) => app.inject({ method: 'GET', url: `/v1/jobs/export/${jobId}`, headers: bearer(token) });
+      const deadline = Date.now() + 15_000;
+      let body = (await get(owner)).json();
+      while (body.state !== 'parked' && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        body = (await get(owner)).json();
+      }
+      // The origin queue no longer has it: parking moved it to the dead-letter queue.
+      expect(await h.queue('export').getJob(jobId)).toBeUndefined();
+      expect(body).toMatchObject({
+        jobId,
+        kind: 'export',
+        state: 'parked',
+        failedReason: 'buildDir /nope does not exist',
+        attemptsMade: 1,
+        createdAt: expect.stringMatching(/^\d{4}-/),
+        parked: {
+          reason: 'permanent',
+          deadLetterId: `export--${jobId}`,
+          error: { name: 'PermanentError', code: 'STOWAGE_ERR_PERMANENT', message: 'buildDir /nope does not exist' },
+        },
+      });
+      expect((await get(viewer)).json()).toMatchObject({ state: 'parked' });
+      const foreign = await get(other);
+      expect(foreign.statusCode).toBe(404);
+      expect(foreign.json().error.message).toBe(`job ${jobId} not found in queue export`);
+    } finally {
+      await runtime.close(2000);
+      // The metrics tests below count the dead-letter queue.
+      await (await h.queue('dead-letter').getJob(`export--${jobId}`))?.remove();
+    }
+  });
+
   it('404 for a missing job, 401 without a token', async () => {
     const missing = await app.inject({ method: 'GET', url: '/v1/jobs/export/export.nope', headers: bearer(viewer) });
     expect(missing.statusCode).toBe(404);
@@ -240,8 +287,10 @@ describe('GET /metrics', () => {
     text = res.body;
     expect(text).toContain('stowage_queue_jobs{queue="aggregation",state="waiting"} 2\n');
     expect(text).toContain('stowage_queue_jobs{queue="aggregation",state="delayed"} 1\n');
-    // The dead-letter queue holds the job parked by the previous describe block.
-    expect(text).toContain('stowage_queue_jobs{queue="dead-letter",state="waiting"} 1\n');
+    // The dead-letter queue holds the jobs parked by the previous describe block.
+    const parked = await h.queue('dead-letter').getJobCountByTypes('waiting');
+    expect(parked).toBeGreaterThanOrEqual(1);
+    expect(text).toContain(`stowage_queue_jobs{queue="dead-letter",state="waiting"} ${parked}\n`);
     expect(text).toContain('stowage_queue_jobs{queue="backup",state="waiting"} 0\n');
     for (const name of QUEUE_NAMES) expect(text).toContain(`stowage_queue_metrics_up{queue="${name}"} 1\n`);
     // The oldest job, not the newest: it has waited at least the 400 ms between the two enqueues.
