@@ -40,12 +40,12 @@ export async function* listObjects(
   options: { prefix?: string; limit?: number; signal?: AbortSignal; onPage?: (listed: number) => void } = {},
 ): AsyncGenerator<ListedObject> {
   const what = `listing ${options.prefix ? `"${options.prefix}"` : 'the bucket'}`;
-  let v2: boolean;
-  try {
-    v2 = (await storeCapabilities(storage)).listObjectsV2;
-  } catch (err) {
-    throw storeError(err, what);
-  }
+  // V1 markers work everywhere: a probe that cannot run (read-only credentials cannot write its
+  // objects) must not stop a listing.
+  const v2 = await storeCapabilities(storage).then(
+    (c) => c.listObjectsV2,
+    () => false,
+  );
   let cursor: string | undefined;
   let listed = 0;
   const limit = options.limit ?? Infinity;
