@@ -282,11 +282,6 @@ export async function upsertManifestEntry(
   return updateUnderLock(deps, module, userId, entry);
 }
 
-/** Forget manifests switched to the lock path (tests). */
-export function resetManifestModes(): void {
-  lockedManifests.clear();
-}
-
 interface NextHead {
   body: string;
   entries: number;

@@ -24,17 +24,7 @@ import { isolate, REDIS_URL, DATABASE_URL } from '../helpers/isolation.js';
 import type { TestS3 } from '../helpers/s3.js';
 import { checkArtifacts, makeSources, type ArtifactJob } from './artifacts.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
-import {
-  deadLetterQueue,
-  expectNoSecrets,
-  makeSecrets,
-  ProcessGroup,
-  recordSummary,
-  sleep,
-  startChaosS3,
-  waitUntil,
-  withPassword,
-} from './fleet.js';
+import { expectNoSecrets, makeSecrets, ProcessGroup, recordSummary, sleep, startChaosS3, waitUntil, withPassword } from './fleet.js';
 
 const N = Number(process.env.CHAOS_CRASH_JOBS ?? 60);
 const WORKERS = 3;
@@ -165,7 +155,7 @@ describe('chaos: worker crash', () => {
         const c = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
         if (Date.now() - lastReport > 5000) {
           lastReport = Date.now();
-          const dl = await deadLetterQueue(producer).count();
+          const dl = await producer.deadLetterQueue().count();
           process.stdout.write(`[chaos] crash: ${JSON.stringify(c)} parked=${dl} kills=${kills} alive=${group.alive().length}\n`);
         }
         return (c.completed ?? 0) >= N;
@@ -179,7 +169,7 @@ describe('chaos: worker crash', () => {
     await proxy.set({ mode: 'pass' });
 
     const counts = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
-    const parked = await deadLetterQueue(producer).getJobCounts('waiting', 'prioritized', 'delayed');
+    const parked = await producer.deadLetterQueue().getJobCounts('waiting', 'prioritized', 'delayed');
     const states = await Promise.all(jobIds.map((id) => queue.getJobState(id)));
     const check = await checkArtifacts(s3, db.pool, jobs);
     await group.stopAll();

@@ -14,8 +14,6 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { expect, inject } from 'vitest';
-import type { Producer } from '../../src/producers/index.js';
-import type { DeadLetterQueue } from '../../src/queues/index.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -244,9 +242,4 @@ export async function recordSummary(scenario: string, figures: Record<string, un
   summary.updatedAt = new Date().toISOString();
   await writeFile(SUMMARY_FILE, `${JSON.stringify(summary, null, 2)}\n`);
   process.stdout.write(`\n[chaos] ${scenario}: ${JSON.stringify(figures)}\n`);
-}
-
-/** The dead-letter queue, read through the producer's connection (reads only: counts, getJobs). */
-export function deadLetterQueue(producer: Producer): DeadLetterQueue {
-  return producer.deadLetterQueue();
 }

@@ -12,7 +12,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_JOB_OPTIONS } from '../../src/queues/index.js';
 import { REDIS_URL } from '../helpers/isolation.js';
-import { deadLetterQueue, expectNoSecrets, recordSummary, waitUntil } from './fleet.js';
+import { expectNoSecrets, recordSummary, waitUntil } from './fleet.js';
 import { setupScenario, type Scenario } from './scenario.js';
 
 const TOTAL = Number(process.env.CHAOS_LOAD_JOBS ?? 10_000);
@@ -119,7 +119,7 @@ describe('chaos: load', () => {
     );
     const runSeconds = (Date.now() - enqueueStarted) / 1000;
     const l = await ledger();
-    const parkedJobs = await deadLetterQueue(producer).getJobs(['waiting'], 0, -1);
+    const parkedJobs = await producer.deadLetterQueue().getJobs(['waiting'], 0, -1);
     const parkedIds = new Set(parkedJobs.map((j) => j.data.originJobId));
     const counts = {
       'build-artifact': await producer.queue('build-artifact').getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed'),

@@ -14,7 +14,7 @@ import { createDb } from '../../src/db/pool.js';
 import { DATABASE_URL } from '../helpers/isolation.js';
 import { checkArtifacts, makeSources } from './artifacts.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
-import { deadLetterQueue, expectNoSecrets, recordSummary, sleep, waitUntil, withPassword } from './fleet.js';
+import { expectNoSecrets, recordSummary, sleep, waitUntil, withPassword } from './fleet.js';
 import { setupScenario, type Scenario } from './scenario.js';
 
 const N = Number(process.env.CHAOS_PG_JOBS ?? 30);
@@ -148,7 +148,7 @@ describe('chaos: Postgres unavailable', () => {
         return (
           (c.completed ?? 0) >= N &&
           (e.completed ?? 0) >= EXPORTS &&
-          (await deadLetterQueue(producer).count()) >= 1 &&
+          (await producer.deadLetterQueue().count()) >= 1 &&
           (r.completed ?? 0) >= N + EXPORTS &&
           (r.parked ?? 0) >= 1 &&
           (await tenantFailures()) >= posted
@@ -166,7 +166,7 @@ describe('chaos: Postgres unavailable', () => {
     const receipts = await receiptsBy();
     const failures = await tenantFailures();
     const dropped = await metric('failure_persist_dropped_total');
-    const parked = await deadLetterQueue(producer).getJobs(['waiting']);
+    const parked = await producer.deadLetterQueue().getJobs(['waiting']);
     const check = await checkArtifacts(sc.s3, db.pool, jobs);
     // Every process lived through it (none crashed on the fault).
     const survivors = group.alive().length;

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkArtifacts, makeSources } from './artifacts.js';
-import { deadLetterQueue, expectNoSecrets, recordSummary, sleep, waitUntil } from './fleet.js';
+import { expectNoSecrets, recordSummary, sleep, waitUntil } from './fleet.js';
 import { setupScenario, type Scenario } from './scenario.js';
 
 const N = Number(process.env.CHAOS_REDIS_JOBS ?? 40);
@@ -107,7 +107,7 @@ describe('chaos: Redis restart', () => {
     );
     const recoverySeconds = Math.round((Date.now() - restartedAt) / 1000);
     const counts = await queue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
-    const parked = await deadLetterQueue(producer).count();
+    const parked = await producer.deadLetterQueue().count();
     const check = await checkArtifacts(sc.s3, sc.db.pool, jobs);
     // Both workers lived through it: they reconnected instead of exiting.
     const survivors = group.alive().length;

@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkArtifacts, makeSources } from './artifacts.js';
-import { deadLetterQueue, expectNoSecrets, recordSummary, sleep, waitUntil } from './fleet.js';
+import { expectNoSecrets, recordSummary, sleep, waitUntil } from './fleet.js';
 import { setupScenario, type Scenario } from './scenario.js';
 
 const N = Number(process.env.CHAOS_OUTAGE_JOBS ?? 45);
@@ -35,7 +35,7 @@ describe('chaos: store outage', () => {
     for (const j of jobs)
       await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
     const queue = producer.queue('build-artifact');
-    const dlq = deadLetterQueue(producer);
+    const dlq = producer.deadLetterQueue();
 
     // The outage starts once a quarter of the jobs are done, so it hits a busy fleet.
     await waitUntil(

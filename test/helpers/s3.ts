@@ -5,12 +5,10 @@
  *   the storage contract that must hold there too (test/storage/contract.test.ts) and dev mode.
  * `close()` empties and removes the bucket (and stops s3rver), so memstore's RAM is given back.
  */
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
-import { promisify } from 'node:util';
 import {
   AbortMultipartUploadCommand,
   CreateBucketCommand,
@@ -126,10 +124,4 @@ export async function startS3rver(bucket: string): Promise<TestS3> {
 
 export function startTestS3(kind: TestS3Kind, bucket: string): Promise<TestS3> {
   return kind === 'rgw' ? startS3(bucket) : startS3rver(bucket);
-}
-
-/** Run radosgw's lifecycle pass now (it also runs every lifecycle "day" by itself). */
-export async function rgwLifecycleProcess(): Promise<void> {
-  const rgw = inject('rgw');
-  await promisify(execFile)('radosgw-admin', ['lc', 'process'], { env: { ...process.env, CEPH_CONF: rgw.cephConf } });
 }
