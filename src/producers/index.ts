@@ -120,6 +120,9 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
   };
   const queue = <K extends JobKind>(kind: K): KindQueue<K> => queues[kind]();
   const queueEvents = new Map<JobKind, QueueEvents>();
+  // BullMQ does not close a connection it was handed: these are ours to quit (else the process
+  // cannot exit after close()).
+  const eventConnections: Redis[] = [];
   let dlq: DeadLetterQueue | undefined;
   const deadLetter = () => (dlq ??= openDeadLetterQueue(at));
 
@@ -148,7 +151,9 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
   const waitFor = async <K extends JobKind>(kind: K, jobId: string, timeoutMs = 10 * 60_000): Promise<Result<K>> => {
     let qe = queueEvents.get(kind);
     if (!qe) {
-      qe = new QueueEvents(kind, { connection: connection.duplicate({ maxRetriesPerRequest: null }), prefix: config.prefix });
+      const blocking = connection.duplicate({ maxRetriesPerRequest: null });
+      eventConnections.push(blocking);
+      qe = new QueueEvents(kind, { connection: blocking, prefix: config.prefix });
       queueEvents.set(kind, qe);
       await qe.waitUntilReady();
     }
@@ -219,6 +224,7 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     waitFor,
     async close() {
       await Promise.all([...queueEvents.values()].map((qe) => qe.close()));
+      await Promise.all(eventConnections.map((c) => c.quit().catch(() => c.disconnect())));
       await Promise.all([...opened, ...(dlq ? [dlq] : [])].map((q) => q.close()));
       if (!options.connection) await connection.quit().catch(() => connection.disconnect());
     },
