@@ -18,6 +18,8 @@ export const ERROR_CODES = {
   STOWAGE_ERR_STORE: { exit: 1, http: 502 },
   /** A bounded resource is full (open event streams): try again later. */
   STOWAGE_ERR_BUSY: { exit: 1, http: 503 },
+  /** Redis, Postgres or the store did not answer (sysexits EX_UNAVAILABLE). */
+  STOWAGE_ERR_UNREACHABLE: { exit: 69, http: 503 },
   STOWAGE_ERR_INTERNAL: { exit: 1, http: 500 },
 } as const satisfies Record<string, { exit: number; http: number }>;
 

@@ -10,7 +10,15 @@ import { migrate } from '../db/migrate.js';
 import { codeOf, ERROR_CODES, StowageError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { createProducer } from '../producers/index.js';
-import { createEventStream, createRedis, isJobKind, JOB_KINDS, type DomainEvent, type PayloadInput } from '../queues/index.js';
+import {
+  assertRedisReachable,
+  createEventStream,
+  createRedis,
+  isJobKind,
+  JOB_KINDS,
+  type DomainEvent,
+  type PayloadInput,
+} from '../queues/index.js';
 import { DeadLetter, type RedriveSelector } from '../queues/dead-letter.js';
 import { registerBackupCommands } from './commands/backup.js';
 import { registerFailureCommands } from './commands/failures.js';
@@ -78,6 +86,11 @@ export function buildProgram(): Command {
     .version(VERSION)
     .showHelpAfterError(false)
     .configureOutput({ outputError: (str, write) => write(`stowage: ${str.replace(/^error: /, '').trim()}\n`) });
+  // One-shot commands that talk to Redis check it first: one line and a non-zero exit within a few
+  // seconds instead of ioredis's reconnect loop (the long-lived roles keep retrying instead).
+  program.hook('preAction', async (_program, action) => {
+    if (NEEDS_REDIS.has(commandPath(action))) await assertRedisReachable(config().redisUrl);
+  });
 
   program
     .command('dev')
@@ -318,6 +331,15 @@ export function buildProgram(): Command {
 
   for (const cmd of [program, ...allCommands(program)]) cmd.exitOverride();
   return program;
+}
+
+/** Commands that need Redis before they can do anything (see the preAction hook). */
+const NEEDS_REDIS = new Set(['dev', 'enqueue', 'events', 'dlq list', 'dlq redrive', 'dlq purge', 'backup now']);
+
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
 }
 
 function allCommands(cmd: Command): Command[] {

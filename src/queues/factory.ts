@@ -73,9 +73,13 @@ export function createQueue<Data = unknown, Res = unknown>(
   at: QueueConnection,
   defaultJobOptions?: DefaultJobOptions,
 ): TypedQueue<Data, Res> {
-  return new Queue<Data, Res, string, Data, Res, string>(name, {
+  const queue = new Queue<Data, Res, string, Data, Res, string>(name, {
     connection: at.connection,
     prefix: at.prefix,
     ...(defaultJobOptions ? { defaultJobOptions } : {}),
   });
+  // A queue re-emits its connection's errors; with no listener BullMQ prints each one's stack. The
+  // connection reports an outage once (connection.ts); a command's own error reaches its caller.
+  queue.on('error', () => {});
+  return queue;
 }

@@ -28,6 +28,7 @@ import type { Metrics } from '../observability/metrics.js';
 import {
   createEventStream,
   createRedis,
+  isConnectionError,
   parsePayload,
   type EventStream,
   type JobKind,
@@ -88,7 +89,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   if (missing.length) throw new PermanentError(`no processor for kind(s): ${missing.join(', ')}`, { code: 'STOWAGE_ERR_USAGE' });
 
   // One connection for Stowage's own commands; each Worker duplicates it for its blocking reads.
-  const connection: Redis = createRedis(config.redisUrl, { connectionName: `stowage:${workerId}` });
+  const connection: Redis = createRedis(config.redisUrl, { connectionName: `stowage:${workerId}`, log: logger });
   const events = createEventStream(connection, config.prefix, config.events.maxLen);
   // Receipts wait through a Postgres outage (the writer retries with backoff); warn once per outage.
   let receiptsWaiting = false;
@@ -247,7 +248,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
         logger.warn({ err: e, queue: kind, jobId: job.id, error: err.message }, 'park failed; the sweep will retry'),
       );
     });
-    worker.on('error', (err) => logger.error({ err, queue: kind }, 'worker error'));
+    worker.on('error', (err) => isConnectionError(err) || logger.error({ err, queue: kind }, 'worker error'));
     worker.on('stalled', (jobId) => logger.warn({ queue: kind, jobId }, 'job stalled: its worker stopped renewing the lock'));
     workers.push(worker);
   }
@@ -265,7 +266,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       },
       { connection: connection.duplicate(), prefix: config.prefix, concurrency: 1, name: workerId },
     );
-    worker.on('error', (err) => logger.error({ err, queue: MAINTENANCE_QUEUE }, 'worker error'));
+    worker.on('error', (err) => isConnectionError(err) || logger.error({ err, queue: MAINTENANCE_QUEUE }, 'worker error'));
     workers.push(worker);
   }
 
