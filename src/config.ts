@@ -355,8 +355,11 @@ export const ENV_NAMES: readonly string[] = ['STOWAGE_CONFIG', ...ENV_VARS.flatM
 
 /** Prefixes of the variables Stowage owns: an unknown one is most likely a misspelling. */
 const OWN_PREFIXES = /^(STOWAGE|R2|AGG|FAILURE)_/;
-/** The project's tooling reads these, not the configuration (tests, scripts/node24.sh). */
-const TOOLING_VARIABLES = new Set(['STOWAGE_SLOW_TESTS', 'STOWAGE_NODE_VERSION']);
+/**
+ * Read by the project's tooling, not the configuration (tests, scripts/node24.sh), or by a client
+ * of the HTTP API (`stowage dev`'s env block: STOWAGE_URL and STOWAGE_TOKEN for curl).
+ */
+const TOOLING_VARIABLES = new Set(['STOWAGE_SLOW_TESTS', 'STOWAGE_NODE_VERSION', 'STOWAGE_URL', 'STOWAGE_TOKEN']);
 
 /** Edit distance (insert, delete, substitute), for suggesting the name a misspelling meant. */
 function distance(a: string, b: string): number {
