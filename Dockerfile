@@ -2,7 +2,8 @@
 # One image for every role: `worker`, `scheduler`, `http`, `migrate` (the command picks it):
 #   docker run stowage worker --metrics-port 9464 | scheduler | http | migrate
 # Build stage: dev dependencies, TypeScript build, then `npm prune --omit=dev`; the run stage
-# copies only the pruned node_modules and dist/, so no dev dependency reaches it.
+# copies only the pruned node_modules and dist/, so no dev dependency reaches it (nor s3rver, the
+# optional embedded store of `stowage dev`).
 
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
@@ -10,7 +11,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npm run build && npm prune --omit=dev
+RUN npm run build && npm prune --omit=dev --omit=optional
 
 FROM node:24-bookworm-slim AS run
 # HTTP_HOST=0.0.0.0: the http role is reached from outside the container, so it refuses to start

@@ -63,6 +63,7 @@ export async function runDev(opts: { port: number; s3Port: number; samples: bool
   });
   const logger = createLogger({ level: config.logLevel });
   const closables: Closable[] = [];
+  let httpPort = 0;
   const db = createDb(config);
   try {
     const applied = await migrate(config);
@@ -72,7 +73,7 @@ export async function runDev(opts: { port: number; s3Port: number; samples: bool
     closables.push(await startScheduler(config, logger));
     const http = await startHttpRole(config, logger, { metrics, db });
     closables.push(http);
-    process.stdout.write(await banner(config, http.port, s3 ? join(dataDir, 's3') : undefined));
+    httpPort = http.port;
   } catch (err) {
     for (const c of closables.reverse()) await c.close().catch(() => {});
     await db.close();
@@ -80,18 +81,18 @@ export async function runDev(opts: { port: number; s3Port: number; samples: bool
     throw err;
   }
 
-  if (opts.samples) await enqueueSamples(config, dataDir, logger);
-
-  await runUntilSignal(
-    async () => ({
+  await runUntilSignal(async () => {
+    // Printed once the signal handlers are in place: Ctrl-C right after the banner stops cleanly.
+    process.stdout.write(await banner(config, httpPort, s3 ? join(dataDir, 's3') : undefined));
+    if (opts.samples) await enqueueSamples(config, dataDir, logger);
+    return {
       async close() {
         for (const c of closables.reverse()) await c.close();
         await db.close();
         await s3?.close();
       },
-    }),
-    logger,
-  );
+    };
+  }, logger);
 }
 
 /** s3rver is an optional dependency: a production install may leave it out (npm ci --omit=optional). */

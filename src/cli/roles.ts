@@ -101,25 +101,36 @@ export async function startSchedulerRole(config: Config, logger: Logger): Promis
   return startScheduler(config, logger);
 }
 
-/** Run a long-lived role until SIGTERM/SIGINT, then close it; a second signal exits at once. */
+/**
+ * Run a long-lived role until SIGTERM/SIGINT, then close it; a second signal exits at once. The
+ * handlers are in place before `start` runs, so a signal during start-up closes the role once it is up.
+ */
 export async function runUntilSignal(start: () => Promise<Closable>, log: Logger): Promise<void> {
-  const role = await start();
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        log.warn({ signal }, 'second signal: exiting now');
-        process.exit(130);
-      }
-      stopping = true;
-      log.info({ signal }, 'shutting down');
-      role.close().then(resolve, (err: unknown) => {
-        log.error({ err }, 'shutdown failed');
-        process.exitCode = 1;
-        resolve();
-      });
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
+  let signalled: NodeJS.Signals | undefined;
+  let stopping = false;
+  let role: Closable | undefined;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  const stop = (signal: NodeJS.Signals) => {
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    role!.close().then(done, (err: unknown) => {
+      log.error({ err }, 'shutdown failed');
+      process.exitCode = 1;
+      done();
+    });
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping || signalled) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(130);
+    }
+    if (role) stop(signal);
+    else signalled = signal;
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  role = await start();
+  if (signalled) stop(signalled);
+  await finished;
 }

@@ -3,6 +3,7 @@
  * README's "Using it from a service" code run there as a child process (Node 24 runs the
  * TypeScript as is) against this file's workers, Redis prefix and radosgw bucket. It must print
  * both results and exit on its own (an open Redis socket after close() used to keep it alive).
+ * The installed `stowage` command runs too (`--help`).
  */
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -15,7 +16,7 @@ import type { Db } from '../../src/db/pool.js';
 import { PROCESSORS } from '../../src/workers/processors.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
-import { isolate, REDIS_URL } from '../helpers/isolation.js';
+import { DATABASE_URL, isolate, REDIS_URL } from '../helpers/isolation.js';
 import { startS3, storageConfig, type TestS3 } from '../helpers/s3.js';
 
 const run = promisify(execFile);
@@ -81,5 +82,15 @@ describe('the README example, from the packed package', () => {
       sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
     });
     expect(stored).toMatchObject({ op: 'records', format: 'jsonl', record_count: 1, key: expect.stringMatching(/^finance\/u_123\//) });
+  });
+});
+
+describe('the installed stowage command', () => {
+  const app = () => join(work, 'app');
+  const env = () => ({ PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL, DATABASE_URL, npm_config_yes: 'false' });
+
+  it('npx stowage --help lists the commands', async () => {
+    const { stdout } = await run('npx', ['--no-install', 'stowage', '--help'], { cwd: app(), env: env(), timeout: 30_000 });
+    for (const cmd of ['dev', 'worker', 'enqueue', 'dlq', 'backup']) expect(stdout).toMatch(new RegExp(`^  ${cmd}\\b`, 'm'));
   });
 });
