@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { Config } from '../config.js';
+import { PermanentError } from '../errors.js';
 import { listBackups } from '../db/backups.js';
 import type { Db } from '../db/pool.js';
 import type { Logger } from '../observability/logger.js';
@@ -24,7 +25,8 @@ export type DrillResult = Omit<Extract<BackupResult, { status: 'drilled' }>, 'st
 /**
  * A restore drill: the newest completed backup of `set` is staged (archive checksum, per-file
  * checksums, integrity_check, foreign_key_check, pg_restore --list), applied into a scratch folder
- * and scratch PostgreSQL databases, and checked again there (integrity_check; tables readable).
+ * and scratch PostgreSQL databases on the configured set's servers, and checked again there
+ * (integrity_check; tables readable).
  * Everything it creates is removed. Never throws for a failed drill: `ok` says.
  */
 export async function runRestoreDrill(
@@ -50,7 +52,15 @@ export async function runRestoreDrill(
       toDir: scratch,
       pgDatabase: `stowage_drill_${randomBytes(4).toString('hex')}`,
     });
-    for (const d of pending.postgres ?? []) urls.set(d.name, pgUrl(d.name) ?? d.source);
+    for (const d of pending.postgres ?? []) {
+      // Only a configured server: the archive's recorded source never receives the password.
+      const url = pgUrl(d.name);
+      if (!url)
+        throw new PermanentError(
+          `restore refused: postgres ${d.name}: set ${set} has no configured database of that name; a drill restores dumps only to a configured set's server`,
+        );
+      urls.set(d.name, url);
+    }
     applied = await applyRestore(stagingDir, { postgresUrl: (name) => urls.get(name) });
     for (const d of applied.databases) {
       const problems = quickCheck(d.target, 'integrity_check');

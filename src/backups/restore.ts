@@ -3,11 +3,17 @@
  * safety copy).
  *
  * Stage (`stageRestore`): download the archive into a staging folder on the target filesystem,
- * check its SHA-256 against the `<key>.sha256` sidecar, unpack it entry by entry refusing anything
- * that is not a plain file with a bare name declared in backup-metadata.json at the declared size
- * (so `../x`, `/abs`, links and oversized entries never reach the disk), check every file's
- * checksum, run `PRAGMA integrity_check` and `foreign_key_check` on each database, then write the
+ * check its SHA-256 against the `<key>.sha256` sidecar, validate every field of
+ * backup-metadata.json (archive.ts `backupMetadataSchema`: the set-name rule, engines, sizes,
+ * checksums, time, sources without passwords), unpack it entry by entry refusing anything that is
+ * not a plain file with a bare name declared in the metadata at the declared size (so `../x`,
+ * `/abs`, links and oversized entries never reach the disk), check every file's checksum, run
+ * `PRAGMA integrity_check` and `foreign_key_check` on each database, then write the
  * `.pending-restore` flag. Any refusal removes the staging folder.
+ *
+ * The archive chooses no destination: SQLite files go to `toDir` or to the configured set's paths,
+ * PostgreSQL dumps to the server the operator or the configuration names at apply; the archive's
+ * `source_path` and `source` are informational.
  *
  * Apply (`applyRestore`, for `stowage backup apply-restore` or an application at start-up, with
  * the databases closed): for each database a consistent safety copy (`VACUUM INTO
@@ -30,9 +36,9 @@ import tar from 'tar-stream';
 import type { BackupDatabaseEntry } from '../db/backups.js';
 import { PermanentError, StowageError } from '../errors.js';
 import type { Storage } from '../storage/client.js';
-import { sha256SidecarKey } from '../storage/keys.js';
+import { BACKUP_KEY_PATTERN, sha256SidecarKey } from '../storage/keys.js';
 import { storeError } from '../storage/store-errors.js';
-import { BACKUP_METADATA_FILE, type BackupMetadata } from './archive.js';
+import { ARCHIVE_FILENAME, BACKUP_METADATA_FILE, backupMetadataSchema, type BackupMetadata } from './archive.js';
 import { postgresConnection, postgresUrlFor, runPgTool } from './postgres.js';
 import { quickCheck } from './snapshot.js';
 
@@ -57,12 +63,16 @@ export interface StageOptions {
   pgDatabase?: string;
   /** PostgreSQL: allow restoring over an existing database, the source included. */
   force?: boolean;
+  /**
+   * The caller's configured backup set of this backup's name, if it has one. Without `toDir`, SQLite
+   * files go only to its paths (by database name): the archive's `source_path` is what the archive
+   * says, not a target, so a backup of a set not configured here needs `toDir`.
+   */
+  configuredSet?: { name: string; sqlite: readonly { name: string; path: string }[] } | undefined;
 }
 
 const isPostgres = (d: Pick<BackupDatabaseEntry, 'kind'>) => d.kind === 'postgres';
 const PG_IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/;
-
-const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 
 function refuse(message: string): never {
   throw new PermanentError(`restore refused: ${message}`);
@@ -77,34 +87,65 @@ async function readBody(storage: Storage, key: string): Promise<NodeJS.ReadableS
   }
 }
 
-function parseMetadata(bytes: Buffer): BackupMetadata {
-  let m: BackupMetadata;
+/**
+ * The archive's metadata, every field checked (archive.ts `backupMetadataSchema`); any bad field is
+ * refused by name before anything is staged. A backup stored under a set's key must say that set.
+ */
+function parseMetadata(bytes: Buffer, key: string): BackupMetadata {
+  let raw: unknown;
   try {
-    m = JSON.parse(bytes.toString('utf8')) as BackupMetadata;
+    raw = JSON.parse(bytes.toString('utf8'));
   } catch {
     refuse(`${BACKUP_METADATA_FILE} is not JSON`);
   }
-  if (!m || typeof m.timestamp !== 'string' || !Array.isArray(m.databases) || m.databases.length === 0)
-    refuse(`${BACKUP_METADATA_FILE} is malformed`);
-  const seen = new Set<string>();
-  for (const d of m.databases) {
-    if (typeof d.filename !== 'string' || !SAFE_NAME.test(d.filename) || d.filename === BACKUP_METADATA_FILE)
-      refuse(`bad filename ${JSON.stringify(d.filename)}`);
-    if (seen.has(d.filename)) refuse(`duplicate filename ${d.filename}`);
-    seen.add(d.filename);
-    if (!Number.isSafeInteger(d.size_bytes) || d.size_bytes < 0) refuse(`bad size for ${d.filename}`);
-    if (typeof d.checksum !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(d.checksum)) refuse(`bad checksum for ${d.filename}`);
-    if (d.kind !== undefined && d.kind !== 'sqlite' && d.kind !== 'postgres') refuse(`bad kind for ${d.filename}`);
-    if (isPostgres(d)) {
-      if (typeof d.source !== 'string') refuse(`bad source for ${d.filename}`);
-    } else if (typeof d.source_path !== 'string' || !isAbsolute(d.source_path)) refuse(`bad source_path for ${d.filename}`);
+  const parsed = backupMetadataSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.length ? i.path.map(String).join('.') : '(metadata)'}: ${i.message}`);
+    refuse(`${BACKUP_METADATA_FILE}: ${issues.join('; ')}`);
   }
+  // JSON holds no `undefined`, so zod's `?: T | undefined` fields are the interface's `?: T`.
+  const m = parsed.data as BackupMetadata;
+  const keySet = BACKUP_KEY_PATTERN.exec(key)?.[1];
+  if (keySet !== undefined && keySet !== m.set)
+    refuse(`${BACKUP_METADATA_FILE}: set: says ${JSON.stringify(m.set)}, but the archive is stored as a backup of set ${keySet}`);
   return m;
 }
 
 /**
- * Stage a restore of `key`. Targets are each database's `source_path`, or `toDir/<filename>`.
- * Returns the staging folder (holding the flag) and the plan.
+ * Where each SQLite database of `metadata` goes: `toDir/<filename>`, else the configured set's path
+ * for it. Refuses when neither is there: the archive's own `source_path` never chooses a target.
+ */
+function sqliteTargets(metadata: BackupMetadata, options: StageOptions): Map<string, string> {
+  const targets = new Map<string, string>();
+  for (const d of metadata.databases.filter((x) => !isPostgres(x))) {
+    if (options.toDir) {
+      targets.set(d.filename, join(options.toDir, d.filename));
+      continue;
+    }
+    const set = options.configuredSet;
+    if (!set || set.name !== metadata.set)
+      refuse(`set ${metadata.set} is not configured here, so its archive's source paths are not restore targets; give --to DIR`);
+    const configured = set.sqlite.find((c) => c.name === d.name);
+    if (!configured) refuse(`set ${set.name} has no configured sqlite database named ${d.name}; give --to DIR`);
+    targets.set(d.filename, configured.path);
+  }
+  return targets;
+}
+
+/** A private folder directly under the temp folder (mkdtemp: 0700, unguessable), checked to be there. */
+async function privateTempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  if (dirname(dir) !== tmpdir()) {
+    await rm(dir, { recursive: true, force: true });
+    refuse(`temp folder ${JSON.stringify(prefix)} would not be directly under ${tmpdir()}`);
+  }
+  return dir;
+}
+
+/**
+ * Stage a restore of `key`. SQLite targets are `toDir/<filename>`, or the configured set's paths
+ * (`configuredSet`); never the archive's `source_path`. Returns the staging folder (holding the
+ * flag) and the plan.
  */
 export async function stageRestore(
   storage: Storage,
@@ -132,11 +173,13 @@ export async function stageRestore(
 
   // The staging folder sits next to the targets, so the swap is a rename on one filesystem. We
   // learn the targets from the metadata, so download first into a folder under toDir or, without
-  // it, under the first database's folder once known; the archive goes to a temp name meanwhile.
+  // it, under the first database's configured folder once known; the archive goes to a temp name meanwhile.
   const stagingParent = options.toDir;
-  const download = async (dir: string): Promise<string> => {
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(dir, { recursive: true });
+  const download = async (dir: string, fresh = true): Promise<string> => {
+    if (fresh) {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+    }
     const file = join(dir, 'archive.tar.gz');
     const hash = createHash('sha256');
     await pipeline(
@@ -156,16 +199,16 @@ export async function stageRestore(
 
   let stagingDir = stagingParent ? join(stagingParent, STAGING_DIR_NAME) : '';
   if (!stagingDir) {
-    // Peek the metadata from a verified download in the system temp folder, then stage for real.
-    const peekDir = join(tmpdir(), `stowage-restore-peek-${process.pid}-${Date.now()}`);
+    // Peek the metadata from a verified download in a private temp folder, then stage for real.
+    const peekDir = await privateTempDir('stowage-restore-peek-');
     try {
-      const archive = await download(peekDir);
-      const metadata = await readMetadataOnly(archive);
-      const dirs = new Set(metadata.databases.filter((d) => !isPostgres(d)).map((d) => dirname(d.source_path!)));
+      const archive = await download(peekDir, false);
+      const metadata = await readMetadataOnly(archive, key);
+      const dirs = new Set([...sqliteTargets(metadata, options).values()].map((t) => dirname(t)));
       if (dirs.size > 1) refuse('databases live in several folders; restore with --to DIR');
       // PostgreSQL dumps only: nothing lands next to a live file, so stage in a private temp
-      // folder (mkdtemp: 0700, unguessable; apply-restore finds it by its prefix).
-      stagingDir = join(dirs.size ? [...dirs][0]! : await mkdtemp(join(tmpdir(), `stowage-restore-${metadata.set}-`)), STAGING_DIR_NAME);
+      // folder (apply-restore finds it by its prefix). The set name passed the set-name rule.
+      stagingDir = join(dirs.size ? [...dirs][0]! : await privateTempDir(`stowage-restore-${metadata.set}-`), STAGING_DIR_NAME);
     } finally {
       await rm(peekDir, { recursive: true, force: true });
     }
@@ -173,15 +216,12 @@ export async function stageRestore(
 
   try {
     const archive = await download(stagingDir);
-    const metadata = await extract(archive, stagingDir);
+    const metadata = await extract(archive, stagingDir, key);
     await rm(archive, { force: true });
+    const targets = sqliteTargets(metadata, options);
     const databases = metadata.databases
       .filter((d) => !isPostgres(d))
-      .map((d) => ({
-        name: d.name,
-        staged: join(stagingDir, d.filename),
-        target: options.toDir ? join(options.toDir, d.filename) : d.source_path!,
-      }));
+      .map((d) => ({ name: d.name, staged: join(stagingDir, d.filename), target: targets.get(d.filename)! }));
     const dumps = metadata.databases.filter(isPostgres);
     const stamp = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14);
     const postgres = dumps.map((d) => {
@@ -263,7 +303,7 @@ async function readMetadataEntry(entry: AsyncIterable<unknown> & { header: { siz
 }
 
 /** Read and validate only the first entry (the metadata) of an archive. */
-async function readMetadataOnly(archive: string): Promise<BackupMetadata> {
+async function readMetadataOnly(archive: string, key: string): Promise<BackupMetadata> {
   const ex = tar.extract();
   const source = createReadStream(archive).pipe(createGunzip());
   source.pipe(ex);
@@ -271,7 +311,7 @@ async function readMetadataOnly(archive: string): Promise<BackupMetadata> {
     for await (const entry of ex) {
       if (entry.header.name !== BACKUP_METADATA_FILE || entry.header.type !== 'file')
         refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
-      return parseMetadata(await readMetadataEntry(entry));
+      return parseMetadata(await readMetadataEntry(entry), key);
     }
     refuse('empty archive');
   } finally {
@@ -281,7 +321,7 @@ async function readMetadataOnly(archive: string): Promise<BackupMetadata> {
 }
 
 /** Unpack into `dir`, refusing hostile entries before writing them; checks each file's checksum. */
-async function extract(archive: string, dir: string): Promise<BackupMetadata> {
+async function extract(archive: string, dir: string, key: string): Promise<BackupMetadata> {
   const ex = tar.extract();
   const source = createReadStream(archive).pipe(createGunzip());
   source.on('error', (err) => ex.destroy(err));
@@ -292,11 +332,11 @@ async function extract(archive: string, dir: string): Promise<BackupMetadata> {
     for await (const entry of ex) {
       const { name, type, size } = entry.header;
       if (type !== 'file') refuse(`entry ${JSON.stringify(name)} is a ${type}, not a file`);
-      if (isAbsolute(name) || name.split(/[/\\]/).includes('..') || !SAFE_NAME.test(name))
+      if (isAbsolute(name) || name.split(/[/\\]/).includes('..') || !ARCHIVE_FILENAME.test(name))
         refuse(`entry name ${JSON.stringify(name)} is not a bare file name`);
       if (!metadata) {
         if (name !== BACKUP_METADATA_FILE) refuse(`the first entry must be ${BACKUP_METADATA_FILE}`);
-        metadata = parseMetadata(await readMetadataEntry(entry));
+        metadata = parseMetadata(await readMetadataEntry(entry), key);
         continue;
       }
       const declared = metadata.databases.find((d) => d.filename === name);
@@ -355,8 +395,10 @@ export interface ApplyOptions {
   afterSwap?: (name: string) => void | Promise<void>;
   /**
    * The server a PostgreSQL dump is restored to, by database name in the backup: a URL (its
-   * database is only used to connect; a password in it goes to PGPASSWORD). Default: the dump's
-   * recorded source, which has no password (libpq then uses PGPASSWORD or ~/.pgpass).
+   * database is only used to connect; a password in it goes to PGPASSWORD; without one libpq uses
+   * PGPASSWORD or ~/.pgpass). Required for every dump: the operator or the configuration names the
+   * server, never the archive (its recorded `source` is informational), so a password is never
+   * sent to a server an archive chose.
    */
   postgresUrl?: (name: string) => string | undefined;
 }
@@ -459,11 +501,23 @@ export async function applyRestore(stagingDir: string, options: ApplyOptions = {
     .replace(/\.\d{3}Z$/, 'Z');
   const done: { name: string; target: string; safetyCopy: string | null }[] = [];
   const restored: { name: string; database: string; created: boolean; url: string }[] = [];
+  // Every dump's server is known before anything changes.
+  const servers = new Map<string, string>();
+  for (const d of pending.postgres ?? []) {
+    const url = options.postgresUrl?.(d.name);
+    if (!url)
+      refuse(
+        `postgres ${d.name}: no server to restore to. The backup's set is not configured here, so name the server: ` +
+          `stowage backup apply-restore --pg-url postgres://user@host:port/db (password in PGPASSWORD). ` +
+          `The archive's recorded source ${d.source} is informational and never connected to`,
+      );
+    servers.set(d.name, url);
+  }
   try {
     for (const d of pending.postgres ?? []) {
       if (d.targetDatabase === d.sourceDatabase && !d.force)
         refuse(`${d.name}: would restore over the source database ${d.sourceDatabase}`);
-      const url = options.postgresUrl?.(d.name) ?? d.source;
+      const url = servers.get(d.name)!;
       const created = await restorePostgres(d.staged, url, d.targetDatabase, { force: d.force });
       restored.push({ name: d.name, database: d.targetDatabase, created, url });
     }

@@ -5,6 +5,7 @@
  * | -------------------------------------- | ------------------------------------------------------ |
  * | GET    /api/backups                    | ?set: name, set, age, size… newest first               |
  * | POST   /api/backups/now                | {set} or {name, sqlite, postgres}: enqueue; 202 {jobId} |
+ * |                                        | (a postgres URL with a password: 400, see payloads.ts)  |
  * | GET    /api/backups/:name/download     | the archive, streamed (x-checksum-sha256 header)       |
  * | DELETE /api/backups/:name              | archive and sidecar removed, row marked deleted        |
  * | POST   /api/backups/test-connection    | put/head/get/list/delete a probe; 200 ok, 502 failed   |
@@ -18,6 +19,7 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { Role } from '../auth/tokens.js';
+import type { Config } from '../config.js';
 import { deleteBackupObject, describeBackup, resolveBackup } from '../backups/catalog.js';
 import { cancelRestore, stageRestore } from '../backups/restore.js';
 import { listAllBackups, markBackupDeleted } from '../db/backups.js';
@@ -38,6 +40,8 @@ export interface BackupRoutesDeps {
   storage: () => Storage;
   producer: Producer;
   authenticate: (req: FastifyRequest) => Promise<{ userId: string; role: Role }>;
+  /** The configured backup sets: a restore without `to` puts SQLite files only at their paths. Absent: `to` is required. */
+  config?: Pick<Config, 'backupSets'>;
 }
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
@@ -54,7 +58,9 @@ const nameParams = jsonSchema(z.object({ name: z.string().describe('a backup nam
 const listSchema = { querystring: jsonSchema(listQuery), response: replies({ 200: z.object({ backups: z.array(z.looseObject({})) }) }) };
 const nowSchema = {
   // Documentation only: the producer validates against the backup payload schema (queues/payloads.ts).
-  body: jsonSchema(z.looseObject({}).describe('a backup payload: {set} or {name, sqlite, postgres}')),
+  body: jsonSchema(
+    z.looseObject({}).describe('a backup payload: {set} or {name, sqlite, postgres}; postgres URLs carry no password (400 if they do)'),
+  ),
   response: replies({ 202: z.object({ jobId: z.string(), kind: z.literal('backup'), created: z.boolean() }) }),
 };
 const downloadSchema = {
@@ -155,6 +161,7 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
     const storage = deps.storage();
     const row = await resolveBackup(deps.db, storage.bucket, req.params.name);
     const staged = await stageRestore(storage, row.key, {
+      configuredSet: deps.config?.backupSets.find((s) => s.name === row.set),
       ...(body.to ? { toDir: body.to } : {}),
       ...(body.pgDatabase ? { pgDatabase: body.pgDatabase } : {}),
       ...(body.force ? { force: true } : {}),

@@ -105,7 +105,7 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
     registerArtifactRoutes(api, { db: deps.db, storage: deps.storage, authenticate });
     registerFailureRoutes(api, { config, db: deps.db, redis: deps.redis, metrics: deps.metrics, logger: deps.logger, authenticate });
     registerRecordRoutes(api, { storage: deps.storage, producer: deps.producer, authenticate });
-    registerBackupRoutes(api, { db: deps.db, storage: deps.storage, producer: deps.producer, authenticate });
+    registerBackupRoutes(api, { db: deps.db, storage: deps.storage, producer: deps.producer, authenticate, config: deps.config });
   });
   app.register(boardRoutes, { prefix: BOARD_PATH, queues });
 

@@ -114,14 +114,50 @@ export type JsonBlobResult = {
   url?: string;
 };
 
+/** Query parameters libpq reads a secret from. */
+const SECRET_PARAMS = new Set(['password', 'sslpassword']);
+
+/**
+ * A `postgres://` (or `postgresql://`) URL that carries no password, neither as `user:password@`
+ * nor as a `?password=` / `?sslpassword=` parameter. `passwordMessage` says what to do instead
+ * where one is refused (job payloads, backup metadata). The URL is never echoed in a message.
+ */
+export function postgresUrlWithoutPassword(passwordMessage: string) {
+  return z
+    .string()
+    .min(1, 'must not be empty')
+    .max(4096, 'at most 4096 characters')
+    .superRefine((s, ctx) => {
+      let u: URL;
+      try {
+        u = new URL(s);
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'is not a URL; expected postgres://user@host:port/database' });
+        return;
+      }
+      if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:')
+        ctx.addIssue({ code: 'custom', message: `must start with postgres:// or postgresql:// (got ${u.protocol}//)` });
+      else if (u.password || [...u.searchParams.keys()].some((k) => SECRET_PARAMS.has(k.toLowerCase())))
+        ctx.addIssue({ code: 'custom', message: passwordMessage });
+    });
+}
+
+/**
+ * Why an ad hoc URL may not hold its password: a payload is kept in Redis, shown on the board and,
+ * once parked, in dead letters that never expire. libpq on the worker finds it instead.
+ */
+export const AD_HOC_PASSWORD_MESSAGE =
+  'carries a password, and a job payload is stored in Redis and shown on the board and in dead letters: remove it from the URL ' +
+  'and give it to the workers in PGPASSWORD or a ~/.pgpass (PGPASSFILE) entry, or back the database up as a configured set (backupSets)';
+
 const sqliteSource = z.strictObject({ name: safeId, path: absolutePath });
-const postgresSource = z.strictObject({ name: safeId, url: z.string().min(1) });
+const postgresSource = z.strictObject({ name: safeId, url: postgresUrlWithoutPassword(AD_HOC_PASSWORD_MESSAGE) });
 
 export const backupPayload = z
   .strictObject({
     /** A backup set from the config file. */
     set: safeId.optional(),
-    /** An ad hoc set: its name and databases. */
+    /** An ad hoc set: its name and databases (PostgreSQL URLs without a password: see AD_HOC_PASSWORD_MESSAGE). */
     name: safeId.optional(),
     sqlite: z.array(sqliteSource).optional(),
     postgres: z.array(postgresSource).optional(),

@@ -424,6 +424,8 @@ describe('hostile input: backup archives at restore', () => {
   const metadata = (files: { filename: string; body: Buffer; size?: number }[]) =>
     Buffer.from(
       JSON.stringify({
+        version: '1',
+        stowage_version: '0.1.0',
         set: 'evil',
         timestamp: new Date().toISOString(),
         databases: files.map((f) => ({

@@ -2,19 +2,27 @@
  * `stowage backup …` as an operator runs it (a separate process, async spawn: s3rver lives in this
  * process), against real Redis, Postgres, s3rver and a worker running the backup processor here.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:net';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBackupArchive, fileChecksum, fileSize } from '../../src/backups/archive.js';
+import { dumpPostgres } from '../../src/backups/postgres.js';
 import type { Config } from '../../src/config.js';
+import { markBackupDeleted, recordBackup } from '../../src/db/backups.js';
 import type { Db } from '../../src/db/pool.js';
+import { createStorage } from '../../src/storage/client.js';
+import { backupKey, backupName } from '../../src/storage/keys.js';
+import { uploadStream } from '../../src/storage/upload.js';
 import { backup } from '../../src/workers/backup.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { migratedDb, startTestRuntime } from '../helpers/fleet.js';
 import { runCli } from '../helpers/cli.js';
-import { isolate } from '../helpers/isolation.js';
+import { DATABASE_URL, isolate } from '../helpers/isolation.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 import { closedPort } from '../http/harness.js';
 
@@ -112,6 +120,13 @@ describe('stowage backup', () => {
     expect(badPair.stderr).not.toContain('hunter2');
   });
 
+  it('now refuses an ad hoc --postgres URL with a password, naming the flag and the fix', async () => {
+    const res = await stowage(['backup', 'now', '--name', 'x', '--postgres', 'shop=postgres://u:hunter2@127.0.0.1:5432/shop']);
+    expect(res.code).toBe(64);
+    expect(res.stderr).toMatch(/^stowage: --postgres shop: the URL carries a password, .*PGPASSWORD .*configured set \(backupSets\)/);
+    expect(res.stderr).not.toContain('hunter2');
+  });
+
   it('list shows name, set, age and size, newest first; --json too', async () => {
     const [text, json] = await Promise.all([stowage(['backup', 'list']), stowage(['backup', 'list', '--json', '--set', 'app'])]);
     expect(text.code, text.stderr).toBe(0);
@@ -180,6 +195,95 @@ describe('stowage backup', () => {
     expect((await stowage(['backup', 'restore', names[1]!, '--to', to])).code).toBe(0);
     expect((await stowage(['backup', 'apply-restore', '--dir', to])).code).toBe(0);
     expect(rows(join(to, 'main.db'))).toEqual([{ v: 'a' }, { v: 'b' }]);
+  });
+
+  it("apply-restore of a set not configured here never connects to the archive's source; it restores to the server the operator names", async () => {
+    // A real dump of a scratch database, in an archive whose metadata names a server of its choosing.
+    const suffix = randomBytes(4).toString('hex');
+    const sourceDb = `stowage_clibk_${suffix}`;
+    const targetDb = `${sourceDb}_r`;
+    const admin = async (text: string, database?: string) => {
+      const u = new URL(DATABASE_URL);
+      if (database) u.pathname = `/${database}`;
+      const client = new pg.Client({ connectionString: u.toString() });
+      await client.connect();
+      try {
+        return (await client.query(text)).rows as Record<string, unknown>[];
+      } finally {
+        await client.end();
+      }
+    };
+    const connections: string[] = [];
+    const trap: Server = createServer((socket) => {
+      connections.push(String(socket.remoteAddress));
+      socket.destroy();
+    });
+    await new Promise<void>((resolve) => trap.listen(0, '127.0.0.1', resolve));
+    const trapPort = (trap.address() as { port: number }).port;
+    const storage = createStorage(config);
+    let row: number | undefined;
+    let stagingDir: string | undefined;
+    try {
+      await admin(`CREATE DATABASE ${sourceDb}`);
+      await admin("CREATE TABLE t (v text); INSERT INTO t VALUES ('from the dump')", sourceDb);
+      const source = new URL(DATABASE_URL);
+      source.pathname = `/${sourceDb}`;
+      const dump = join(work, 'rogue.pgdump');
+      await dumpPostgres(source.toString(), dump);
+      const size = await fileSize(dump);
+      const takenAt = new Date('2026-02-01T00:00:00Z');
+      const key = backupKey('rogue', takenAt);
+      const databases = [
+        {
+          name: 'shop',
+          filename: 'shop.pgdump',
+          size_bytes: size,
+          checksum: await fileChecksum(dump),
+          kind: 'postgres' as const,
+          source: `postgres://postgres@127.0.0.1:${trapPort}/${sourceDb}`,
+        },
+      ];
+      const body = createBackupArchive(
+        { timestamp: '2026-02-01T00:00:00Z', version: '1', stowage_version: '0.1.0', set: 'rogue', databases },
+        [{ filename: 'shop.pgdump', path: dump, size }],
+      );
+      const uploaded = await uploadStream(storage, { key, body });
+      row = await recordBackup(db, {
+        set: 'rogue',
+        bucket: s3.bucket,
+        key,
+        takenAt,
+        size: uploaded.size,
+        sha256: uploaded.sha256,
+        verified: true,
+        databases,
+        queue: null,
+        jobId: null,
+      });
+
+      const staged = await stowage(['backup', 'restore', backupName(key), '--pg-database', targetDb]);
+      expect(staged.code, staged.stderr).toBe(0);
+      stagingDir = /apply with: stowage backup apply-restore --dir (\S+)/.exec(staged.stdout)![1]!;
+
+      const refused = await stowage(['backup', 'apply-restore', '--dir', stagingDir]);
+      expect(connections).toEqual([]);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/postgres shop: no server to restore to\. .*--pg-url/);
+      expect(await admin(`SELECT 1 FROM pg_database WHERE datname = '${targetDb}'`)).toEqual([]);
+
+      const applied = await stowage(['backup', 'apply-restore', '--dir', stagingDir, '--pg-url', DATABASE_URL]);
+      expect(applied.code, applied.stderr).toBe(0);
+      expect(applied.stdout).toContain(`restored postgres shop into database ${targetDb} (created)`);
+      expect(await admin('SELECT v FROM t', targetDb)).toEqual([{ v: 'from the dump' }]);
+      expect(connections).toEqual([]);
+    } finally {
+      // Out of the listings the later tests count, and out of the temp folder apply-restore searches.
+      if (row !== undefined) await markBackupDeleted(db, row, 'test: crafted archive');
+      if (stagingDir) await rm(dirname(stagingDir), { recursive: true, force: true });
+      storage.close();
+      await new Promise<void>((resolve) => trap.close(() => resolve()));
+      for (const d of [targetDb, sourceDb]) await admin(`DROP DATABASE IF EXISTS ${d} WITH (FORCE)`).catch(() => {});
+    }
   });
 
   it('drill restores the newest backup into a scratch folder and verifies it; non-zero when it cannot', async () => {

@@ -2,21 +2,24 @@
  * /api/backups against real services (workers running the backup processor, radosgw, Postgres):
  * admin only (401 without a token, 403 for other roles), take two ad hoc-requested backups of one
  * set (never deduped), list, download (bytes match the recorded SHA-256), stage and cancel a
- * restore, test-connection, delete.
+ * restore, test-connection, delete. No password in a payload (issue 17, item 4): an ad hoc postgres
+ * URL with one is refused at enqueue, by the worker when an older producer wrote it, and the board
+ * shows such a payload redacted.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Job } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
 import { getBackupByKey } from '../../src/db/backups.js';
 import { buildServer } from '../../src/http/server.js';
 import { STAGING_DIR_NAME } from '../../src/backups/restore.js';
 import type { Runtime } from '../../src/workers/runtime.js';
 import { isolate } from '../helpers/isolation.js';
-import { harness, harnessRuntime, type Harness } from './harness.js';
+import { closedPort, harness, harnessRuntime, type Harness } from './harness.js';
 
 const iso = isolate('httpbackups');
 let h: Harness;
@@ -157,5 +160,69 @@ describe('/api/backups', () => {
     expect(row).toMatchObject({ status: 'deleted', deletedReason: 'deleted over HTTP by ops' });
     expect((await call('GET', `/api/backups/${older!.name}/download`, admin)).statusCode).toBe(404);
     expect(((await call('GET', '/api/backups', admin)).json() as { backups: unknown[] }).backups).toHaveLength(1);
+  });
+});
+
+describe('passwords in backup payloads', () => {
+  it('refuses an ad hoc postgres URL with a password: 400 naming the field and the fix, nothing enqueued', async () => {
+    const secret = 'Sup3rSecretPw';
+    for (const url of [`postgres://u:${secret}@127.0.0.1:5432/shop`, `postgres://u@127.0.0.1:5432/shop?password=${secret}`]) {
+      const res = await call('POST', '/api/backups/now', admin, { name: 'leaky', postgres: [{ name: 'shop', url }] });
+      expect(res.statusCode).toBe(400);
+      const { code, message } = res.json().error as { code: string; message: string };
+      expect(code).toBe('STOWAGE_ERR_INVALID_PAYLOAD');
+      expect(message).toMatch(/postgres\.0\.url: carries a password/);
+      expect(message).toMatch(/PGPASSWORD .*configured set \(backupSets\)/);
+      expect(res.body).not.toContain(secret);
+    }
+    const jobs = await h.queue('backup').getJobs(['waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized']);
+    expect(jobs.filter((j) => (j.data as { name?: string }).name === 'leaky')).toEqual([]);
+    expect(h.logLines.join('\n')).not.toContain(secret);
+  });
+
+  it("the worker refuses an older producer's payload with a password; the board shows such payloads redacted to a viewer", async () => {
+    const secret = 'Legacy0ldPw';
+    const port = await closedPort();
+    const legacy = { name: 'legacy', postgres: [{ name: 'shop', url: `postgres://u:${secret}@127.0.0.1:${port}/shop` }] };
+    const backups = h.queue('backup');
+    // Written straight to Redis, as an older producer did: nothing validated it on the way in.
+    await backups.add('backup', legacy, { jobId: 'legacy-now' });
+    await backups.add('backup', legacy, { jobId: 'legacy-later', delay: 3_600_000 });
+
+    let parked: Job | undefined;
+    await vi.waitFor(
+      async () => {
+        parked = (await h.queue('dead-letter').getJobs(['waiting'])).find((j) => j.data.originJobId === 'legacy-now');
+        if (!parked) throw new Error('not parked yet');
+      },
+      { timeout: 60_000, interval: 200 },
+    );
+    // Refused before pg_dump ran (permanent, first attempt), by field, without echoing the URL.
+    expect(parked!.data).toMatchObject({ reason: 'permanent', attemptsMade: 1, error: { name: 'ValidationError' } });
+    expect(parked!.data.error.message).toMatch(/postgres\.0\.url: carries a password/);
+    expect(parked!.data.error.message).not.toContain(secret);
+
+    const board = (url: string) => app.inject({ method: 'GET', url, headers: { authorization: `Bearer ${viewer}` } });
+    const redactedUrl = `postgres://u:[redacted]@127.0.0.1:${port}/shop`;
+    const list = await board('/admin/queues/api/queues?activeQueue=backup&status=delayed&page=1&jobsPerPage=50');
+    expect(list.statusCode).toBe(200);
+    expect(list.body).not.toContain(secret);
+    const listed = (list.json().queues as { name: string; jobs: { id: string; data: typeof legacy }[] }[]).find(
+      (q) => q.name === 'backup',
+    )!;
+    expect(listed.jobs.find((j) => j.id === 'legacy-later')?.data.postgres[0]?.url).toBe(redactedUrl);
+
+    const one = await board('/admin/queues/api/queues/backup/legacy-later');
+    expect(one.statusCode).toBe(200);
+    expect(one.body).not.toContain(secret);
+    expect((one.json().job as { data: typeof legacy }).data.postgres[0]!.url).toBe(redactedUrl);
+
+    const dead = await board('/admin/queues/api/queues?activeQueue=dead-letter&status=waiting&page=1&jobsPerPage=50');
+    expect(dead.statusCode).toBe(200);
+    expect(dead.body).not.toContain(secret);
+    const deadJobs = (dead.json().queues as { name: string; jobs: { data: { originJobId: string; payload: typeof legacy } }[] }[]).find(
+      (q) => q.name === 'dead-letter',
+    )!.jobs;
+    expect(deadJobs.find((j) => j.data.originJobId === 'legacy-now')?.data.payload.postgres[0]?.url).toBe(redactedUrl);
   });
 });

@@ -67,7 +67,11 @@ const admin = () => new URL(DATABASE_URL).pathname.slice(1) || 'postgres';
 function config(): Config {
   return iso.config({
     storage: { endpoint: s3.endpoint, bucket: s3.bucket, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    backupSets: [{ name: 'pgset', postgres: [{ name: 'shop', url: urlFor(SOURCE_DB) }] }],
+    backupSets: [
+      { name: 'pgset', postgres: [{ name: 'shop', url: urlFor(SOURCE_DB) }] },
+      // A configured set may carry a password (the payload names only the set); its database does not exist.
+      { name: 'gone', postgres: [{ name: 'x', url: urlFor(`stowage_bk_${suffix}_missing`) }] },
+    ],
   });
 }
 const deps = () => ({ config: config(), db, events, queue, storages });
@@ -208,12 +212,7 @@ describe('PostgreSQL backups', () => {
   });
 
   it('a database that cannot be dumped fails the job and names it without the password', async () => {
-    const err = await runProcessor(
-      'backup',
-      backup,
-      { name: 'gone', postgres: [{ name: 'x', url: urlFor(`stowage_bk_${suffix}_missing`) }] },
-      deps(),
-    ).then(
+    const err = await runProcessor('backup', backup, { set: 'gone' }, deps()).then(
       () => null,
       (e: unknown) => e as Error,
     );

@@ -363,8 +363,10 @@ describe('restore', () => {
     expect(await readdir(to)).not.toContain('main.db-wal');
   });
 
-  it('without --to, stages next to the source databases, targeting their source paths', async () => {
-    const { stagingDir, pending } = await stageRestore(storage, key);
+  it("without --to, stages next to the configured set's databases, targeting their paths", async () => {
+    const { stagingDir, pending } = await stageRestore(storage, key, {
+      configuredSet: env.config.backupSets.find((s) => s.name === 'app')!,
+    });
     try {
       expect(stagingDir).toBe(join(work, STAGING_DIR_NAME));
       expect(pending.databases.map((d) => d.target)).toEqual([appDb, otherDb]);

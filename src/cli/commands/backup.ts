@@ -32,7 +32,7 @@ import { createDb, type Db } from '../../db/pool.js';
 import { StowageError } from '../../errors.js';
 import { createLogger, type Logger } from '../../observability/logger.js';
 import { createProducer } from '../../producers/index.js';
-import type { PayloadInput } from '../../queues/index.js';
+import { AD_HOC_PASSWORD_MESSAGE, postgresUrlWithoutPassword, type PayloadInput } from '../../queues/index.js';
 import { createStorage, type Storage } from '../../storage/client.js';
 import { BACKUP_KEY_PATTERN, backupName } from '../../storage/keys.js';
 import { storeError } from '../../storage/store-errors.js';
@@ -90,9 +90,18 @@ function pairs(flag: string, field: 'path' | 'url') {
         'STOWAGE_ERR_USAGE',
         `${flag}: expected NAME=${field.toUpperCase()}, got "${field === 'url' ? value.replace(/:[^:@/]*@/, ':***@') : value}"`,
       );
-    return [...acc, { name: value.slice(0, i), [field]: value.slice(i + 1) }];
+    const name = value.slice(0, i);
+    const given = value.slice(i + 1);
+    if (field === 'url') {
+      // Refused here, by flag, before a payload (kept in Redis, shown on the board) could hold it.
+      const checked = adHocPostgresUrl.safeParse(given);
+      if (!checked.success) throw new StowageError('STOWAGE_ERR_USAGE', `${flag} ${name}: the URL ${checked.error.issues[0]!.message}`);
+    }
+    return [...acc, { name, [field]: given }];
   };
 }
+
+const adHocPostgresUrl = postgresUrlWithoutPassword(AD_HOC_PASSWORD_MESSAGE);
 
 function positive(flag: string) {
   return (value: string): number => {
@@ -154,7 +163,11 @@ export function registerBackupCommands(program: Command): void {
     .option('--set <name>', 'a backup set from the configuration')
     .option('--name <name>', 'an ad hoc set name')
     .option('--sqlite <name=path>', 'ad hoc: a SQLite database (repeatable)', pairs('--sqlite', 'path'))
-    .option('--postgres <name=url>', 'ad hoc: a PostgreSQL database URL (repeatable)', pairs('--postgres', 'url'))
+    .option(
+      '--postgres <name=url>',
+      'ad hoc: a PostgreSQL database URL without a password (repeatable; the workers take it from PGPASSWORD or ~/.pgpass)',
+      pairs('--postgres', 'url'),
+    )
     .option('--wait', 'wait for the job and print its result as JSON (exit 1 if it fails)')
     .option('--timeout <ms>', 'with --wait: give up after this many ms', positive('--timeout'), 30 * 60_000)
     .action(
@@ -341,14 +354,18 @@ export function registerBackupCommands(program: Command): void {
     .command('restore')
     .description('stage a restore: download, verify every checksum, integrity_check, unpack next to the targets, flag .pending-restore')
     .argument('<name>', 'backup name')
-    .option('--to <dir>', 'restore the SQLite files into this folder instead of their original paths')
+    .option(
+      '--to <dir>',
+      "restore the SQLite files into this folder instead of the configured set's paths (required for a set not configured here)",
+    )
     .option('--pg-database <name>', 'PostgreSQL: the new database to restore into (default <source>_restored_<stamp>)')
     .option('--force', 'PostgreSQL: allow restoring over an existing database, even the source')
     .action(async (name: string, opts: { to?: string; pgDatabase?: string; force?: boolean }) => {
-      await withDeps(async ({ db, storage }) => {
+      await withDeps(async ({ config, db, storage }) => {
         const s = storage();
         const row = await resolveBackup(db, s.bucket, name);
         const { stagingDir, pending } = await stageRestore(s, row.key, {
+          configuredSet: config.backupSets.find((set) => set.name === row.set),
           ...(opts.to ? { toDir: resolve(opts.to) } : {}),
           ...(opts.pgDatabase ? { pgDatabase: opts.pgDatabase } : {}),
           ...(opts.force ? { force: true } : {}),
@@ -362,7 +379,10 @@ export function registerBackupCommands(program: Command): void {
     .command('apply-restore')
     .description('apply a staged restore (stop the application first): safety copy, swap, quick_check; rolls back on failure')
     .option('--dir <dir>', 'the staging folder, or the folder holding it (default: found next to the configured databases)')
-    .option('--pg-url <url>', 'PostgreSQL: the server to restore to (default: the configured set, else the recorded source)')
+    .option(
+      '--pg-url <url>',
+      "PostgreSQL: the server to restore to (default: the configured set's; required for a set not configured here; the archive's source is never used)",
+    )
     .action(async (opts: { dir?: string; pgUrl?: string }) => {
       await withDeps(async ({ config }) => {
         const staging = await locateStaging(config, opts.dir, 'apply-restore');
