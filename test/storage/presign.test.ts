@@ -50,10 +50,11 @@ describe('presignDownload', () => {
   });
 
   it('stops working after it expires', async () => {
-    const { url } = await presignDownload(storage, { key, expiresInSeconds: 1 });
+    // 5 s, so the first fetch is inside the lifetime even on a loaded machine (1 s once lost that race).
+    const { url } = await presignDownload(storage, { key, expiresInSeconds: 5 });
     expect((await fetch(url)).status).toBe(200);
-    // X-Amz-Date has whole seconds, so the URL is dead at most ~2 s after signing.
-    await new Promise((r) => setTimeout(r, 2500));
+    // X-Amz-Date has whole seconds, so the URL is dead at most ~6 s after signing.
+    await new Promise((r) => setTimeout(r, 6500));
     const res = await fetch(url);
     expect(res.status).toBe(403);
     // radosgw says AccessDenied with no message; R2 and S3 say "Request has expired".
