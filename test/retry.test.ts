@@ -144,11 +144,16 @@ describe('retry', () => {
     const elapsed = Date.now() - started;
     expect(elapsed).toBeGreaterThanOrEqual(195);
     expect(elapsed).toBeLessThan(1_000);
-    // 45 four times, then what is left of the 200 ms (under 20), then one last try at the deadline.
-    expect(waits.slice(0, 4)).toEqual([45, 45, 45, 45]);
-    expect(waits).toHaveLength(5);
-    expect(waits[4]!).toBeLessThan(20);
-    expect(calls).toHaveLength(6);
+    // Full 45 ms waits (four on an idle machine, fewer if the event loop stalls), then one cut to what
+    // is left of the 200 ms, then one last try at the deadline. Timers may fire a millisecond early
+    // or late, so the cut wait is bounded, not pinned.
+    const last = waits.at(-1)!;
+    expect(waits.slice(0, -1).every((w) => w === 45)).toBe(true);
+    expect(waits.length).toBeGreaterThanOrEqual(2);
+    expect(waits.length).toBeLessThanOrEqual(5);
+    expect(last).toBeLessThanOrEqual(45);
+    expect(waits.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(200);
+    expect(calls).toHaveLength(waits.length + 1);
   });
 
   it('timeoutMs alone bounds it; attempts bound it before the deadline', async () => {
