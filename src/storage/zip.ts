@@ -7,9 +7,9 @@
  *
  * This file writes the archive: entry by entry in scan order, then the central directory. The
  * parts it drives live under zip/:
- * - scan.ts: the source walk and the symlink policy (scanSource, ZipSource);
+ * - scan.ts: the source walk and the link policy (scanSource, ZipSource);
  * - records.ts: ZIP record encoding (headers, descriptors, Zip64, end records);
- * - read.ts: reading one entry and the store-or-deflate policy;
+ * - read.ts: opening and reading one entry, and the store-or-deflate policy;
  * - read-ahead.ts: which small files are read and compressed ahead of the writer;
  * - thread-pool.ts + compress-thread.ts: the compression threads for many small files.
  *
@@ -19,7 +19,19 @@
  * header is complete (streaming readers reject stored entries with a descriptor). Already-
  * compressed formats (by extension) are stored. Anything else is deflated only if it shrinks:
  * small files by their real deflated size, large ones by deflating a 64 KiB probe.
+ *
+ * What is read is what the scan saw. O_NOFOLLOW alone guards only a path's last component, so
+ * every file is also checked on the descriptor it is then read from, before its header is
+ * written (compress-thread.ts's checkOpened): the device and inode the scan recorded, a path
+ * inside the source root, one link unless hard links are allowed. A file that fails is not
+ * written and is reported to `onSkip`: a folder swapped for a link to /etc after the scan yields
+ * no /etc file under any name. On Linux the path is the kernel's for the descriptor
+ * (/proc/self/fd), so no swap before or after the check fools it; elsewhere it is the path's
+ * realpath, and the device/inode check is what holds. The scan lists each folder through a
+ * descriptor checked the same way. A file that shrinks or vanishes after the scan fails the
+ * stream with a retryable error instead.
  */
+import type { FileHandle } from 'node:fs/promises';
 import { Readable, Transform, pipeline } from 'node:stream';
 import { crc32, createDeflateRaw } from 'node:zlib';
 import { PermanentError } from '../errors.js';
@@ -41,11 +53,19 @@ import {
   U32_MAX,
   type EntryRecord,
 } from './zip/records.js';
-import type { ZipEntry, ZipSource } from './zip/scan.js';
+import type { SkippedEntry, ZipEntry, ZipSource } from './zip/scan.js';
 import { CompressionPool, defaultThreads, useThreads } from './zip/thread-pool.js';
 
 export { isStoredExtension, READ_CHUNK_BYTES, STORED_EXTENSIONS } from './zip/read.js';
-export { scanSource, type SkippedEntry, type ZipEntry, type ZipEntryType, type ZipSource } from './zip/scan.js';
+export {
+  scanSource,
+  type ScanOptions,
+  type SkippedEntry,
+  type SkipReason,
+  type ZipEntry,
+  type ZipEntryType,
+  type ZipSource,
+} from './zip/scan.js';
 
 export interface ZipOptions {
   /** Deflate level for compressible entries (1-9). Default 4: within about 1 % of level 6's size on source text (bench/artifact), noticeably faster. */
@@ -61,6 +81,12 @@ export interface ZipOptions {
    * useThreads). 0 = all in this thread.
    */
   threads?: number;
+  /**
+   * Called, in archive order, for each file left out when it was opened: it was replaced since the
+   * scan (`changed-since-scan`), now resolves outside the source (`outside-root`), or gained a
+   * link (`hard-link`). Nothing of it is in the archive. What the scan left out is in `source.skipped`.
+   */
+  onSkip?: (skipped: SkippedEntry) => void;
 }
 
 /**
@@ -95,7 +121,7 @@ async function* generateZip(source: ZipSource, options: ZipOptions): AsyncGenera
   }
   const threads = options.threads ?? defaultThreads();
   const pool = threads > 0 && useThreads(smallFiles, smallBytes) ? new CompressionPool(threads, level) : null;
-  const readAhead = new ReadAhead(entries, level, pool);
+  const readAhead = new ReadAhead(entries, level, pool, source);
   let bytesRead = 0;
   const ctx: WriteContext = {
     level,
@@ -130,10 +156,20 @@ async function* generateZip(source: ZipSource, options: ZipOptions): AsyncGenera
       };
       let chunks: AsyncGenerator<Buffer>;
       if (isSmall(entry)) {
-        chunks = smallEntry(entry, record, await readAhead.take(i), ctx);
+        const prepared = await readAhead.take(i);
+        if ('skip' in prepared) {
+          options.onSkip?.({ name: entry.name, reason: prepared.skip });
+          continue;
+        }
+        chunks = smallEntry(entry, record, prepared, ctx);
       } else {
         readAhead.fill(i + 1); // small files after this one are read while it streams
-        chunks = largeEntry(entry, record, ctx);
+        const handle = await openFile(entry, source);
+        if ('skip' in handle) {
+          options.onSkip?.({ name: entry.name, reason: handle.skip });
+          continue;
+        }
+        chunks = largeEntry(entry, record, handle, ctx);
       }
       for await (const chunk of chunks) {
         offset += chunk.length;
@@ -161,7 +197,7 @@ async function* generateZip(source: ZipSource, options: ZipOptions): AsyncGenera
     }
   }
   if (batch.length) yield Buffer.concat(batch);
-  yield endRecords(entries.length, cdOffset, cdSize, forceZip64);
+  yield endRecords(central.length, cdOffset, cdSize, forceZip64);
 }
 
 /** A directory, link or small file, already read and compressed: header, then data. */
@@ -178,10 +214,9 @@ async function* smallEntry(entry: ZipEntry, record: EntryRecord, prepared: Prepa
   if (entry.type === 'file') ctx.progress(prepared.usize);
 }
 
-/** A large file, streamed in 1 MiB reads. Fills in `record` (CRC, sizes) as it goes. */
-async function* largeEntry(entry: ZipEntry, record: EntryRecord, ctx: WriteContext): AsyncGenerator<Buffer> {
+/** A large file (opened and checked), streamed in 1 MiB reads. Fills in `record` (CRC, sizes) as it goes. Closes `handle`. */
+async function* largeEntry(entry: ZipEntry, record: EntryRecord, handle: FileHandle, ctx: WriteContext): AsyncGenerator<Buffer> {
   const { level, signal } = ctx;
-  const handle = await openFile(entry);
   let handleOwned = true;
   try {
     record.method = await chooseMethod(entry, handle, level);

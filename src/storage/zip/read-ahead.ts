@@ -2,7 +2,7 @@
  * Read-ahead scheduling: which small entries are being read and compressed while earlier ones are
  * written, within bounds on entries and bytes, and how they are batched for the thread pool.
  */
-import { isSmall, isStoredExtension, prepareSmall, type Prepared } from './read.js';
+import { isSmall, isStoredExtension, prepareSmall, type Prepared, type ReadScope, type Skip } from './read.js';
 import type { ZipEntry } from './scan.js';
 import { fromWorker, type CompressionPool } from './thread-pool.js';
 
@@ -20,17 +20,19 @@ const BATCH_BYTES = 2 * 1024 * 1024;
  * pool). Large entries are skipped here; they stream when their turn comes.
  */
 export class ReadAhead {
-  private readonly pending = new Map<number, { promise: Promise<Prepared>; cost: number }>();
+  private readonly pending = new Map<number, { promise: Promise<Prepared | Skip>; cost: number }>();
   private cursor = 0;
   private inFlightBytes = 0;
   private readonly entries: ZipEntry[];
   private readonly level: number;
   private readonly pool: CompressionPool | null;
+  private readonly scope: ReadScope;
 
-  constructor(entries: ZipEntry[], level: number, pool: CompressionPool | null) {
+  constructor(entries: ZipEntry[], level: number, pool: CompressionPool | null, scope: ReadScope) {
     this.entries = entries;
     this.level = level;
     this.pool = pool;
+    this.scope = scope;
   }
 
   /** Start reading entries from `from` on, as far as the bounds allow. */
@@ -47,7 +49,14 @@ export class ReadAhead {
       batch = [];
       batchBytes = 0;
       const results = this.pool!.run(
-        items.map(({ entry }) => ({ path: entry.path, size: entry.size, stored: isStoredExtension(entry.name) })),
+        items.map(({ entry }) => ({
+          path: entry.path,
+          size: entry.size,
+          dev: entry.dev,
+          ino: entry.ino,
+          stored: isStoredExtension(entry.name),
+        })),
+        { root: this.scope.root, archiveHardLinks: this.scope.archiveHardLinks },
       );
       items.forEach(({ index, entry, cost }, j) =>
         this.hold(
@@ -71,15 +80,15 @@ export class ReadAhead {
         batchBytes += cost;
         if (batch.length >= BATCH_FILES || batchBytes >= BATCH_BYTES) flush();
       } else {
-        this.hold(this.cursor, prepareSmall(entry, this.level), cost);
+        this.hold(this.cursor, prepareSmall(entry, this.level, this.scope), cost);
       }
       this.cursor++;
     }
     flush();
   }
 
-  /** The prepared entry `index` (small entries only, taken in order). */
-  async take(index: number): Promise<Prepared> {
+  /** The prepared entry `index` (small entries only, taken in order), or why it is left out. */
+  async take(index: number): Promise<Prepared | Skip> {
     this.fill(index);
     const slot = this.pending.get(index)!;
     this.pending.delete(index);
@@ -91,7 +100,7 @@ export class ReadAhead {
     }
   }
 
-  private hold(index: number, promise: Promise<Prepared>, cost: number): void {
+  private hold(index: number, promise: Promise<Prepared | Skip>, cost: number): void {
     // Awaited in order by take(); this only keeps an early failure from being "unhandled".
     promise.catch(() => {});
     this.pending.set(index, { promise, cost });

@@ -2,18 +2,22 @@
  * Reading one entry's data in this thread, and the store-or-deflate policy: which files count as
  * small (read whole, compressed before their header is written) and which are deflated at all.
  *
- * Files are opened with O_NOFOLLOW and checked with fstat, so a file swapped for a link (or a
- * FIFO) after the scan is not read. A file that changes between the scan and the read fails with
- * a retryable error rather than producing a torn archive.
+ * Every file is opened with O_NOFOLLOW and O_NONBLOCK and then checked on its descriptor
+ * (compress-thread.ts's checkOpened): it must be the regular file the scan saw (device and
+ * inode), sit inside the source root, and have one link unless hard links are allowed. One that
+ * fails is left out and reported (a `Skip`), never read: that covers a file replaced after the
+ * scan, and a folder swapped for a link that leads outside. A file that shrinks, vanishes or
+ * changes content between the scan and the read fails with a retryable error rather than
+ * producing a torn archive.
  */
-import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { promisify } from 'node:util';
 import { crc32, deflateRaw } from 'node:zlib';
 import { StowageError } from '../../errors.js';
+import { checkOpened, OPEN_FLAGS, type SkipReason } from './compress-thread.js';
 import { DEFLATE, STORE } from './records.js';
-import { sourceError, type ZipEntry } from './scan.js';
+import { sourceError, type ZipEntry, type ZipSource } from './scan.js';
 
 /** Files up to this size are read whole and written without a data descriptor. */
 const SMALL_FILE_BYTES = 1024 * 1024;
@@ -94,26 +98,45 @@ export function changedError(entry: ZipEntry, detail: string): StowageError {
   return new StowageError('STOWAGE_ERR_INTERNAL', `${entry.name} changed while it was being archived (${detail})`);
 }
 
-/** Open a regular file without following a link and without blocking on a FIFO swapped in. */
-export async function openFile(entry: ZipEntry): Promise<FileHandle> {
+/** An entry left out at read time, and why. */
+export interface Skip {
+  skip: SkipReason;
+}
+
+/** What opened files are checked against besides their own entry: the scan's root and link policy. */
+export type ReadScope = Pick<ZipSource, 'root' | 'archiveHardLinks'>;
+
+/**
+ * Open the file the scan saw as `entry`, without following a link and without blocking on a FIFO
+ * swapped in; anything else found at its path is a Skip.
+ */
+export async function openFile(entry: ZipEntry, scope: ReadScope): Promise<FileHandle | Skip> {
   let handle: FileHandle;
   try {
-    handle = await open(entry.path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    handle = await open(entry.path, OPEN_FLAGS);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOENT') throw changedError(entry, code);
+    if (code === 'ELOOP') return { skip: 'changed-since-scan' }; // the last component is a link now
+    if (code === 'ENOENT') throw changedError(entry, code);
     throw sourceError(err, entry.path);
   }
-  const st = await handle.stat();
-  if (!st.isFile()) {
+  let skip: SkipReason | null;
+  try {
+    skip = checkOpened(handle.fd, entry.path, { dev: entry.dev, ino: entry.ino, ...scope });
+  } catch (err) {
     await handle.close();
-    throw changedError(entry, 'no longer a regular file');
+    throw err;
+  }
+  if (skip) {
+    await handle.close();
+    return { skip };
   }
   return handle;
 }
 
-async function readWhole(entry: ZipEntry): Promise<Buffer> {
-  const handle = await openFile(entry);
+async function readWhole(entry: ZipEntry, scope: ReadScope): Promise<Buffer | Skip> {
+  const handle = await openFile(entry, scope);
+  if ('skip' in handle) return handle;
   try {
     const buf = Buffer.allocUnsafe(entry.size);
     let filled = 0;
@@ -135,13 +158,14 @@ export interface Prepared {
   data: Buffer;
 }
 
-export async function prepareSmall(entry: ZipEntry, level: number): Promise<Prepared> {
+export async function prepareSmall(entry: ZipEntry, level: number, scope: ReadScope): Promise<Prepared | Skip> {
   if (entry.type === 'directory') return { method: STORE, crc: 0, usize: 0, data: EMPTY };
   if (entry.type === 'symlink') {
     const data = Buffer.from(entry.linkTarget ?? '', 'utf8');
     return { method: STORE, crc: crc32(data), usize: data.length, data };
   }
-  const raw = await readWhole(entry);
+  const raw = await readWhole(entry, scope);
+  if ('skip' in raw) return raw;
   const crc = crc32(raw);
   if (raw.length === 0 || isStoredExtension(entry.name)) return { method: STORE, crc, usize: raw.length, data: raw };
   const deflated = await deflateRawAsync(raw, { level });

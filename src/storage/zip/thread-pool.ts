@@ -9,8 +9,8 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type { WorkItem, WorkRequest, WorkResponse, WorkResult } from './compress-thread.js';
-import { changedError, MAX_DEFLATE_RATIO, type Prepared } from './read.js';
+import { THREAD_ROLE, type WorkItem, type WorkRequest, type WorkResponse, type WorkResult } from './compress-thread.js';
+import { changedError, MAX_DEFLATE_RATIO, type Prepared, type Skip } from './read.js';
 import { sourceError, type ZipEntry } from './scan.js';
 
 /**
@@ -43,7 +43,7 @@ export class CompressionPool {
   constructor(size: number, level: number) {
     this.level = level;
     for (let i = 0; i < size; i++) {
-      const slot = { worker: new Worker(THREAD_FILE), busy: 0 };
+      const slot = { worker: new Worker(THREAD_FILE, { workerData: THREAD_ROLE }), busy: 0 };
       slot.worker.on('message', (msg: WorkResponse) => {
         slot.busy--;
         const waiter = this.waiting.get(msg.id);
@@ -58,14 +58,15 @@ export class CompressionPool {
     }
   }
 
-  run(items: WorkItem[]): Promise<WorkResult[]> {
+  /** Prepare `items`, each checked against the scan's identity for it, `root` and the hard-link policy. */
+  run(items: WorkItem[], scope: { root: string; archiveHardLinks: boolean }): Promise<WorkResult[]> {
     if (this.failure) return Promise.reject(this.failure);
     const slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
     slot.busy++;
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      const request: WorkRequest = { id, items, level: this.level, maxRatio: MAX_DEFLATE_RATIO };
+      const request: WorkRequest = { id, items, ...scope, level: this.level, maxRatio: MAX_DEFLATE_RATIO };
       slot.worker.postMessage(request);
     });
   }
@@ -82,9 +83,10 @@ export class CompressionPool {
   }
 }
 
-export function fromWorker(entry: ZipEntry, r: WorkResult): Prepared {
+export function fromWorker(entry: ZipEntry, r: WorkResult): Prepared | Skip {
+  if ('skip' in r) return r;
   if ('code' in r) {
-    if (['ELOOP', 'ENOENT', 'ENOTREG', 'ESHORT'].includes(r.code)) throw changedError(entry, r.message);
+    if (['ENOENT', 'ESHORT'].includes(r.code)) throw changedError(entry, r.message);
     throw sourceError(Object.assign(new Error(r.message), { code: r.code }), entry.path);
   }
   return { method: r.method, crc: r.crc, usize: r.usize, data: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) };
