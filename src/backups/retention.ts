@@ -9,6 +9,7 @@
  * - `keepWithinDays` keeps every backup taken less than that many days before the newest backup
  *   (restic measures from the latest snapshot, not from now, so a stalled schedule deletes nothing
  *   more). 0 means keep forever.
+ * - A set that names no policy gets DEFAULT_RETENTION (seed 004): 90 days, and at least the 3 newest.
  * - The newest backup is never deleted, whatever the policy.
  * - A policy that keeps nothing (every rule absent or 0, and no keepWithinDays) is refused.
  */
@@ -38,6 +39,9 @@ export interface RetentionDecision<T extends RetentionCandidate = RetentionCandi
 }
 
 export const DEFAULT_KEEP_LAST = 3;
+export const DEFAULT_KEEP_WITHIN_DAYS = 90;
+/** A backup set's retention when its configuration names none (config.ts has the same default). */
+export const DEFAULT_RETENTION: Readonly<RetentionPolicy> = { keepLast: DEFAULT_KEEP_LAST, keepWithinDays: DEFAULT_KEEP_WITHIN_DAYS };
 
 /** Throws PermanentError on an empty or malformed policy. */
 export function validateRetentionPolicy(policy: RetentionPolicy): void {

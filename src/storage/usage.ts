@@ -1,7 +1,11 @@
 /**
  * Storage usage: bytes and objects per top-level prefix, the estimated monthly cost at R2 prices
- * (config.usage; free tier deducted), and the budget check (seed 001's cost alert). Also the gauge
- * `stowage_storage_bytes{prefix}`; its label is the top-level prefix, a small bounded set.
+ * (config.usage; free tier deducted), and the budget check (seed 001's cost alert). Also the gauges
+ * the scheduled cleanup job sets after each whole-bucket run (src/workers/cleanup.ts), so the cost
+ * can be alerted on (StorageMonthlyBudgetExceeded): `stowage_storage_bytes{prefix}` (the label is
+ * the top-level prefix, a small bounded set), the estimated monthly cost, when it was measured, and
+ * the configured budget. They are made on the first measurement, never before: a process that has
+ * measured nothing exports no cost (not a false 0) and no budget.
  */
 import { Gauge, type Registry } from 'prom-client';
 import type { Config } from '../config.js';
@@ -10,6 +14,9 @@ import { listObjects, type ListedObject } from './verify.js';
 
 const GB = 1024 ** 3;
 export const STORAGE_BYTES_METRIC = 'stowage_storage_bytes';
+export const STORAGE_COST_METRIC = 'stowage_storage_estimated_monthly_cost_usd';
+export const STORAGE_MEASURED_METRIC = 'stowage_storage_usage_timestamp_seconds';
+export const MONTHLY_BUDGET_METRIC = 'stowage_monthly_budget_usd';
 
 export interface PrefixUsage {
   /** `<segment>/` below the listed prefix, or `` for keys with no further `/`. */
@@ -101,21 +108,51 @@ export async function measureUsage(
   };
 }
 
-/** The `stowage_storage_bytes{prefix}` gauge in `registry` (created once per registry). */
-export function storageBytesGauge(registry: Registry): Gauge<'prefix'> {
-  const existing = registry.getSingleMetric(STORAGE_BYTES_METRIC);
-  if (existing) return existing as Gauge<'prefix'>;
-  return new Gauge({
-    name: STORAGE_BYTES_METRIC,
-    help: 'Bytes stored per top-level key prefix, as last measured by stowage usage or the cleanup job',
-    labelNames: ['prefix'],
-    registers: [registry],
-  });
+function gauge<L extends string>(registry: Registry, name: string, help: string, labelNames: L[] = []): Gauge<L> {
+  return (registry.getSingleMetric(name) as Gauge<L> | undefined) ?? new Gauge<L>({ name, help, labelNames, registers: [registry] });
 }
 
-/** Set the gauge from a report: one series per top-level prefix (old prefixes are dropped). */
-export function recordUsage(registry: Registry, report: Pick<UsageReport, 'prefixes'>): void {
-  const gauge = storageBytesGauge(registry);
-  gauge.reset();
-  for (const p of report.prefixes) gauge.set({ prefix: p.prefix }, p.bytes);
+/** The usage gauges, each made in `registry` on first use (a label-less gauge exports 0 once it exists). */
+const USAGE_GAUGES = {
+  bytes: (registry: Registry) =>
+    gauge(registry, STORAGE_BYTES_METRIC, 'Bytes stored per top-level key prefix, as last measured by the scheduled cleanup job', [
+      'prefix',
+    ]),
+  cost: (registry: Registry) =>
+    gauge(
+      registry,
+      STORAGE_COST_METRIC,
+      'Estimated monthly cost in USD of what is stored (and the configured expected operations), at the configured prices',
+    ),
+  measuredAt: (registry: Registry) =>
+    gauge(registry, STORAGE_MEASURED_METRIC, 'Unix time of the usage measurement the storage gauges hold'),
+  budget: (registry: Registry) =>
+    gauge(registry, MONTHLY_BUDGET_METRIC, 'The configured monthly budget in USD (STOWAGE_MONTHLY_BUDGET_USD); absent when none is set'),
+};
+
+/** The `stowage_storage_bytes{prefix}` gauge in `registry` (created once per registry). */
+export function storageBytesGauge(registry: Registry): Gauge<'prefix'> {
+  return USAGE_GAUGES.bytes(registry);
+}
+
+/** Registers every usage gauge in `registry`: for listing the names only (the deploy tests), never in a serving process. */
+export function registerUsageGauges(registry: Registry): void {
+  for (const make of Object.values(USAGE_GAUGES)) make(registry);
+}
+
+/**
+ * Set the gauges from a report: one `stowage_storage_bytes` series per top-level prefix (prefixes
+ * gone since the last measurement are dropped), the cost, the time, and the budget when one is set.
+ */
+export function recordUsage(
+  registry: Registry,
+  report: Pick<UsageReport, 'prefixes'> & Partial<Pick<UsageReport, 'cost' | 'budgetUsd'>>,
+  now: number = Date.now(),
+): void {
+  const bytes = USAGE_GAUGES.bytes(registry);
+  bytes.reset();
+  for (const p of report.prefixes) bytes.set({ prefix: p.prefix }, p.bytes);
+  if (report.cost) USAGE_GAUGES.cost(registry).set(report.cost.totalUsd);
+  if (report.budgetUsd !== undefined && report.budgetUsd !== null) USAGE_GAUGES.budget(registry).set(report.budgetUsd);
+  USAGE_GAUGES.measuredAt(registry).set(now / 1000);
 }

@@ -8,8 +8,16 @@
  * A store that does not implement ListMultipartUploads (s3rver) fails a run that asked for
  * `multipart` explicitly; under `enforceLifecycle` alone the abort rule is skipped and the row's
  * details say so, so the daily schedule does not fail every night on such a store.
+ *
+ * A run over the whole bucket (no `prefix`: the daily schedule is one) then measures what is left
+ * and sets this process's usage gauges (src/storage/usage.ts): bytes per prefix, the estimated
+ * monthly cost, the budget. The worker's /metrics (`--metrics-port`) serves them; the alert
+ * StorageMonthlyBudgetExceeded reads them. A failed measurement is logged and does not fail the job:
+ * the cleanup itself is done and recorded, and the gauges keep the previous measurement (its time
+ * is exported beside it).
  */
 import { runRecordedCleanup } from '../cleanup/recorded.js';
+import { measureUsage, recordUsage } from '../storage/usage.js';
 import type { Processor } from './context.js';
 
 export const cleanup: Processor<'cleanup'> = async (job, ctx) => {
@@ -38,6 +46,18 @@ export const cleanup: Processor<'cleanup'> = async (job, ctx) => {
   };
   await ctx.emit('cleanup_completed', summary);
   log.info({ ...summary, errors: report.errors, stragglers: report.stragglers, logId }, 'cleanup finished');
+  if (!p.prefix) {
+    try {
+      const usage = await measureUsage(ctx.storage(), ctx.config.usage, { signal: ctx.signal, onProgress: (m) => log.debug(m) });
+      recordUsage(ctx.metrics.registry, usage);
+      log.info(
+        { objects: usage.objects, bytes: usage.bytes, estimatedMonthlyUsd: usage.cost.totalUsd, budgetUsd: usage.budgetUsd },
+        usage.overBudget ? 'storage usage measured: the estimated monthly cost is over the budget' : 'storage usage measured',
+      );
+    } catch (err) {
+      log.warn({ err }, 'measuring storage usage after the cleanup failed; the usage gauges keep the previous measurement');
+    }
+  }
   return {
     ...summary,
     logId,

@@ -5,6 +5,7 @@ import { loadConfig } from '../../src/config.js';
 import { backupCron, backupSchedules } from '../../src/queues/schedules.js';
 import {
   applyRetentionPolicy,
+  DEFAULT_RETENTION,
   validateRetentionPolicy,
   type RetentionCandidate,
   type RetentionPolicy,
@@ -117,6 +118,68 @@ describe('applyRetentionPolicy', () => {
     expect(kept(backups, policy)).toEqual(keep);
   });
 
+  describe('the default policy (seed 004: 90 days, at least 3 kept)', () => {
+    const DAY = 86_400_000;
+    const newest = Date.UTC(2026, 2, 31, 3);
+    /** One backup this many days before the newest. */
+    const ago = (days: number) => b(new Date(newest - days * DAY).toISOString());
+    const actions = (backups: RetentionCandidate[], policy: RetentionPolicy) =>
+      Object.fromEntries(
+        applyRetentionPolicy(backups, policy).map((d) => [Math.round((newest - d.backup.createdAt.getTime()) / DAY), d.action]),
+      );
+
+    it('keeps a 60-day-old backup and prunes a 100-day-old one beyond the newest 3', () => {
+      const backups = [ago(0), ago(1), ago(2), ago(60), ago(100), ago(120)];
+      expect(actions(backups, DEFAULT_RETENTION)).toEqual({ 0: 'keep', 1: 'keep', 2: 'keep', 60: 'keep', 100: 'delete', 120: 'delete' });
+      const sixty = applyRetentionPolicy(backups, DEFAULT_RETENTION).find((d) => d.backup === backups[3]);
+      expect(sixty?.reasons).toEqual(['within 90d of newest']);
+    });
+
+    it('keeps the newest 3 however old they are', () => {
+      expect(actions([ago(0), ago(100), ago(200), ago(300)], DEFAULT_RETENTION)).toEqual({
+        0: 'keep',
+        100: 'keep',
+        200: 'keep',
+        300: 'delete',
+      });
+    });
+
+    it('keepWithinDays 0 keeps everything', () => {
+      expect(actions([ago(0), ago(1), ago(2), ago(60), ago(100), ago(1000)], { ...DEFAULT_RETENTION, keepWithinDays: 0 })).toEqual({
+        0: 'keep',
+        1: 'keep',
+        2: 'keep',
+        60: 'keep',
+        100: 'keep',
+        1000: 'keep',
+      });
+    });
+
+    it('is what a configured set gets when it names no retention; a retention given is the whole policy', () => {
+      const config = loadConfig(
+        {},
+        {
+          backupSets: [
+            { name: 'plain', sqlite: [{ name: 'x', path: '/srv/x.db' }] },
+            { name: 'days', sqlite: [{ name: 'x', path: '/srv/x.db' }], retention: { keepWithinDays: 30 } },
+            { name: 'forever', sqlite: [{ name: 'x', path: '/srv/x.db' }], retention: { keepWithinDays: 0 } },
+            // Written without an age rule: none is added (keepLast keeps its own default of 3).
+            { name: 'counted', sqlite: [{ name: 'x', path: '/srv/x.db' }], retention: { keepLast: 5 } },
+            { name: 'calendar', sqlite: [{ name: 'x', path: '/srv/x.db' }], retention: { keepDaily: 7 } },
+          ],
+        },
+      );
+      expect(config.backupSets.map((s) => [s.name, s.retention])).toEqual([
+        ['plain', DEFAULT_RETENTION],
+        ['days', { keepLast: 3, keepWithinDays: 30 }],
+        ['forever', { keepLast: 3, keepWithinDays: 0 }],
+        ['counted', { keepLast: 5 }],
+        ['calendar', { keepLast: 3, keepDaily: 7 }],
+      ]);
+      expect(DEFAULT_RETENTION).toEqual({ keepLast: 3, keepWithinDays: 90 });
+    });
+  });
+
   it('covers every input once, newest first, with a reason for each', () => {
     const input = daily(10);
     input.push(b('2026-04-01T00:00:00Z', { verified: false }));
@@ -186,7 +249,7 @@ describe('backup schedules and set config', () => {
     expect(backupCron('monthly', '23:59')).toBe('59 23 1 * *');
   });
 
-  it('a set gets its backup schedule (default 03:00) and a daily prune at 03:30; retention defaults to keepLast 3', () => {
+  it('a set gets its backup schedule (default 03:00) and a daily prune at 03:30; retention defaults to 90 days, at least 3', () => {
     const config = loadConfig(
       {},
       {
@@ -196,7 +259,7 @@ describe('backup schedules and set config', () => {
         ],
       },
     );
-    expect(config.backupSets[0]!.retention).toEqual({ keepLast: 3 });
+    expect(config.backupSets[0]!.retention).toEqual({ keepLast: 3, keepWithinDays: 90 });
     expect(backupSchedules(config).map((s) => [s.id, 'pattern' in s.repeat ? s.repeat.pattern : null, s.data])).toEqual([
       ['backup-app', '0 3 * * *', { set: 'app' }],
       ['backup-prune-app', '30 3 * * *', { set: 'app', task: 'prune' }],
@@ -210,6 +273,7 @@ describe('backup schedules and set config', () => {
     [{ name: 'a', sqlite: [{ name: 'x', path: 'rel.db' }] }, /absolute path/],
     [{ name: 'a', sqlite: [{ name: 'x', path: '/x.db' }], schedule: { every: 'daily', at: '25:00' } }, /HH:MM/],
     [{ name: 'a', sqlite: [{ name: 'x', path: '/x.db' }], retention: { keepLast: -1 } }, /keepLast/],
+    [{ name: 'a', sqlite: [{ name: 'x', path: '/x.db' }], retention: { keepWithinDays: -1 } }, /keepWithinDays/],
   ])('refuses the backup set %j', (set, message) => {
     expect(() => loadConfig({}, { backupSets: [set] })).toThrow(message);
   });

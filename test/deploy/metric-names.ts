@@ -2,11 +2,19 @@
  * The metric names Stowage exports and the names a PromQL expression reads, so deploy files
  * (alert rules, the Grafana dashboard) are checked against the code: a renamed metric fails a test.
  */
+import { failureMetrics } from '../../src/failures/metrics.js';
 import { createMetrics, renderQueueMetrics } from '../../src/observability/metrics.js';
+import { registerUsageGauges } from '../../src/storage/usage.js';
 
-/** Every series name /metrics can carry: createMetrics (with prom-client defaults) and the scrape-time queue gauges. */
+/**
+ * Every series name a /metrics can carry: createMetrics (with prom-client defaults), the
+ * failure-catalog metrics (the http role registers them with its failure routes), the usage gauges
+ * (a worker makes them on its first usage measurement) and the scrape-time queue gauges.
+ */
 export async function exportedMetricNames(): Promise<Set<string>> {
   const { registry } = createMetrics();
+  failureMetrics(registry);
+  registerUsageGauges(registry);
   const text = (await registry.metrics()) + (await renderQueueMetrics([]));
   const names = new Set<string>();
   for (const [, name, type] of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {

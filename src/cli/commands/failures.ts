@@ -11,6 +11,7 @@ import { retryFallbacks, runAggregation, type AggregationDeps } from '../../fail
 import { createLogger } from '../../observability/logger.js';
 import { createMetrics } from '../../observability/metrics.js';
 import { createStorage, type Storage } from '../../storage/client.js';
+import { formatBytes } from '../format.js';
 
 function positive(name: string) {
   return (value: string): number => {
@@ -67,7 +68,7 @@ export function registerFailureCommands(program: Command): void {
         );
         console.log(`status: ${summary.status}${summary.attempts ? ` after ${summary.attempts} attempt(s)` : ''}`);
         console.log(`key: ${summary.key}`);
-        console.log(`sha256: ${summary.sha256} (${summary.size} bytes)`);
+        console.log(`sha256: ${summary.sha256} (${formatBytes(summary.size)})`);
         if (summary.localPath) console.log(`local file: ${summary.localPath}`);
       });
     });

@@ -14,6 +14,7 @@ import { applyLifecycle, describeRule, getStoreLifecycle } from '../../storage/l
 import { measureUsage } from '../../storage/usage.js';
 import { CAPABILITY_LABELS, formatCapability, probeCapabilities, type CapabilityName } from '../../storage/capabilities.js';
 import { listObjects, objectDetails, probeStore } from '../../storage/verify.js';
+import { formatBytes } from '../format.js';
 
 /** Where a command writes: results on `out` (stdout), progress and warnings on `err` (stderr). */
 export interface Output {
@@ -44,8 +45,6 @@ async function withStorage<T>(cfg: Config, fn: (storage: Storage) => Promise<T>)
     storage.close();
   }
 }
-
-const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
 
 export interface VerifyOptions {
   capabilities?: boolean;
@@ -84,7 +83,7 @@ export async function verifyCommand(cfg: Config, opts: VerifyOptions, io: Output
       const d = await objectDetails(storage, opts.head);
       if (opts.json) return io.out(JSON.stringify(d, null, 2));
       io.out(`key\t${d.key}`);
-      io.out(`size\t${d.size}`);
+      io.out(`size\t${formatBytes(d.size)}${d.size >= 1024 ? ` (${d.size} B)` : ''}`);
       io.out(`etag\t${d.etag ?? '-'}`);
       io.out(`sha256\t${d.sha256 ?? '- (no sidecar)'}`);
       io.out(`last-modified\t${d.lastModified ?? '-'}`);
@@ -105,7 +104,7 @@ export async function verifyCommand(cfg: Config, opts: VerifyOptions, io: Output
       })) {
         count++;
         if (opts.json) rows.push({ key: o.key, size: o.size, lastModified: o.lastModified.toISOString(), etag: o.etag });
-        else io.out(`${o.lastModified.toISOString()}\t${o.size}\t${o.key}`);
+        else io.out(`${o.lastModified.toISOString()}\t${formatBytes(o.size)}\t${o.key}`);
       }
       if (opts.json) io.out(JSON.stringify(rows, null, 2));
       else io.out(`${count} object(s)${count === limit ? ` (first ${limit}; --limit 0 for all)` : ''}`);
@@ -212,11 +211,11 @@ export async function cleanupCommand(cfg: Config, opts: CleanupCliOptions, io: O
       if (opts.json) {
         io.out(JSON.stringify({ logId, ...report }, null, 2));
       } else {
-        for (const o of report.objects) io.out(`${verb}\t${o.key}\t${o.size}\t${o.reason}`);
+        for (const o of report.objects) io.out(`${verb}\t${o.key}\t${formatBytes(o.size)}\t${o.reason}`);
         for (const u of report.uploads)
           io.out(`${report.dryRun ? 'would abort' : 'aborted'}\t${u.key}\t${u.uploadId}\t${u.initiated ?? '-'}\t${u.reason}`);
         io.out(
-          `${report.modes.join('+')}: scanned ${report.scanned}, ${verb} ${report.deleted} (${mib(report.bytesFreed)}), ` +
+          `${report.modes.join('+')}: scanned ${report.scanned}, ${verb} ${report.deleted} (${formatBytes(report.bytesFreed)}), ` +
             `errors ${report.errors}${report.stragglers ? `, stragglers ${report.stragglers}` : ''}; r2_cleanup_logs #${logId}`,
         );
         for (const u of report.unsupported) io.err(`note: the store does not implement ${u}; that part was skipped`);
@@ -245,9 +244,9 @@ export async function usageCommand(cfg: Config, opts: UsageOptions, io: Output =
     });
     if (opts.json) io.out(JSON.stringify(report, null, 2));
     else {
-      io.out('prefix\tobjects\tbytes');
-      for (const p of report.prefixes) io.out(`${p.prefix || '(top level)'}\t${p.objects}\t${p.bytes}`);
-      io.out(`total\t${report.objects}\t${report.bytes}`);
+      io.out('prefix\tobjects\tsize');
+      for (const p of report.prefixes) io.out(`${p.prefix || '(top level)'}\t${p.objects}\t${formatBytes(p.bytes)}`);
+      io.out(`total\t${report.objects}\t${formatBytes(report.bytes)}`);
       io.out(
         `estimated monthly cost: $${report.cost.totalUsd.toFixed(2)} (storage ${report.cost.storageGb.toFixed(3)} GB: $${report.cost.storageUsd.toFixed(2)}, ` +
           `class A $${report.cost.classAUsd.toFixed(2)}, class B $${report.cost.classBUsd.toFixed(2)})` +
