@@ -10,10 +10,16 @@
  *
  * Parked jobs sit *waiting* in the `dead-letter` queue; no worker consumes it. They leave it by
  * redrive (by hand, or automatically on a slow schedule at most N times) or purge.
+ *
+ * Parked jobs are also grouped by cause (`groups()`): the error's name, code and message with ids
+ * and numbers masked (the failure catalog's normalizer), so an operator sees "19 × S3 SlowDown"
+ * rather than 19 lines, and can redrive or purge one cause at a time (`{ group: signature }`).
  */
+import { createHash } from 'node:crypto';
 import type { Job, JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { PERMANENT_ERROR_NAMES, type ErrorData } from '../errors.js';
+import { PERMANENT_ERROR_NAMES, StowageError, type ErrorData } from '../errors.js';
+import { normalizeSignature } from '../failures/signature.js';
 import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -21,6 +27,7 @@ import { DEAD_LETTER_QUEUE } from './contract.js';
 import type { EventStream } from './event-stream.js';
 import { createQueue, openQueueByName, type OpenQueueOptions, type QueueByName, type QueueConnection, type TypedQueue } from './factory.js';
 import { parkedJobId, redisKeys } from './keys.js';
+import { redactSecrets, redactString } from './redact.js';
 
 /** The record a parked job carries in the dead-letter queue. */
 export interface ParkedJob {
@@ -64,7 +71,103 @@ export interface RedriveSelector {
   ids?: string[];
   /** Origin queue. */
   queue?: string;
+  /** A cause: the `signature` of a group from `groups()`. */
+  group?: string;
   all?: boolean;
+}
+
+/** Parked jobs that failed the same way: same error name and code, same message once masked. */
+export interface DeadLetterGroup {
+  /** Stable id of the cause (derived from name, code and normalized message): what `{ group }` takes. */
+  signature: string;
+  errorName: string;
+  errorCode: string | null;
+  /** The message with ids, numbers and quoted values masked, secrets redacted. */
+  message: string;
+  /** The newest parked job's message as it was, secrets redacted. */
+  example: string;
+  /** Origin queues, sorted. */
+  queues: string[];
+  /** Why its jobs were parked, sorted. */
+  reasons: ParkedJob['reason'][];
+  count: number;
+  /** ISO 8601. */
+  firstParkedAt: string;
+  lastParkedAt: string;
+  /** Dead-letter job ids, oldest first; at most GROUP_JOB_IDS of them (`count` has the total). */
+  jobIds: string[];
+}
+
+/** A parked job as it may be shown (CLI, HTTP): secrets redacted, with its dead-letter id and group. */
+export type ShownParkedJob = ParkedJob & { id: string; signature: string };
+
+/** Job ids listed per group; enough to look a few up, bounded for a queue of thousands. */
+export const GROUP_JOB_IDS = 20;
+/** What a group signature looks like: 12 hex digits. */
+export const GROUP_SIGNATURE = /^[0-9a-f]{12}$/;
+
+/** A parked error's cause: its signature and normalized, redacted message. */
+export function causeOf(error: ParkedJob['error']): { signature: string; message: string } {
+  // Redacted before masking: a URL's password must not reach the shown text nor split groups.
+  const message = normalizeSignature(redactString(error.message));
+  // 48 bits: collisions stay unlikely for any number of causes a dead-letter queue holds.
+  const signature = createHash('sha256')
+    .update(JSON.stringify([error.name, error.code ?? null, message]))
+    .digest('hex')
+    .slice(0, 12);
+  return { signature, message };
+}
+
+/** A parked job for display: payload, error and stack with passwords and secret fields redacted. */
+export function showParked(job: Job<ParkedJob>): ShownParkedJob {
+  return { id: job.id!, signature: causeOf(job.data.error).signature, ...redactSecrets(job.data) };
+}
+
+/** Parked jobs grouped by cause, largest group first (then the most recent). */
+export function groupParked(jobs: Job<ParkedJob>[]): DeadLetterGroup[] {
+  const groups = new Map<string, { group: DeadLetterGroup; first: number; last: number }>();
+  for (const job of jobs) {
+    const r = job.data;
+    const { signature, message } = causeOf(r.error);
+    const at = r.timestamps.parked;
+    let g = groups.get(signature);
+    if (!g) {
+      const group: DeadLetterGroup = {
+        signature,
+        errorName: r.error.name,
+        errorCode: r.error.code ?? null,
+        message,
+        example: redactString(r.error.message),
+        queues: [],
+        reasons: [],
+        count: 0,
+        firstParkedAt: '',
+        lastParkedAt: '',
+        jobIds: [],
+      };
+      g = { group, first: at, last: at };
+      groups.set(signature, g);
+    }
+    const { group } = g;
+    group.count++;
+    if (!group.queues.includes(r.originQueue)) group.queues.push(r.originQueue);
+    if (!group.reasons.includes(r.reason)) group.reasons.push(r.reason);
+    if (group.jobIds.length < GROUP_JOB_IDS) group.jobIds.push(job.id!);
+    if (at < g.first) g.first = at;
+    if (at >= g.last) {
+      g.last = at;
+      group.example = redactString(r.error.message);
+    }
+  }
+  return [...groups.values()]
+    .map(({ group, first, last }) => ({
+      ...group,
+      queues: group.queues.sort(),
+      reasons: group.reasons.sort(),
+      firstParkedAt: new Date(first).toISOString(),
+      lastParkedAt: new Date(last).toISOString(),
+    }))
+    .sort((a, b) => b.count - a.count || b.lastParkedAt.localeCompare(a.lastParkedAt) || a.signature.localeCompare(b.signature));
 }
 
 export interface RedriveOutcome {
@@ -202,10 +305,21 @@ export class DeadLetter {
     return out;
   }
 
+  /** Parked jobs grouped by cause (see DeadLetterGroup), largest group first. */
+  async groups(filter: { queue?: string } = {}): Promise<DeadLetterGroup[]> {
+    return groupParked(await this.list(filter));
+  }
+
   private async select(selector: RedriveSelector): Promise<Job<ParkedJob>[]> {
-    const chosen = [selector.ids?.length, selector.queue, selector.all].filter(Boolean).length;
-    if (chosen !== 1) throw new Error('choose exactly one of: ids, queue, all');
+    const chosen = [selector.ids?.length, selector.queue, selector.group, selector.all].filter(Boolean).length;
+    if (chosen !== 1) throw new Error('choose exactly one of: ids, queue, group, all');
+    if (selector.group && !GROUP_SIGNATURE.test(selector.group))
+      throw new StowageError(
+        'STOWAGE_ERR_USAGE',
+        `group: expected a signature of 12 hex digits (as groups list it), got "${selector.group}"`,
+      );
     const jobs = await this.list(selector.queue ? { queue: selector.queue } : {});
+    if (selector.group) return jobs.filter((j) => causeOf(j.data.error).signature === selector.group);
     if (!selector.ids) return jobs;
     const wanted = new Set(selector.ids);
     return jobs.filter((j) => wanted.has(j.id!) || wanted.has(j.data.originJobId));

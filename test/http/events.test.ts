@@ -161,14 +161,18 @@ describe('GET /v1/jobs/:kind/:id/events', () => {
     ).toEqual(['state', 'progress', 'progress', 'export_completed', 'completed']);
   });
 
-  it('streams failed with the reason for a job that fails for good', async () => {
+  it('streams failed with the reason for a job that fails for good, then job_parked once the runtime parks it', async () => {
     const { jobId, open } = await activeJob(2, { fail: true });
     const client = await sseClient(server.url, `/v1/jobs/export/${jobId}/events`, bearer(viewer));
     await client.until(() => client.events.length > 0, 'the state snapshot');
     open();
     await client.finished();
-    expect(client.events.map((e) => e.event)).toEqual(['state', 'progress', 'progress', 'failed']);
-    expect(client.events[3]).toMatchObject({ id: 'done', data: { jobId, failedReason: expect.stringContaining('record 2 is refused') } });
+    expect(client.events.map((e) => e.event)).toEqual(['state', 'progress', 'progress', 'failed', 'job_parked']);
+    expect(client.events[3]).toEqual({ event: 'failed', data: { jobId, failedReason: expect.stringContaining('record 2 is refused') } });
+    expect(client.events[4]).toMatchObject({
+      id: 'done',
+      data: { jobId, queue: 'export', reason: 'permanent', attemptsMade: 1, deadLetterId: `export--${jobId}` },
+    });
   });
 
   it('for a finished job: its earlier domain events, the final state, the result; 204 once the client saw the end', async () => {

@@ -11,6 +11,8 @@ export async function sseClient(baseUrl: string, path: string, headers: Record<s
   const res = await fetch(`${baseUrl}${path}`, { headers: { accept: 'text/event-stream', ...headers }, signal: controller.signal });
   const events: SseEvent[] = [];
   const comments: string[] = [];
+  // As EventSource keeps it: set by every `id:` line, a frame without data included.
+  let lastEventId: string | undefined;
   let ended = false;
   let wake: (() => void) | undefined;
   const pump = (async () => {
@@ -30,6 +32,7 @@ export async function sseClient(baseUrl: string, path: string, headers: Record<s
             const colon = line.indexOf(':');
             if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 1).trimStart();
           }
+          if (fields.id !== undefined) lastEventId = fields.id;
           if (fields.data !== undefined)
             events.push({ event: fields.event ?? 'message', data: JSON.parse(fields.data), ...(fields.id ? { id: fields.id } : {}) });
           wake?.();
@@ -59,6 +62,10 @@ export async function sseClient(baseUrl: string, path: string, headers: Record<s
     comments,
     get ended() {
       return ended;
+    },
+    /** What EventSource would send as Last-Event-ID on its reconnect. */
+    get lastEventId() {
+      return lastEventId;
     },
     until,
     /** Waits for the server to end the stream. */

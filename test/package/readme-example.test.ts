@@ -3,9 +3,10 @@
  * README's "Using it from a service" code run there as a child process (Node 24 runs the
  * TypeScript as is) against this file's workers, Redis prefix and radosgw bucket. It must print
  * both results and exit on its own (an open Redis socket after close() used to keep it alive).
- * The installed `stowage` command runs too (`--help`).
+ * The installed `stowage` command runs too: `--help`, and `dev --no-samples` (its embedded store, s3rver,
+ * must come with the install) until Ctrl-C.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,7 +82,12 @@ describe('the README example, from the packed package', () => {
       key: 'u_123/p_9/snapshots/v_42.zip',
       sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
     });
-    expect(stored).toMatchObject({ op: 'records', format: 'jsonl', record_count: 1, key: expect.stringMatching(/^finance\/u_123\//) });
+    expect(stored).toMatchObject({
+      op: 'records',
+      format: 'jsonl',
+      record_count: 1,
+      key: expect.stringMatching(/^records\/finance\/u_123\//),
+    });
   });
 });
 
@@ -93,4 +99,56 @@ describe('the installed stowage command', () => {
     const { stdout } = await run('npx', ['--no-install', 'stowage', '--help'], { cwd: app(), env: env(), timeout: 30_000 });
     for (const cmd of ['dev', 'worker', 'enqueue', 'dlq', 'backup']) expect(stdout).toMatch(new RegExp(`^  ${cmd}\\b`, 'm'));
   });
+
+  it('npx stowage dev --no-samples comes up, serves its board, and stops on Ctrl-C', async () => {
+    const dataDir = join(work, 'dev-data');
+    // detached: its own process group, so the SIGINT below reaches npx and the node it starts alike,
+    // as a terminal's Ctrl-C does (npx alone does not pass it on).
+    const child = spawn('npx', ['--no-install', 'stowage', 'dev', '--no-samples', '--port', '0', '--s3-port', '0', '--data-dir', dataDir], {
+      cwd: app(),
+      env: { ...env(), STOWAGE_PREFIX: iso.prefix, STOWAGE_DB_SCHEMA: iso.schema, LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    let board = '';
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!/Ctrl-C stops everything/.test(out)) {
+        if (child.exitCode !== null) throw new Error(`dev exited early:\n${out}`);
+        if (Date.now() > deadline) throw new Error(`dev did not come up:\n${out}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      board = /Bull Board +(\S+)/.exec(out)![1]!;
+      expect((await fetch(board)).status, out).toBe(200);
+      const store = /^export R2_ENDPOINT=(\S+)$/m.exec(out)![1]!;
+      expect((await fetch(store)).status, out).toBeLessThan(500);
+    } finally {
+      process.kill(-child.pid!, 'SIGINT');
+    }
+    const ended = await Promise.race([exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 30_000))]);
+    if (ended === 'still running') process.kill(-child.pid!, 'SIGKILL');
+    // npx itself dies of the SIGINT (as in a terminal); the stowage process under it must exit
+    // cleanly: no error printed, the whole process group gone, the port closed.
+    expect(ended === 'still running' ? ended : ended.code === 0 || ended.signal === 'SIGINT', out).toBe(true);
+    const groupAlive = async () => {
+      for (let i = 0; i < 100; i++) {
+        try {
+          process.kill(-child.pid!, 0);
+        } catch {
+          return false;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      return true;
+    };
+    expect(await groupAlive(), out).toBe(false);
+    expect(out).not.toMatch(/Error|unhandled/i);
+    await expect(fetch(board)).rejects.toThrow();
+  }, 120_000);
 });

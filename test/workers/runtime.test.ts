@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.js';
 import { getJobReceipt } from '../../src/db/job-receipts.js';
 import type { Db } from '../../src/db/pool.js';
-import { PermanentError } from '../../src/errors.js';
+import { JobParkedError, PermanentError } from '../../src/errors.js';
 import { createProducer, type Producer } from '../../src/producers/index.js';
 import { createEventStream, parkedJobId, type ParkedJob } from '../../src/queues/index.js';
 import type { Processor } from '../../src/workers/context.js';
@@ -162,8 +162,11 @@ describe('worker runtime', () => {
     expect(await producer.queue('export').getJobState(jobId)).toBe('unknown');
     expect((await getJobReceipt(db, 'export', jobId))?.status).toBe('parked');
     // Waiting on a job that was already parked (and so is gone from its queue) still says why.
-    await expect(producer.waitFor('export', jobId, 5_000)).rejects.toThrow(
-      /parked in the dead-letter queue \(permanent\): .*source for perm does not exist/,
+    const waited = await producer.waitFor('export', jobId, 5_000).catch((e: unknown) => e);
+    expect(waited).toBeInstanceOf(JobParkedError);
+    expect(waited).toMatchObject({ code: 'STOWAGE_ERR_JOB_FAILED', jobId, reason: 'permanent', attemptsMade: 1 });
+    expect((waited as Error).message).toMatch(
+      /parked in the dead-letter queue \(permanent\) after 1 attempt as \S+: source for perm does not exist/,
     );
     const events = await createEventStream(redis, iso.prefix).read();
     expect(events.some((e) => e.type === 'job_parked' && e.jobId === jobId)).toBe(true);
