@@ -10,10 +10,14 @@
  * variables win over the file. `loadConfig()` validates everything and reports every bad setting at
  * once, by the variable that carried it, never echoing a secret's value.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { absolutePath, safeId } from './ids.js';
+import { redactUrlSecrets } from './queues/redact.js';
 
 /** Environment metadata on a schema node: a group's variable segment, a setting's aliases. */
 interface EnvMeta {
@@ -94,19 +98,92 @@ export const backupSetSchema = z
           .default('03:00'),
       })
       .optional(),
+    /**
+     * Restic's keep-* rules; a backup is kept when any rule keeps it. Without `retention` a set gets
+     * seed 004's default: every backup of the last 90 days, and at least the 3 newest whatever their
+     * age (DEFAULT_RETENTION in src/backups/retention.ts; a test keeps the two equal). A `retention`
+     * that is given is the whole policy: keepWithinDays then applies only when it is set.
+     */
     retention: z
       .strictObject({
+        /** Keep the N newest backups, whatever their age (the minimum kept). Default 3. */
         keepLast: z.number().int().min(0).default(3),
         keepDaily: z.number().int().min(0).optional(),
         keepWeekly: z.number().int().min(0).optional(),
         keepMonthly: z.number().int().min(0).optional(),
-        /** Keep every backup this many days older than the newest; 0 = keep forever. */
+        /** Keep every backup taken less than this many days before the newest one; 0 = keep forever. */
         keepWithinDays: z.number().min(0).optional(),
       })
-      .prefault({}),
+      .prefault({ keepWithinDays: 90 }),
   })
   .refine((s) => s.sqlite.length + s.postgres.length > 0, { message: 'a backup set needs at least one database', path: ['sqlite'] });
 export type BackupSet = z.output<typeof backupSetSchema>;
+
+/**
+ * The default source roots: the working directory and the OS temp folder, each as given and
+ * resolved (a temp folder behind a link, as on macOS, is then matched in either form).
+ */
+export function defaultSourceRoots(): string[] {
+  const roots = new Set<string>();
+  for (const dir of [process.cwd(), tmpdir()]) {
+    roots.add(resolve(dir));
+    try {
+      roots.add(realpathSync(dir));
+    } catch {
+      // Not there (yet): its resolved form alone.
+    }
+  }
+  return [...roots];
+}
+
+/** One source root: an absolute folder (normalized, no trailing separator), or `*` for anywhere. */
+const sourceRoot = z
+  .string()
+  .superRefine((r, ctx) => {
+    if (r === '*') return;
+    if (!isAbsolute(r) || r.includes('\u0000'))
+      ctx.addIssue({
+        code: 'custom',
+        message: `${JSON.stringify(r)} is not an absolute folder; give absolute folders separated by "${delimiter}"`,
+      });
+  })
+  .transform((r) => (r === '*' ? r : resolve(r)));
+
+/**
+ * Defaults of the http group's bounds. loadConfig always sets them; they are optional in the type
+ * so that a config built by hand with only `http: {host, port}` still holds, and the server falls
+ * back to these.
+ */
+export const HTTP_DEFAULTS = {
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 72_000,
+  connectionTimeoutMs: 0,
+  requestsPerMinute: 600,
+  enqueuesPerMinute: 120,
+  trustProxy: false as boolean | string[],
+};
+
+/** proxy-addr's names for address ranges (Fastify's trustProxy takes them). */
+const PROXY_RANGES = ['loopback', 'linklocal', 'uniquelocal'];
+const proxyAddress = z
+  .string()
+  .trim()
+  .refine((a) => {
+    if (PROXY_RANGES.includes(a) || isIP(a)) return true;
+    const [addr, bits, extra] = a.split('/');
+    const max = { 4: 32, 6: 128 }[isIP(addr ?? '')];
+    return extra === undefined && max !== undefined && /^\d{1,3}$/.test(bits ?? '') && Number(bits) <= max;
+  }, 'expected true, false, or IP addresses and CIDR ranges (10.0.0.0/8) of the proxies, or loopback, linklocal, uniquelocal (hop counts cannot be checked)');
+/** `true`/`false`, or proxies (a list, or comma-separated). Hop counts are refused: Fastify cannot check the peer with one. */
+const trustProxySchema = z.preprocess(
+  (v) => {
+    if (typeof v !== 'string') return v;
+    const t = v.trim().toLowerCase();
+    if (t === 'true' || t === 'false') return t === 'true';
+    return v.split(',').map((a) => a.trim());
+  },
+  z.union([z.boolean(), z.array(proxyAddress).min(1)]),
+);
 
 export const configSchema = z.object({
   /** Redis for the BullMQ queues. Default redis://127.0.0.1:6379. */
@@ -161,6 +238,35 @@ export const configSchema = z.object({
   http: z.object({
     host: z.string().default('127.0.0.1').meta(aka('HTTP_HOST')),
     port: int(0, 65535).default(3000).meta(aka('HTTP_PORT')),
+    /**
+     * Bound on receiving a whole request, headers and body, in ms (0 = none): a client that sends
+     * slower gets 408 and its connection is closed. Responses (event streams, downloads) are not
+     * bound by it. Default 30000.
+     */
+    requestTimeoutMs: int(0, 3_600_000).default(HTTP_DEFAULTS.requestTimeoutMs).optional(),
+    /** An idle keep-alive connection is closed after this long, in ms. Default 72000 (longer than load balancers' 60 s). */
+    keepAliveTimeoutMs: int(1000, 3_600_000).default(HTTP_DEFAULTS.keepAliveTimeoutMs).optional(),
+    /**
+     * A connection that neither sends nor receives for this long is closed, in ms (0 = none). Must
+     * exceed the SSE heartbeat (15 s) and the slowest silent handler (a restore stages a whole
+     * backup before answering). Default 0.
+     */
+    connectionTimeoutMs: int(0, 3_600_000).default(HTTP_DEFAULTS.connectionTimeoutMs).optional(),
+    /**
+     * Requests one caller (token user, basic-auth user, else client address) may make per minute to
+     * /v1, /api and the board, shared by every http process on the Redis; more get 429 with
+     * Retry-After (0 = no limit). Probes and /metrics are not counted. Default 600.
+     */
+    requestsPerMinute: int(0, 1_000_000).default(HTTP_DEFAULTS.requestsPerMinute).optional(),
+    /** Of those, enqueues (POST /v1/jobs/:kind, record stores, backups now, redrives) per minute (0 = no limit). Default 120. */
+    enqueuesPerMinute: int(0, 1_000_000).default(HTTP_DEFAULTS.enqueuesPerMinute).optional(),
+    /**
+     * Which peers are proxies whose X-Forwarded-For / -Proto / -Host are believed (client address,
+     * https for the board cookie's Secure, Host checks): `false` (default: none), `true` (any peer:
+     * only when nothing else can reach the port), or addresses and CIDR ranges, comma-separated
+     * (`127.0.0.1,10.0.0.0/8`; also `loopback`, `linklocal`, `uniquelocal`).
+     */
+    trustProxy: trustProxySchema.default(HTTP_DEFAULTS.trustProxy).optional(),
   }),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').meta(aka('LOG_LEVEL')),
   worker: z.object({
@@ -195,7 +301,42 @@ export const configSchema = z.object({
     maxLen: int(100, 10_000_000).default(10_000).meta(aka('STOWAGE_EVENTS_MAXLEN')),
     /** Open SSE streams one http process serves at most; more get 503. Default 1000. */
     maxClients: int(1, 1_000_000).default(1000),
+    /**
+     * Open SSE streams one caller (a token's user and role) holds at most on one http process; more
+     * get 429, so one caller cannot take every slot. Default 10.
+     */
+    maxClientsPerCaller: int(1, 1_000_000).default(10),
+    /**
+     * A stream is ended after this long (less up to 10%, so clients that connected together do not
+     * all reconnect together); EventSource reconnects with Last-Event-ID and loses nothing, and the
+     * reconnect checks its token again. Default 3600.
+     */
+    maxStreamSeconds: int(1, 7 * 86_400).default(3600),
   }),
+  /**
+   * Folders workers may read sources from and restore into (build folders, packs, ad hoc SQLite
+   * paths, HTTP restore targets), links resolved; anything else is refused at enqueue and by the
+   * worker. Env form: absolute folders separated by `:` (`;` on Windows); `*` allows any path
+   * (unsafe: whoever may enqueue then reads any file the worker can). Default: the working
+   * directory and the OS temp folder (storage/source-roots.ts).
+   */
+  sourceRoots: z
+    .union([z.string(), z.array(z.string())])
+    .transform((v) =>
+      typeof v === 'string'
+        ? v
+            .split(delimiter)
+            .map((r) => r.trim())
+            .filter(Boolean)
+        : v,
+    )
+    .pipe(
+      z
+        .array(sourceRoot)
+        .min(1, 'name at least one folder, or * for anywhere')
+        .refine((roots) => !roots.includes('*') || roots.length === 1, '* (anywhere) cannot be combined with folders'),
+    )
+    .default(defaultSourceRoots),
   /** Build-artifact size policy, on the source's total file size (measured before archiving). */
   artifact: z
     .object({
@@ -203,6 +344,11 @@ export const configSchema = z.object({
       warnBytes: int(0, Number.MAX_SAFE_INTEGER).default(100 * 1024 * 1024),
       /** Over this, nothing is uploaded: a warning event and status `skipped_too_large`. Default 1 GiB. */
       limitBytes: int(1, Number.MAX_SAFE_INTEGER).default(1024 * 1024 * 1024),
+      /**
+       * Archive build files that have more than one hard link. Default false: they are left out and
+       * logged, since such a file may be a planted link to a file outside the build folder.
+       */
+      archiveHardLinks: bool.default(false),
     })
     .refine((a) => a.warnBytes <= a.limitBytes, { message: 'must not exceed the limit', path: ['warnBytes'] })
     .prefault({}),
@@ -266,7 +412,10 @@ export const configSchema = z.object({
     .array(lifecycleRuleSchema)
     .refine((rules) => new Set(rules.map((r) => r.id)).size === rules.length, 'rule ids must be unique')
     .default(() => structuredClone(DEFAULT_LIFECYCLE_RULES)),
-  /** Storage cost estimate (`stowage usage`): Cloudflare R2 list prices by default, in USD. */
+  /**
+   * Storage cost estimate (`stowage usage`, and the usage gauges the daily cleanup sets for the
+   * StorageMonthlyBudgetExceeded alert): Cloudflare R2 list prices by default, in USD.
+   */
   usage: z
     .object({
       /** Storage, per GB-month (GB = 2^30 bytes). Default 0.015. */
@@ -285,7 +434,11 @@ export const configSchema = z.object({
       freeClassAOps: z.coerce.number().min(0).default(1_000_000),
       /** Free class B operations per month (R2: 10 million). */
       freeClassBOps: z.coerce.number().min(0).default(10_000_000),
-      /** Monthly budget in USD; an estimate above it is reported (seed 001's cost alert). Unset: no budget. */
+      /**
+       * Monthly budget in USD (seed 001's cost alert, e.g. 100): `stowage usage` exits 1 above it, and
+       * the cleanup worker exports it as `stowage_monthly_budget_usd` for StorageMonthlyBudgetExceeded.
+       * Unset: no budget, no alert.
+       */
       monthlyBudgetUsd: z.coerce.number().min(0).optional().meta(aka('STOWAGE_MONTHLY_BUDGET_USD')),
     })
     .prefault({})
@@ -370,6 +523,14 @@ function distance(a: string, b: string): number {
     row = next;
   }
   return row[b.length]!;
+}
+
+/** Start-up warnings about settings that work but are unsafe (printed by the CLI before a command runs). */
+export function unsafeSettings(env: Record<string, string | undefined> = process.env): string[] {
+  const warnings: string[] = [];
+  if (env.STOWAGE_SOURCE_ROOTS?.trim() === '*')
+    warnings.push('STOWAGE_SOURCE_ROOTS=* lets whoever may enqueue read any file the workers can');
+  return warnings;
 }
 
 /**
@@ -545,22 +706,12 @@ export function redactConfig(config: Config): Record<string, unknown> {
     const last = path[path.length - 1]!;
     if (node && node[last] !== undefined) node[last] = '[redacted]';
   }
-  // Connection URLs may carry a password.
-  copy.redisUrl = withoutPassword(config.redisUrl);
-  copy.databaseUrl = withoutPassword(config.databaseUrl);
+  // Connection URLs may carry a password: in the userinfo, or as a query parameter (`?password=`,
+  // `?sslpassword=`, in any case or percent-escaping: pg and ioredis read both).
+  copy.redisUrl = redactUrlSecrets(config.redisUrl);
+  copy.databaseUrl = redactUrlSecrets(config.databaseUrl);
   for (const set of (copy.backupSets ?? []) as { postgres?: { url: string }[] }[]) {
-    for (const db of set.postgres ?? []) db.url = withoutPassword(db.url);
+    for (const db of set.postgres ?? []) db.url = redactUrlSecrets(db.url);
   }
   return copy;
-}
-
-function withoutPassword(url: string): string {
-  try {
-    const u = new URL(url);
-    if (!u.password) return url;
-    u.password = 'redacted';
-    return u.toString();
-  } catch {
-    return '[redacted]';
-  }
 }

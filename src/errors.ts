@@ -18,6 +18,8 @@ export const ERROR_CODES = {
   STOWAGE_ERR_STORE: { exit: 1, http: 502 },
   /** A bounded resource is full (open event streams): try again later. */
   STOWAGE_ERR_BUSY: { exit: 1, http: 503 },
+  /** A caller went over its request or enqueue rate (http.requestsPerMinute, http.enqueuesPerMinute): wait Retry-After. */
+  STOWAGE_ERR_RATE_LIMITED: { exit: 1, http: 429 },
   /** Redis, Postgres or the store did not answer (sysexits EX_UNAVAILABLE). */
   STOWAGE_ERR_UNREACHABLE: { exit: 69, http: 503 },
   STOWAGE_ERR_INTERNAL: { exit: 1, http: 500 },
@@ -87,6 +89,48 @@ export class AuthError extends StowageError {
   constructor(message: string, code: 'STOWAGE_ERR_UNAUTHORIZED' | 'STOWAGE_ERR_FORBIDDEN' = 'STOWAGE_ERR_UNAUTHORIZED') {
     super(code, message);
     this.name = 'AuthError';
+  }
+}
+
+/**
+ * A job failed for good and was parked in the dead-letter queue: what `waitFor` (and anything that
+ * waits) throws, with why, after how many attempts, and the dead-letter id to redrive or purge.
+ */
+export class JobParkedError extends StowageError {
+  readonly queue: string;
+  readonly jobId: string;
+  readonly reason: 'permanent' | 'retries_exhausted' | 'stalled';
+  readonly attemptsMade: number;
+  readonly deadLetterId: string;
+  /** ISO time it was parked. */
+  readonly parkedAt: string;
+  /** The last attempt's error, as data. */
+  readonly error: { name: string; code?: string; message: string };
+  constructor(
+    parked: {
+      queue: string;
+      jobId: string;
+      reason: JobParkedError['reason'];
+      attemptsMade: number;
+      deadLetterId: string;
+      parkedAt: string;
+      error: { name: string; code?: string; message: string };
+    },
+    options?: { cause?: unknown },
+  ) {
+    super(
+      'STOWAGE_ERR_JOB_FAILED',
+      `job ${parked.jobId} was parked in the dead-letter queue (${parked.reason}) after ${parked.attemptsMade} attempt${parked.attemptsMade === 1 ? '' : 's'} as ${parked.deadLetterId}: ${parked.error.message}`,
+      options,
+    );
+    this.name = 'JobParkedError';
+    this.queue = parked.queue;
+    this.jobId = parked.jobId;
+    this.reason = parked.reason;
+    this.attemptsMade = parked.attemptsMade;
+    this.deadLetterId = parked.deadLetterId;
+    this.parkedAt = parked.parkedAt;
+    this.error = parked.error;
   }
 }
 

@@ -40,7 +40,15 @@ export {
   type ParkedJob,
 } from './queues/index.js';
 export { loadConfig, type Config } from './config.js';
-export { StowageError, PermanentError, ValidationError, ConfigError, ERROR_CODES, type ErrorCode } from './errors.js';
+export {
+  StowageError,
+  PermanentError,
+  ValidationError,
+  ConfigError,
+  JobParkedError,
+  ERROR_CODES,
+  type ErrorCode,
+} from './errors.js';
 export { createToken, verifyToken, type Principal, type Role } from './auth/tokens.js';
 
 export type { ApplyOptions, ApplyResult } from './backups/restore.js';

@@ -22,7 +22,16 @@ describe('loadConfig', () => {
     const c = loadConfig({});
     expect(c.redisUrl).toBe('redis://127.0.0.1:6379');
     expect(c.prefix).toBe('stowage');
-    expect(c.http).toEqual({ host: '127.0.0.1', port: 3000 });
+    expect(c.http).toEqual({
+      host: '127.0.0.1',
+      port: 3000,
+      requestTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 72_000,
+      connectionTimeoutMs: 0,
+      requestsPerMinute: 600,
+      enqueuesPerMinute: 120,
+      trustProxy: false,
+    });
     expect(c.storage.region).toBe('auto');
   });
 

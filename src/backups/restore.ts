@@ -34,9 +34,10 @@ import Database from 'better-sqlite3';
 import pg from 'pg';
 import tar from 'tar-stream';
 import type { BackupDatabaseEntry } from '../db/backups.js';
-import { PermanentError, StowageError } from '../errors.js';
+import { PermanentError, StowageError, ValidationError } from '../errors.js';
 import type { Storage } from '../storage/client.js';
 import { BACKUP_KEY_PATTERN, sha256SidecarKey } from '../storage/keys.js';
+import { resolveInsideRoots, sourceRootProblem } from '../storage/source-roots.js';
 import { storeError } from '../storage/store-errors.js';
 import { ARCHIVE_FILENAME, BACKUP_METADATA_FILE, backupMetadataSchema, type BackupMetadata } from './archive.js';
 import { postgresConnection, postgresUrlFor, runPgTool } from './postgres.js';
@@ -69,6 +70,12 @@ export interface StageOptions {
    * says, not a target, so a backup of a set not configured here needs `toDir`.
    */
   configuredSet?: { name: string; sqlite: readonly { name: string; path: string }[] } | undefined;
+  /**
+   * Hold `toDir` to these folders (the source roots): refused by its text (ValidationError), then
+   * after resolving links (PermanentError), and staged at the resolved path. HTTP gives them; the
+   * CLI, run by an operator on the host, does not. Configured set paths are never checked.
+   */
+  sourceRoots?: readonly string[];
 }
 
 const isPostgres = (d: Pick<BackupDatabaseEntry, 'kind'>) => d.kind === 'postgres';
@@ -132,6 +139,15 @@ function sqliteTargets(metadata: BackupMetadata, options: StageOptions): Map<str
   return targets;
 }
 
+/** `options` with `toDir` held to `sourceRoots` when both are given, and resolved (see StageOptions). */
+async function withCheckedTarget(options: StageOptions): Promise<StageOptions> {
+  const roots = options.sourceRoots;
+  if (options.toDir === undefined || !roots) return options;
+  const problem = sourceRootProblem(options.toDir, roots);
+  if (problem) throw new ValidationError('restore request', [`to: ${problem}`]);
+  return { ...options, toDir: await resolveInsideRoots('to', options.toDir, roots) };
+}
+
 /** A private folder directly under the temp folder (mkdtemp: 0700, unguessable), checked to be there. */
 async function privateTempDir(prefix: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
@@ -150,10 +166,11 @@ async function privateTempDir(prefix: string): Promise<string> {
 export async function stageRestore(
   storage: Storage,
   key: string,
-  options: StageOptions = {},
+  given: StageOptions = {},
 ): Promise<{ stagingDir: string; pending: PendingRestore }> {
-  if (options.toDir !== undefined && !isAbsolute(options.toDir))
-    throw new PermanentError(`restore: --to must be an absolute path, got ${JSON.stringify(options.toDir)}`);
+  if (given.toDir !== undefined && !isAbsolute(given.toDir))
+    throw new PermanentError(`restore: --to must be an absolute path, got ${JSON.stringify(given.toDir)}`);
+  const options = await withCheckedTarget(given);
   if (options.pgDatabase !== undefined && !PG_IDENTIFIER.test(options.pgDatabase)) {
     throw new PermanentError(
       `restore: ${JSON.stringify(options.pgDatabase)} is not a usable database name (letters, digits, _ $ -; at most 63)`,

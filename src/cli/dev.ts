@@ -61,6 +61,8 @@ export async function runDev(opts: { port: number; s3Port: number; samples: bool
     // Fast stall detection so killing a dev worker shows the recovery quickly.
     worker: { lockDurationMs: 10_000, stalledIntervalMs: 5_000, sweepIntervalMs: 5_000 },
   });
+  // The samples' build folders live in the data folder, wherever --data-dir puts it.
+  if (!config.sourceRoots.includes('*')) config.sourceRoots = [...config.sourceRoots, dataDir];
   const logger = createLogger({ level: config.logLevel });
   const closables: Closable[] = [];
   let httpPort = 0;

@@ -5,7 +5,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { createToken, ROLES, type Role } from '../auth/tokens.js';
-import { loadConfig, redactConfig, unknownVariables, type Config } from '../config.js';
+import { loadConfig, redactConfig, unknownVariables, unsafeSettings, type Config } from '../config.js';
 import { migrate } from '../db/migrate.js';
 import { codeOf, ERROR_CODES, StowageError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
@@ -19,7 +19,7 @@ import {
   type DomainEvent,
   type PayloadInput,
 } from '../queues/index.js';
-import { DeadLetter, type RedriveSelector } from '../queues/dead-letter.js';
+import { DeadLetter, GROUP_SIGNATURE, showParked, type DeadLetterGroup, type RedriveSelector } from '../queues/dead-letter.js';
 import { registerBackupCommands } from './commands/backup.js';
 import { registerFailureCommands } from './commands/failures.js';
 import { registerStorageCommands } from './commands/storage-ops.js';
@@ -52,10 +52,34 @@ function parseJson(flag: string, text: string): unknown {
   }
 }
 
-function selector(opts: { id?: string[]; queue?: string; all?: boolean }, verb: string): RedriveSelector {
-  const n = [opts.id?.length, opts.queue, opts.all].filter(Boolean).length;
-  if (n !== 1) throw new StowageError('STOWAGE_ERR_USAGE', `dlq ${verb}: give exactly one of --id, --queue or --all`);
-  return opts.id?.length ? { ids: opts.id } : opts.queue ? { queue: opts.queue } : { all: true };
+function selector(opts: { id?: string[]; queue?: string; group?: string; all?: boolean }, verb: string): RedriveSelector {
+  const n = [opts.id?.length, opts.queue, opts.group, opts.all].filter(Boolean).length;
+  if (n !== 1)
+    throw new StowageError('STOWAGE_ERR_USAGE', `dlq ${verb}: give exactly one of --id, --queue or --all, or --group <signature>`);
+  if (opts.group && !GROUP_SIGNATURE.test(opts.group))
+    throw new StowageError(
+      'STOWAGE_ERR_USAGE',
+      `--group: expected a signature of 12 hex digits (see dlq list --group), got "${opts.group}"`,
+    );
+  if (opts.id?.length) return { ids: opts.id };
+  if (opts.queue) return { queue: opts.queue };
+  return opts.group ? { group: opts.group } : { all: true };
+}
+
+/** The groups as a table, largest first: count, the signature to redrive by, when, where, and the cause. */
+function formatGroups(groups: DeadLetterGroup[]): string[] {
+  const rows = groups.map((g) => [
+    `${g.count} ×`,
+    g.signature,
+    g.firstParkedAt,
+    g.lastParkedAt,
+    g.queues.join(','),
+    g.errorCode ?? g.errorName,
+    g.message.slice(0, 120),
+  ]);
+  const table = [['COUNT', 'SIGNATURE', 'FIRST PARKED', 'LAST PARKED', 'QUEUES', 'ERROR', 'MESSAGE'], ...rows];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  return table.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  '));
 }
 
 async function withDeadLetter<T>(fn: (dl: DeadLetter) => Promise<T>): Promise<T> {
@@ -191,31 +215,37 @@ export function buildProgram(): Command {
   const dlq = program.command('dlq').description('inspect, redrive and purge the dead-letter queue');
   dlq
     .command('list')
-    .description('list parked jobs, oldest first')
+    .description('list parked jobs, oldest first (secrets redacted); --group: one line per cause, largest first')
     .option('--queue <name>', 'only jobs from this origin queue')
+    .option('--group', 'group parked jobs by cause (error name, code and message with ids and numbers masked)')
     .option('--json', 'print JSON')
-    .action(async (opts: { queue?: string; json?: boolean }) => {
+    .action(async (opts: { queue?: string; group?: boolean; json?: boolean }) => {
       await withDeadLetter(async (dl) => {
-        const jobs = await dl.list(opts.queue ? { queue: opts.queue } : {});
+        const filter = opts.queue ? { queue: opts.queue } : {};
+        if (opts.group) {
+          const groups = await dl.groups(filter);
+          if (opts.json) console.log(JSON.stringify(groups, null, 2));
+          else if (!groups.length) console.log('dead-letter queue is empty');
+          else {
+            for (const line of formatGroups(groups)) console.log(line);
+            const total = groups.reduce((n, g) => n + g.count, 0);
+            console.log(`${total} parked job(s) in ${groups.length} group(s); act on one with dlq redrive --group <signature>`);
+          }
+          return;
+        }
+        const jobs = (await dl.list(filter)).map(showParked);
         if (opts.json) {
-          console.log(
-            JSON.stringify(
-              jobs.map((j) => ({ id: j.id, ...j.data })),
-              null,
-              2,
-            ),
-          );
+          console.log(JSON.stringify(jobs, null, 2));
           return;
         }
         if (!jobs.length) {
           console.log('dead-letter queue is empty');
           return;
         }
-        for (const j of jobs) {
-          const r = j.data;
+        for (const r of jobs) {
           const when = new Date(r.timestamps.parked).toISOString();
           console.log(
-            `${j.id}\t${r.originQueue}\t${r.reason}\tattempts=${r.attemptsMade}\tredrives=${r.redrives}\t${when}\t${r.error.message.slice(0, 120)}`,
+            `${r.id}\t${r.originQueue}\t${r.reason}\tattempts=${r.attemptsMade}\tredrives=${r.redrives}\t${when}\t${r.error.message.slice(0, 120)}`,
           );
         }
         console.log(`${jobs.length} parked job(s)`);
@@ -226,9 +256,10 @@ export function buildProgram(): Command {
     .description('send parked jobs back to their origin queue')
     .option('--id <id...>', 'dead-letter or origin job id(s)')
     .option('--queue <name>', 'every job parked from this queue')
+    .option('--group <signature>', 'every job parked for this cause (a signature from dlq list --group)')
     .option('--all', 'every parked job')
     .option('--dry-run', 'show what would move; move nothing')
-    .action(async (opts: { id?: string[]; queue?: string; all?: boolean; dryRun?: boolean }) => {
+    .action(async (opts: { id?: string[]; queue?: string; group?: string; all?: boolean; dryRun?: boolean }) => {
       const sel = selector(opts, 'redrive');
       await withDeadLetter(async (dl) => {
         const outcomes = await dl.redrive(sel, { dryRun: Boolean(opts.dryRun) });
@@ -237,6 +268,7 @@ export function buildProgram(): Command {
         console.log(`${moved} job(s) ${opts.dryRun ? 'would be redriven' : 'redriven'}, ${outcomes.length - moved} skipped`);
         if (sel.ids && outcomes.length === 0)
           throw new StowageError('STOWAGE_ERR_NOT_FOUND', `no parked job with id ${sel.ids.join(', ')}`);
+        if (sel.group && outcomes.length === 0) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `no parked job in group ${sel.group}`);
       });
     });
   dlq
@@ -244,12 +276,14 @@ export function buildProgram(): Command {
     .description('delete parked jobs for good')
     .option('--id <id...>', 'dead-letter or origin job id(s)')
     .option('--queue <name>', 'every job parked from this queue')
+    .option('--group <signature>', 'every job parked for this cause (a signature from dlq list --group)')
     .option('--all', 'every parked job')
     .option('--dry-run', 'show what would be deleted')
-    .action(async (opts: { id?: string[]; queue?: string; all?: boolean; dryRun?: boolean }) => {
+    .action(async (opts: { id?: string[]; queue?: string; group?: string; all?: boolean; dryRun?: boolean }) => {
       const sel = selector(opts, 'purge');
       await withDeadLetter(async (dl) => {
         const removed = await dl.purge(sel, { dryRun: Boolean(opts.dryRun) });
+        if (sel.group && removed.length === 0) throw new StowageError('STOWAGE_ERR_NOT_FOUND', `no parked job in group ${sel.group}`);
         for (const id of removed) console.log(id);
         console.log(`${removed.length} job(s) ${opts.dryRun ? 'would be purged' : 'purged'}`);
       });
@@ -353,6 +387,7 @@ export async function main(argv = process.argv): Promise<number> {
       `stowage: warning: ${name} is not a Stowage setting and is ignored${suggestion ? `; did you mean ${suggestion}?` : ''}\n`,
     );
   }
+  for (const warning of unsafeSettings()) process.stderr.write(`stowage: warning: ${warning}\n`);
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

@@ -55,6 +55,7 @@ export async function startWorkerRole(
   logger: Logger,
   options: { kinds: JobKind[]; concurrency?: number; metricsPort?: number; metrics?: Metrics; db?: Db; processors?: ProcessorMap },
 ): Promise<WorkerRole> {
+  if (options.metricsPort !== undefined) await checkMetricsHost(config, options.metricsPort);
   const metrics = options.metrics ?? createMetrics();
   const db = options.db ?? createDb(config);
   const concurrency = options.concurrency ? Object.fromEntries(options.kinds.map((k) => [k, options.concurrency!])) : undefined;
@@ -95,6 +96,26 @@ export async function startWorkerRole(
       if (!options.db) await db.close();
     },
   };
+}
+
+/**
+ * The http role's rule for the worker's metrics listener: without authentication configured (the
+ * dev mode), listen on loopback only. /metrics is open on both listeners; a deployment that set
+ * STOWAGE_AUTH_SECRET or STOWAGE_BASIC_AUTH has chosen to expose its listeners (Prometheus scrapes
+ * each worker pod), while an unconfigured one that inherited HTTP_HOST=0.0.0.0 has not. Checked
+ * before the runtime starts, so a refused worker never takes a job.
+ */
+async function checkMetricsHost(config: Config, port: number): Promise<void> {
+  const { host } = config.http;
+  if (config.authSecret || config.basicAuth) return;
+  // Loaded here: the worker otherwise needs nothing from the HTTP layer.
+  const { isLoopback } = await import('../http/auth.js');
+  if (isLoopback(host)) return;
+  throw new StowageError(
+    'STOWAGE_ERR_CONFIG',
+    `refusing to serve worker metrics on ${host}:${port} without authentication configured: bind STOWAGE_HTTP_HOST to 127.0.0.1, ` +
+      'or set STOWAGE_AUTH_SECRET or STOWAGE_BASIC_AUTH as the http role requires for a non-loopback host',
+  );
 }
 
 export async function startSchedulerRole(config: Config, logger: Logger): Promise<Scheduler> {

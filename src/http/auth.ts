@@ -1,9 +1,11 @@
 /**
  * The auth plugin: who is calling, decided here and nowhere else. It decorates every request with
  * `request.caller` (user, tenant, role, and how they authenticated) and gives routes their checks:
- * `app.authenticate` (the API's bearer tokens), `app.adminOnly(action)` (a preHandler), and
- * `app.authenticateBoard` (Bull Board's onRequest hook). Basic auth is @fastify/basic-auth, the
- * board's session cookie @fastify/cookie, bearer tokens src/auth/tokens.ts.
+ * `app.authenticateApi` (the /v1 and /api onRequest hook: cross-site refusal, then bearer tokens),
+ * `app.authenticate` (the same caller, for handlers: it reuses what the hook found),
+ * `app.adminOnly(action)` (a preHandler), and `app.authenticateBoard` (Bull Board's onRequest
+ * hook). Basic auth is @fastify/basic-auth, the board's session cookie @fastify/cookie, bearer
+ * tokens src/auth/tokens.ts.
  *
  * | route                  | no auth configured (dev) | STOWAGE_AUTH_SECRET / STOWAGE_BASIC_AUTH set          |
  * | ---------------------- | ------------------------ | ----------------------------------------------------- |
@@ -13,12 +15,22 @@
  * | GET /v1/jobs/:kind/:id | open                     | any valid bearer token; role user: own jobs only (404) |
  * | GET /v1/…/events (SSE) | open                     | any valid bearer token; role user: own only (events.ts) |
  * | /api/backups…          | open                     | bearer token with role admin, else 403 (backups.ts)    |
+ * | GET /api/dead-letters… | open                     | bearer token, admin or viewer; user 403 (dead-letters.ts) |
+ * | POST …/groups/:s/redrive | open                   | bearer token with role admin, else 403                  |
+ * | /openapi.json          | open                     | open (the contract; no data)                           |
  * | /admin/queues          | open                     | basic auth (full access), or a token: admin writes,    |
  * |                        |                          | viewer reads only (writes 403, buttons hidden), user 403 |
  *
  * Basic auth is for people at the board; /v1 takes bearer tokens only. `startServer` refuses to
  * listen beyond loopback when no auth is configured, so "open" only ever means a developer's machine;
  * there, /v1 and the board also refuse a non-loopback Host (DNS rebinding).
+ *
+ * In every mode, auth on or off: the checks run in onRequest hooks, before the body is read, so a
+ * refused request never gets its body parsed (and its connection is closed when a body is still on
+ * its way); a write (POST, PUT, PATCH, DELETE) to /v1, /api or the board whose Origin, Referer or
+ * Sec-Fetch-Site shows another site is refused 403 (a page cannot make a browser restore a backup
+ * on a developer's machine); and past authentication, each caller is rate limited (rate-limit.ts:
+ * 429 with Retry-After). Probes, /metrics and /openapi.json are neither checked nor limited.
  *
  * Browsers cannot add a bearer header to a page load, so the board also takes `?token=` once: it
  * sets an HttpOnly, SameSite=Strict cookie scoped to the board's path and redirects to the same URL
@@ -67,6 +79,11 @@ declare module 'fastify' {
     caller: Caller | null;
   }
   interface FastifyInstance {
+    /**
+     * The /v1 and /api onRequest hook: refuse a cross-site write, then authenticate (sets
+     * request.caller); throws AuthError. Runs before the body is read.
+     */
+    authenticateApi(req: FastifyRequest, reply: FastifyReply): Promise<void>;
     /** The caller of an API request from its bearer token (open in dev mode); sets request.caller, else throws AuthError. */
     authenticate(req: FastifyRequest): Promise<Caller>;
     /** A preHandler: authenticate, then 403 unless the role is admin, naming the refused `action`. */
@@ -118,11 +135,25 @@ export const authPlugin = fp<AuthOptions>(
       return { userId: principal.userId, tenant: principal.tenant, role: principal.role, via: 'bearer' };
     };
 
+    // Handlers call it again after authenticateApi: the hook's caller stands (request.caller is
+    // null until an auth check passes, and only the API's checks set it on API routes).
     const authenticate = async (req: FastifyRequest): Promise<Caller> => {
-      req.caller = await apiCaller(req);
+      req.caller ??= await apiCaller(req);
       return req.caller;
     };
     app.decorate('authenticate', authenticate);
+    app.decorate('authenticateApi', async (req: FastifyRequest, reply: FastifyReply) => {
+      try {
+        if (isWrite(req)) {
+          const crossSite = crossSiteReason(req);
+          if (crossSite) throw new AuthError(crossSite, 'STOWAGE_ERR_FORBIDDEN');
+        }
+        await authenticate(req);
+      } catch (err) {
+        closeUnreadBody(req, reply);
+        throw err;
+      }
+    });
     app.decorate(
       'adminOnly',
       (action: string): preHandlerAsyncHookHandler =>
@@ -175,6 +206,7 @@ export const authPlugin = fp<AuthOptions>(
     };
 
     const boardDeny = (reply: FastifyReply, err: unknown): FastifyReply => {
+      closeUnreadBody(reply.request, reply);
       const { status, body } = errorResponse(err, reply.request.id);
       if (status === 401) {
         // A Basic challenge makes a browser prompt for the user and password.
@@ -192,7 +224,7 @@ export const authPlugin = fp<AuthOptions>(
     });
 
     app.decorate('authenticateBoard', async (req: FastifyRequest, reply: FastifyReply) => {
-      const write = req.method !== 'GET' && req.method !== 'HEAD';
+      const write = isWrite(req);
       if (write) {
         const crossSite = crossSiteReason(req);
         if (crossSite) return boardDeny(reply, new AuthError(crossSite, 'STOWAGE_ERR_FORBIDDEN'));
@@ -297,10 +329,25 @@ function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 
+/** Whether a request may change something (anything but GET and HEAD): what the cross-site check refuses. */
+function isWrite(req: FastifyRequest): boolean {
+  return req.method !== 'GET' && req.method !== 'HEAD';
+}
+
 /**
- * Why a board write looks cross-site, or undefined. Origin (or Referer when Origin is absent) must
- * name this Host; Sec-Fetch-Site, sent by current browsers, must say same-origin. Absent headers
- * pass: non-browser clients (curl, the CLI) send none and authenticate by header.
+ * On a refusal before the body was read: close the connection after the answer instead of
+ * reading (and discarding) whatever body the client is still sending.
+ */
+export function closeUnreadBody(req: FastifyRequest, reply: FastifyReply): void {
+  const length = req.headers['content-length'];
+  const pending = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+  if (pending && !req.raw.complete) reply.header('connection', 'close');
+}
+
+/**
+ * Why a write to the API or the board looks cross-site, or undefined. Origin (or Referer when
+ * Origin is absent) must name this Host; Sec-Fetch-Site, sent by current browsers, must say
+ * same-origin. Absent headers pass: non-browser clients (curl, the CLI, the SDK) send none.
  */
 function crossSiteReason(req: FastifyRequest): string | undefined {
   const site = req.headers['sec-fetch-site'];

@@ -10,6 +10,7 @@
  * | DELETE /api/backups/:name              | archive and sidecar removed, row marked deleted        |
  * | POST   /api/backups/test-connection    | put/head/get/list/delete a probe; 200 ok, 502 failed   |
  * | POST   /api/backups/:name/restore      | {to?, pgDatabase?, force?}: stage on this server        |
+ * |                                        | (`to` outside the source roots: 400, or 422 via a link) |
  * | POST   /api/backups/cancel-restore     | {dir}: throw a staged restore away                     |
  *
  * Apply stays a CLI / start-up step: it must run with the application stopped, on its host.
@@ -19,7 +20,7 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { Role } from '../auth/tokens.js';
-import type { Config } from '../config.js';
+import { defaultSourceRoots, type Config } from '../config.js';
 import { deleteBackupObject, describeBackup, resolveBackup } from '../backups/catalog.js';
 import { cancelRestore, stageRestore } from '../backups/restore.js';
 import { listAllBackups, markBackupDeleted } from '../db/backups.js';
@@ -40,8 +41,11 @@ export interface BackupRoutesDeps {
   storage: () => Storage;
   producer: Producer;
   authenticate: (req: FastifyRequest) => Promise<{ userId: string; role: Role }>;
-  /** The configured backup sets: a restore without `to` puts SQLite files only at their paths. Absent: `to` is required. */
-  config?: Pick<Config, 'backupSets'>;
+  /**
+   * The configured backup sets: a restore without `to` puts SQLite files only at their paths (absent:
+   * `to` is required); and the source roots a restore's `to` must resolve inside (absent: the default ones).
+   */
+  config?: Pick<Config, 'backupSets' | 'sourceRoots'>;
 }
 
 type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
@@ -165,6 +169,8 @@ export function registerBackupRoutes(app: App, deps: BackupRoutesDeps): void {
       ...(body.to ? { toDir: body.to } : {}),
       ...(body.pgDatabase ? { pgDatabase: body.pgDatabase } : {}),
       ...(body.force ? { force: true } : {}),
+      // The caller names a folder on this server: hold it to the roots like any source path.
+      sourceRoots: deps.config?.sourceRoots ?? defaultSourceRoots(),
     });
     req.log.info({ key: row.key, stagingDir: staged.stagingDir, user: caller.userId }, 'restore staged');
     return { name: backupName(row.key), ...staged, apply: `stowage backup apply-restore --dir ${staged.stagingDir}` };

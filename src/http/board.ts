@@ -1,6 +1,7 @@
 /**
  * Bull Board at /admin/queues: every queue (dead-letter and extra ones included), behind the auth
- * plugin's board hook (auth.ts), framed by nobody, and read-only for viewers.
+ * plugin's board hook (auth.ts) and the caller's rate limit (rate-limit.ts), framed by nobody, and
+ * read-only for viewers.
  *
  * Nothing secret is shown: payloads from older producers, and dead letters that never expire, may
  * hold a `postgres://user:password@` URL or a `password` field. Each queue's `data` and
@@ -15,6 +16,8 @@ import type { Queue } from 'bullmq';
 import type { FastifyPluginAsync } from 'fastify';
 import { DEAD_LETTER_QUEUE } from '../queues/index.js';
 import { redactSecrets } from '../queues/redact.js';
+import { closeUnreadBody } from './auth.js';
+import { errorResponse } from './error-response.js';
 
 export const BOARD_PATH = '/admin/queues';
 
@@ -41,7 +44,20 @@ export const boardRoutes: FastifyPluginAsync<BoardOptions> = async (board, { que
     options: { uiConfig: { boardTitle: 'Stowage' } },
   });
 
-  board.addHook('onRequest', board.authenticateBoard);
+  board.addHook('onRequest', async (req, reply) => {
+    // One hook, so nothing runs after the auth check answered by itself (a refusal, the ?token=
+    // redirect). It returns the reply then, a thenable that `await` resolves once it is sent.
+    await board.authenticateBoard.call(board, req, reply);
+    if (reply.sent) return reply;
+    try {
+      await board.limitRate(req, reply);
+    } catch (err) {
+      // Answered here: the board's routes have Bull Board's error handler, which knows no codes.
+      closeUnreadBody(req, reply);
+      const { status, body } = errorResponse(err, req.id);
+      return reply.code(status).send(body);
+    }
+  });
 
   board.addHook('onSend', async (req, reply, payload) => {
     // The board's buttons can be clicked by a user tricked into it inside a frame.

@@ -2,14 +2,16 @@
  * The job API: `POST /v1/jobs/:kind` enqueues (admin token; the same validation as the SDK) and
  * `GET /v1/jobs/:kind/:id` reports a job's state, progress and outcome (any token; a `user` token
  * sees its own jobs only). A job that failed for good leaves its queue when it is parked: it is then
- * found in the dead-letter queue and reported as `parked`, with why and where. A job's live events
+ * found in the dead-letter queue and reported as `parked`, with why and where. A redrive puts it back
+ * in its queue under the same id, so the same URL then reports the live job. A job's live events
  * are in events.ts.
  */
 import type { JobState, Queue } from 'bullmq';
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { mayRead } from '../auth/tokens.js';
-import { NotFoundError, StowageError } from '../errors.js';
+import { NotFoundError, StowageError, ValidationError } from '../errors.js';
+import { MAX_JSON_DEPTH, isReadableJobId, nestsDeeperThan } from '../ids.js';
 import type { Producer } from '../producers/index.js';
 import {
   DEAD_LETTER_QUEUE,
@@ -86,6 +88,12 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
       const caller = req.caller!;
       const { kind } = req.params;
       if (!isJobKind(kind)) throw unknownKind(kind, JOB_KINDS);
+      // The payload is hashed for its job id (canonical JSON, recursive) before any schema sees it:
+      // thousands of levels would overflow the stack. Records may nest MAX_JSON_DEPTH levels, and
+      // sit two below the body (`{records: [record]}`).
+      if (nestsDeeperThan(req.body, MAX_JSON_DEPTH + 2)) {
+        throw new ValidationError('body', [`nests deeper than ${MAX_JSON_DEPTH + 2} levels of objects and arrays (the limit)`]);
+      }
       // producer.enqueue validates with the same schema as the SDK and names each bad field.
       const result = await deps.producer.enqueue(kind, req.body as PayloadInput<typeof kind>);
       req.log.info({ kind, jobId: result.jobId, created: result.created, user: caller.userId, tenant: caller.tenant }, 'job enqueued');
@@ -101,14 +109,17 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
       const { kind, id } = req.params;
       const queue = (QUEUE_NAMES as readonly string[]).includes(kind) ? deps.queues.find((q) => q.name === kind) : undefined;
       if (!queue) throw unknownKind(kind, QUEUE_NAMES);
+      // `meta`, `events`, `id`, … name BullMQ's own keys beside the job hashes: read as a job they
+      // answer WRONGTYPE (a 500) or a "job" made of the queue's meta fields. They are no job.
+      if (!isReadableJobId(id)) throw new NotFoundError(`job ${id} not found in queue ${kind}`);
       const job = await queue.getJob(id);
       const at = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : null);
       const notFound = () => new NotFoundError(`job ${id} not found in queue ${kind}`);
       if (!job) {
-        const parked = isJobKind(kind) ? await parkedJob(deps.queues, kind, id) : undefined;
+        const parked = await findParked(deps.queues, kind, id);
         // Another user's job answers exactly like a missing one, so ids cannot be probed.
-        if (!parked || !mayRead(caller, (parked.data.payload as { userId?: unknown } | undefined)?.userId)) throw notFound();
-        const p = parked.data;
+        if (!parked || !mayRead(caller, parkedOwner(parked.record))) throw notFound();
+        const p = parked.record;
         return {
           jobId: id,
           kind: kind as (typeof QUEUE_NAMES)[number],
@@ -120,12 +131,7 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
           createdAt: at(p.timestamps.created),
           processedAt: at(p.timestamps.processed),
           finishedAt: at(p.timestamps.failed),
-          parked: {
-            reason: p.reason,
-            deadLetterId: parked.id ?? parkedJobId(kind, id),
-            parkedAt: new Date(p.timestamps.parked).toISOString(),
-            error: { name: p.error.name, ...(p.error.code ? { code: p.error.code } : {}), message: p.error.message },
-          },
+          parked: parkedDetails(parked),
         };
       }
       if (!mayRead(caller, (job.data as { userId?: unknown } | undefined)?.userId)) throw notFound();
@@ -145,15 +151,38 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
   );
 };
 
-/** The dead-letter copy of a job of `kind` that was parked (its origin queue no longer has it). */
-async function parkedJob(
-  queues: readonly Queue[],
-  kind: string,
-  id: string,
-): Promise<{ id?: string | undefined; data: ParkedJob } | undefined> {
+/** A parked job: its dead-letter record and that record's job id. */
+export interface FoundParked {
+  deadLetterId: string;
+  record: ParkedJob;
+}
+
+/**
+ * The dead-letter copy of job `id` of queue `kind`, found once its origin queue no longer has it.
+ * A redrive re-adds the job to its origin queue under the same id, so the origin queue is always
+ * asked first: a redriven job is reported live, under the id it always had.
+ */
+export async function findParked(queues: readonly Queue[], kind: string, id: string): Promise<FoundParked | undefined> {
+  if (!isJobKind(kind)) return undefined;
   const dlq = queues.find((q) => q.name === DEAD_LETTER_QUEUE);
-  const job = await dlq?.getJob(parkedJobId(kind, id));
-  return job && (job.data as ParkedJob | undefined)?.originJobId === id ? { id: job.id, data: job.data as ParkedJob } : undefined;
+  const deadLetterId = parkedJobId(kind, id);
+  const job = await dlq?.getJob(deadLetterId);
+  const record = job?.data as ParkedJob | undefined;
+  return record?.originJobId === id && record.originQueue === kind ? { deadLetterId: job!.id ?? deadLetterId, record } : undefined;
+}
+
+/** Whose job it was: a `user` token reads its own parked jobs only. */
+export const parkedOwner = (record: ParkedJob): unknown => (record.payload as { userId?: unknown } | undefined)?.userId;
+
+/** Why and where a job is parked, as GET /v1/jobs/:kind/:id and the job's event stream report it. */
+export function parkedDetails({ deadLetterId, record }: FoundParked) {
+  const { name, code, message } = record.error;
+  return {
+    reason: record.reason,
+    deadLetterId,
+    parkedAt: new Date(record.timestamps.parked).toISOString(),
+    error: { name, ...(code ? { code } : {}), message },
+  };
 }
 
 function unknownKind(kind: string, known: readonly string[]): StowageError {

@@ -16,12 +16,12 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { AuthError, StowageError } from '../errors.js';
-import { safeId } from '../ids.js';
+import { MAX_JSON_DEPTH, nestsDeeperThan, safeId } from '../ids.js';
 import type { Logger } from '../observability/logger.js';
 import type { Producer } from '../producers/index.js';
 import { MAX_PRESIGN_SECONDS, type Storage } from '../storage/client.js';
 import { DEFAULT_PRESIGN_SECONDS } from '../storage/presign.js';
-import { getRecord, listRecords, recordUrl, searchRecords } from '../storage/records.js';
+import { getRecord, listRecords, recordModule, recordUrl, searchRecords } from '../storage/records.js';
 import { jsonSchema, parse, replies, validatedInHandler } from './schemas.js';
 
 export interface RecordRoutesDeps {
@@ -48,13 +48,23 @@ const urlQuery = z.strictObject({
   expiresIn: z.coerce.number().int().min(1).max(MAX_PRESIGN_SECONDS, `at most ${MAX_PRESIGN_SECONDS} seconds (7 days)`).optional(),
 });
 
+/** One record: an object whose arrays and objects nest at most MAX_JSON_DEPTH levels (ids.ts). */
+const record = z
+  .record(z.string(), z.unknown())
+  .refine(
+    (r) => !nestsDeeperThan(r, MAX_JSON_DEPTH),
+    `nests deeper than ${MAX_JSON_DEPTH} levels of objects and arrays (the limit); flatten it`,
+  );
+
 const body = z.object({
   format: z.enum(['json', 'jsonl', 'parquet']),
-  records: z.array(z.record(z.string(), z.unknown())).min(1),
+  records: z.array(record).min(1),
   id: safeId.optional(),
 });
 
 const moduleParams = z.object({ module: safeId });
+/** Stores refuse Stowage's own top-level prefixes as module names; reads do not (older records). */
+const storeParams = z.object({ module: recordModule });
 const recordParams = z.object({ module: safeId, id: safeId });
 /** A manifest entry (storage/manifest.ts). */
 const entry = z.looseObject({
@@ -75,7 +85,7 @@ const hit = z.looseObject({
 });
 
 const storeSchema = {
-  params: jsonSchema(moduleParams),
+  params: jsonSchema(storeParams),
   body: jsonSchema(body),
   response: replies({ 202: z.object({ jobId: z.string(), kind: z.literal('export'), created: z.boolean(), id: z.string() }) }),
 };
@@ -116,7 +126,7 @@ function recordRoutes(app: FastifyInstance, deps: RecordRoutesDeps): void {
     if (caller.role === 'viewer') {
       throw new AuthError('role "viewer" may not store records; a user or admin token is required', 'STOWAGE_ERR_FORBIDDEN');
     }
-    const module = parse(safeId, req.params.module, 'module');
+    const module = parse(recordModule, req.params.module, 'module');
     const b = parse(body, req.body, 'body');
     // The answer carries the object's id (derived from the records when not given) for the GETs.
     const enqueued = await deps.producer.storeRecords({

@@ -1,31 +1,41 @@
 /**
- * The HTTP server, assembled: the auth plugin (auth.ts, which also says who may do what), probes
- * (/healthz, /readyz), /metrics, the /v1 and /api route groups (one file each) and Bull Board at
- * /admin/queues, on one Fastify instance with one error mapping (error-response.ts).
+ * The HTTP server, assembled: the auth plugin (auth.ts, which also says who may do what), the rate
+ * limits (rate-limit.ts), probes (/healthz, /readyz), /metrics, the /v1 and /api route groups (one
+ * file each) and Bull Board at /admin/queues, on one Fastify instance with one error mapping
+ * (error-response.ts).
+ *
+ * The /v1 and /api routes share one onRequest hook: cross-site refusal, authentication, then the
+ * caller's rate limits, all before the body is read. Slow clients are bounded by the http.*Timeout
+ * settings: a request must arrive whole within http.requestTimeoutMs (Node answers 408 and closes),
+ * which bounds receiving only, so event streams and downloads run as long as they need.
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Queue } from 'bullmq';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
-import type { Config } from '../config.js';
+import { HTTP_DEFAULTS, type Config } from '../config.js';
 import type { Db } from '../db/pool.js';
 import { StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Producer } from '../producers/index.js';
 import { QUEUE_NAMES } from '../queues/index.js';
+import { isSecretParam } from '../queues/redact.js';
 import type { Storage } from '../storage/client.js';
 import { registerArtifactRoutes } from './artifacts.js';
-import { authPlugin, isLoopback } from './auth.js';
+import { authPlugin, closeUnreadBody, isLoopback } from './auth.js';
 import { registerBackupRoutes } from './backups.js';
 import { BOARD_PATH, boardRoutes } from './board.js';
+import { registerDeadLetterRoutes } from './dead-letters.js';
 import { sendError, sendNotFound } from './error-response.js';
 import { registerEventRoutes, type EventRoutesOptions } from './events.js';
 import { registerFailureRoutes } from './failures.js';
 import { jobRoutes } from './jobs.js';
 import { metricsRoute } from './metrics.js';
+import { openapiPlugin } from './openapi.js';
 import { probeRoutes } from './probes.js';
+import { rateLimitPlugin } from './rate-limit.js';
 import { registerRecordRoutes } from './records.js';
 
 export { BOARD_COOKIE, isLoopback, type Caller } from './auth.js';
@@ -75,7 +85,21 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
   const { config } = deps;
   const queues = checkQueues(deps.queues, config.prefix);
 
+  const http = { ...HTTP_DEFAULTS, ...definedOnly(config.http) };
+  const { requestTimeoutMs, keepAliveTimeoutMs, connectionTimeoutMs, trustProxy } = http;
   const app = Fastify({
+    // Node checks the request bounds every connectionsCheckingInterval (30 s by default): often
+    // enough that a short bound holds. headersTimeout may not exceed requestTimeout.
+    http: {
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: requestTimeoutMs > 0 ? Math.min(60_000, requestTimeoutMs) : 60_000,
+      connectionsCheckingInterval: requestTimeoutMs > 0 ? Math.min(30_000, Math.max(250, Math.floor(requestTimeoutMs / 4))) : 30_000,
+    },
+    requestTimeout: requestTimeoutMs,
+    keepAliveTimeout: keepAliveTimeoutMs,
+    connectionTimeout: connectionTimeoutMs,
+    // request.ip, .protocol and .host honour X-Forwarded-* from these peers only.
+    trustProxy,
     loggerInstance: deps.logger,
     // Fastify's own request lines carry the raw URL, which may hold ?token=; ours redact it.
     logController: new LogController({ disableRequestLogging: true }),
@@ -95,17 +119,37 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
 
   // First: everything registered after it sees request.caller and the checks.
   app.register(authPlugin, { config, boardPath: BOARD_PATH });
+  app.register(rateLimitPlugin, {
+    redis: deps.redis,
+    prefix: config.prefix,
+    requestsPerMinute: http.requestsPerMinute,
+    enqueuesPerMinute: http.enqueuesPerMinute,
+  });
+  // Before the routes: it collects them (onRoute) for GET /openapi.json.
+  app.register(openapiPlugin);
   app.register(probeRoutes, { redis: deps.redis, db: deps.db, storage: deps.storage, readyTimeoutMs: opts.readyTimeoutMs });
   app.register(metricsRoute, { metrics: deps.metrics, queues, timeoutMs: opts.metricsTimeoutMs });
-  app.register(jobRoutes, { producer: deps.producer, queues });
-  // These route groups take the check as a dependency (their own tests pass a stand-in).
+  // Every /v1 and /api route: refused (cross-site, no credentials, over its rate) before its body is read.
   app.register(async (api: FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>) => {
+    api.addHook('onRequest', async (req, reply) => {
+      await api.authenticateApi(req, reply);
+      try {
+        await api.limitRate(req, reply);
+      } catch (err) {
+        closeUnreadBody(req, reply);
+        throw err;
+      }
+    });
+    api.register(jobRoutes, { producer: deps.producer, queues });
+    // These route groups take the check as a dependency (their own tests pass a stand-in); it
+    // answers the caller the hook found.
     const { authenticate } = api;
     registerEventRoutes(api, { config, logger: deps.logger, queues, redis: deps.redis, authenticate }, opts.events);
     registerArtifactRoutes(api, { db: deps.db, storage: deps.storage, authenticate });
     registerFailureRoutes(api, { config, db: deps.db, redis: deps.redis, metrics: deps.metrics, logger: deps.logger, authenticate });
     registerRecordRoutes(api, { storage: deps.storage, producer: deps.producer, authenticate });
     registerBackupRoutes(api, { db: deps.db, storage: deps.storage, producer: deps.producer, authenticate, config: deps.config });
+    registerDeadLetterRoutes(api, { config, redis: deps.redis, logger: deps.logger, metrics: deps.metrics, authenticate });
   });
   app.register(boardRoutes, { prefix: BOARD_PATH, queues });
 
@@ -162,10 +206,22 @@ function checkQueues(queues: readonly Queue[], prefix: string): Queue[] {
   return [...queues];
 }
 
-/** The URL with any `token` query parameter blanked, for logs. */
+/** `obj` without its undefined properties: what may override defaults. */
+function definedOnly<T extends object>(obj: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}
+
+/**
+ * The URL with every secret query parameter blanked, for logs. Names are compared as the query
+ * parser reads them (percent-decoded, any case: `?%74oken=` authenticates like `?token=`), and the
+ * same secret names as in payloads count (token, access_token, password, …: isSecretParam).
+ */
 export function redactUrl(url: string): string {
-  if (!/[?&]token=/.test(url)) return url;
-  const parsed = new URL(url, 'http://log.invalid');
-  parsed.searchParams.set('token', '[redacted]');
-  return parsed.pathname + parsed.search;
+  const q = url.indexOf('?');
+  if (q === -1) return url;
+  const hash = url.indexOf('#', q);
+  const params = [...new URLSearchParams(url.slice(q + 1, hash === -1 ? undefined : hash))];
+  if (!params.some(([name]) => isSecretParam(name))) return url;
+  const kept = new URLSearchParams(params.map(([name, value]): [string, string] => [name, isSecretParam(name) ? '[redacted]' : value]));
+  return `${url.slice(0, q)}?${kept}`;
 }

@@ -9,10 +9,10 @@
  * A bad payload throws ValidationError naming each bad field, before anything reaches Redis.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { QueueEvents, type JobsOptions } from 'bullmq';
+import { QueueEvents, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
-import { StowageError } from '../errors.js';
+import { JobParkedError, StowageError, ValidationError } from '../errors.js';
 import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import {
   JOB_KINDS,
@@ -24,6 +24,7 @@ import {
   openQueue,
   parkedJobId,
   parsePayload,
+  payloadSourcePaths,
   type DeadLetterQueue,
   type JobKind,
   type ExportRecordsPayload,
@@ -35,6 +36,8 @@ import {
   type Result,
 } from '../queues/index.js';
 import { sleep } from '../retry.js';
+import { jobId as jobIdSchema } from '../ids.js';
+import { sourceRootProblem } from '../storage/source-roots.js';
 
 export interface EnqueueOptions {
   /** Override the derived job id (dedupe key). */
@@ -69,7 +72,7 @@ export interface StoreEnqueued extends Enqueued {
 
 export interface Producer {
   /**
-   * Store records as one JSON, JSONL or Parquet object under `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`
+   * Store records as one JSON, JSONL or Parquet object under `records/{module}/{userId}/YYYY/MM/DD/{id}.{ext}`
    * and list it in the manifest. With `{wait: true}` the ExportResult, else the enqueued job and id.
    */
   storeRecords(input: Omit<ExportRecordsPayload, 'op'>, options: StoreOptions & { wait: true }): Promise<ExportResult>;
@@ -87,7 +90,10 @@ export interface Producer {
   export(payload: PayloadInput<'export'>, options?: EnqueueOptions): Promise<Enqueued>;
   backup(payload: PayloadInput<'backup'>, options?: EnqueueOptions): Promise<Enqueued>;
   cleanup(payload: PayloadInput<'cleanup'>, options?: EnqueueOptions): Promise<Enqueued>;
-  /** Wait until the job completes (its result) or ends failed/parked (throws). */
+  /**
+   * Wait until the job completes (its result) or ends failed (throws StowageError STOWAGE_ERR_JOB_FAILED)
+   * or parked (throws JobParkedError: reason, attemptsMade, deadLetterId, the error).
+   */
   waitFor<K extends JobKind>(kind: K, jobId: string, timeoutMs?: number): Promise<Result<K>>;
   /** The queue for a kind (read-only uses: counts, getJob). */
   queue<K extends JobKind>(kind: K): KindQueue<K>;
@@ -96,7 +102,16 @@ export interface Producer {
   close(): Promise<void>;
 }
 
-export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, options: { connection?: Redis } = {}): Producer {
+/**
+ * `sourceRoots`: refuse, before Redis, a payload path (buildDir, packPath, an ad hoc SQLite path)
+ * outside these folders, by its text. Left out (an application's `{redisUrl, prefix}`), nothing is
+ * checked here: the producer's host need not know the workers' roots, and every worker checks
+ * again with links resolved whatever the producer did.
+ */
+export function createProducer(
+  config: Pick<Config, 'redisUrl' | 'prefix'> & Partial<Pick<Config, 'sourceRoots'>>,
+  options: { connection?: Redis } = {},
+): Producer {
   const connection = options.connection ?? createProducerRedis(config.redisUrl);
   const at = { connection, prefix: config.prefix };
   const opened: { close(): Promise<void> }[] = [];
@@ -131,6 +146,23 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
       throw new StowageError('STOWAGE_ERR_UNKNOWN_KIND', `unknown job kind "${kind}"; expected one of ${JOB_KINDS.join(', ')}`);
     }
     const data = parsePayload(kind, payload);
+    const roots = config.sourceRoots;
+    if (roots) {
+      const issues = payloadSourcePaths(kind, data).flatMap(({ field, path }) => {
+        const problem = sourceRootProblem(path, roots);
+        return problem ? [`${field}: ${problem}`] : [];
+      });
+      if (issues.length) throw new ValidationError(`${kind} payload`, issues);
+    }
+    if (opts.jobId !== undefined) {
+      // A chosen id that names one of BullMQ's own keys would read or overwrite that key, not a job.
+      const checked = jobIdSchema.safeParse(opts.jobId);
+      if (!checked.success)
+        throw new ValidationError(
+          `${kind} job id`,
+          checked.error.issues.map((i) => `jobId: ${i.message}`),
+        );
+    }
     const jobId = opts.jobId ?? jobIdFor(kind, data);
     const jobOpts: JobsOptions = { jobId };
     if (opts.delay !== undefined) jobOpts.delay = opts.delay;
@@ -159,15 +191,14 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     }
     // A job that failed for good is parked and removed from its queue, possibly before we
     // look: the dead-letter queue then has the answer.
-    const parked = async (): Promise<ParkedJob | undefined> => (await deadLetter().getJob(parkedJobId(kind, jobId)))?.data;
+    const parked = async (cause?: unknown): Promise<JobParkedError | undefined> => {
+      const dead = (await deadLetter().getJob(parkedJobId(kind, jobId))) as Job<ParkedJob> | undefined;
+      return dead?.data?.originJobId === jobId ? parkedError(dead, cause) : undefined;
+    };
     const job = await queue(kind).getJob(jobId);
     if (!job) {
       const p = await parked();
-      if (p)
-        throw new StowageError(
-          'STOWAGE_ERR_JOB_FAILED',
-          `job ${jobId} was parked in the dead-letter queue (${p.reason}): ${p.error.message}`,
-        );
+      if (p) throw p;
       throw new StowageError('STOWAGE_ERR_NOT_FOUND', `job ${jobId} not found in queue ${kind}`);
     }
     try {
@@ -175,15 +206,15 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
     } catch (err) {
       // waitUntilFinished rejects on a final failure, which the worker parks right after the
       // `failed` event we just saw: give the park a moment to land so the answer says "parked".
-      let p: ParkedJob | undefined;
+      let p: JobParkedError | undefined;
       const until = Date.now() + PARK_GRACE_MS;
       for (;;) {
-        p = await parked().catch(() => undefined);
+        p = await parked(err).catch(() => undefined);
         if (p || Date.now() >= until || (err instanceof Error && FOREIGN_ERROR_TEXT.bullmqWaitTimedOut.test(err.message))) break;
         await sleep(50);
       }
-      const why = p ? `was parked in the dead-letter queue (${p.reason}): ${p.error.message}` : `failed: ${(err as Error).message}`;
-      throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} ${why}`, { cause: err });
+      if (p) throw p;
+      throw new StowageError('STOWAGE_ERR_JOB_FAILED', `job ${jobId} failed: ${(err as Error).message}`, { cause: err });
     }
   };
 
@@ -229,4 +260,21 @@ export function createProducer(config: Pick<Config, 'redisUrl' | 'prefix'>, opti
       if (!options.connection) await connection.quit().catch(() => connection.disconnect());
     },
   };
+}
+
+/** The error waitFor throws for a parked job: why, after how many attempts, and its dead-letter id. */
+function parkedError(dead: Job<ParkedJob>, cause?: unknown): JobParkedError {
+  const r = dead.data;
+  return new JobParkedError(
+    {
+      queue: r.originQueue,
+      jobId: r.originJobId,
+      reason: r.reason,
+      attemptsMade: r.attemptsMade,
+      deadLetterId: dead.id ?? parkedJobId(r.originQueue, r.originJobId),
+      parkedAt: new Date(r.timestamps.parked).toISOString(),
+      error: { name: r.error.name, ...(r.error.code ? { code: r.error.code } : {}), message: r.error.message },
+    },
+    cause === undefined ? undefined : { cause },
+  );
 }

@@ -5,9 +5,13 @@
 import { z } from 'zod';
 import { absolutePath, safeId } from '../ids.js';
 import type { BackupDatabaseEntry } from '../db/backups.js';
+import { RESERVED_TOP_LEVEL_PREFIXES, reservedModuleReason } from '../storage/keys.js';
 
 export const buildArtifactPayload = z.strictObject({
-  userId: safeId,
+  /** The artifact's top-level folder (`{userId}/{projectId}/…`): none of Stowage's own prefixes. */
+  userId: safeId.refine((u) => !RESERVED_TOP_LEVEL_PREFIXES.has(u), {
+    error: (issue) => reservedModuleReason(String(issue.input)) ?? 'is reserved',
+  }),
   projectId: safeId,
   versionId: safeId,
   /** Folder (or single file) to archive. */
@@ -68,8 +72,10 @@ export type AggregationResult =
 /** Store records as one object (the default op; payloads without `op` are this). */
 export const exportRecordsPayload = z.strictObject({
   op: z.literal('records').optional(),
-  /** Not `manifests` or `json_blobs`: those top-level prefixes hold manifests and blobs. */
-  module: safeId.refine((m) => m !== 'manifests' && m !== 'json_blobs', 'manifests and json_blobs are reserved'),
+  /** Not one of Stowage's own top-level prefixes (`backups`, `manifests`, …; storage/keys.ts). */
+  module: safeId.refine((m) => !RESERVED_TOP_LEVEL_PREFIXES.has(m), {
+    error: (issue) => reservedModuleReason(String(issue.input)) ?? 'is reserved',
+  }),
   userId: safeId,
   format: z.enum(['json', 'jsonl', 'parquet']),
   records: z.array(z.record(z.string(), z.unknown())).min(1, 'at least one record').max(100_000),
@@ -235,6 +241,23 @@ export type CleanupResult = {
   /** The first 100 keys deleted (or that would be). */
   sample: string[];
 };
+
+/**
+ * The file system paths a payload has a worker read, by field (`buildDir`, `sqlite.0.path`): what
+ * must lie inside the source roots (storage/source-roots.ts). A configured backup set's paths are
+ * not here: the operator wrote them in the configuration, and the worker takes them as given.
+ */
+export function payloadSourcePaths(kind: string, data: unknown): { field: string; path: string }[] {
+  if (kind === 'build-artifact') {
+    const p = data as z.output<typeof buildArtifactPayload>;
+    return [{ field: 'buildDir', path: p.buildDir }, ...(p.packPath ? [{ field: 'packPath', path: p.packPath }] : [])];
+  }
+  if (kind === 'backup') {
+    const p = data as z.output<typeof backupPayload>;
+    return (p.sqlite ?? []).map((s, i) => ({ field: `sqlite.${i}.path`, path: s.path }));
+  }
+  return [];
+}
 
 export type BuildArtifactPayload = z.input<typeof buildArtifactPayload>;
 export type BuildArtifactResult = z.infer<typeof buildArtifactResult>;

@@ -60,12 +60,20 @@ export function parseObjectUrl(url: string): { bucket: string; key: string } | n
 export type RecordFormat = 'json' | 'jsonl' | 'parquet';
 
 /**
- * A record export: `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, the date in UTC of `at` (the job's
- * creation time, so a retry of the same job writes the same key).
+ * The root of record exports. Records once went to `{module}/{userId}/…` at the top of the bucket,
+ * beside build artifacts (`{userId}/…`), backups and the aggregation exports, so a module named like
+ * another user (or `backups`) put one user's records in someone else's folder. Objects written there
+ * stay where they are: every read goes through the manifest, whose entries carry each object's key.
+ */
+export const RECORDS_ROOT = 'records';
+
+/**
+ * A record export: `records/{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, the date in UTC of `at` (the
+ * job's creation time, so a retry of the same job writes the same key).
  */
 export function recordKey(module: string, userId: string, at: Date, id: string, format: RecordFormat): string {
   const iso = at.toISOString();
-  return `${module}/${userId}/${iso.slice(0, 4)}/${iso.slice(5, 7)}/${iso.slice(8, 10)}/${id}.${format}`;
+  return `${RECORDS_ROOT}/${module}/${userId}/${iso.slice(0, 4)}/${iso.slice(5, 7)}/${iso.slice(8, 10)}/${id}.${format}`;
 }
 
 /** The manifest of one module and user: `manifests/{module}/{userId}/manifest.jsonl`. */
@@ -91,6 +99,28 @@ export function jsonBlobKey(key: string): string {
 
 /** Where the capability probe (capabilities.ts) writes its throw-away objects. */
 export const CAPABILITY_PROBE_PREFIX = '_stowage/capabilities/';
+
+/**
+ * The top-level prefixes of Stowage's own objects: the record and manifest roots, JSON blobs,
+ * backups, probes, and the default prefix of aggregation exports (`failures.uploadPrefix`). A record
+ * module may not take one of these names: it would read as that folder in any listing, lifecycle
+ * rule or usage report, and records written by earlier versions sit at `{module}/…`.
+ */
+export const RESERVED_TOP_LEVEL_PREFIXES: ReadonlySet<string> = new Set([
+  RECORDS_ROOT,
+  'manifests',
+  'json_blobs',
+  'backups',
+  '_stowage',
+  'failure_patterns',
+]);
+
+/** Why `name` cannot be a record module (it is one of Stowage's top-level prefixes), or undefined. */
+export function reservedModuleReason(name: string): string | undefined {
+  return RESERVED_TOP_LEVEL_PREFIXES.has(name)
+    ? `"${name}" is reserved: Stowage keeps its own ${name}/ objects at the top of the bucket (reserved: ${[...RESERVED_TOP_LEVEL_PREFIXES].join(', ')})`
+    : undefined;
+}
 
 /**
  * A backup archive: `backups/{set}/{set}-backup-YYYY-MM-DD-HHMMSS.tar.gz`, the date and time in UTC

@@ -9,7 +9,7 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { ValidationError } from '../errors.js';
 import { safeId } from '../ids.js';
 import type { Storage } from './client.js';
-import { jsonBlobKey } from './keys.js';
+import { jsonBlobKey, RESERVED_TOP_LEVEL_PREFIXES, reservedModuleReason } from './keys.js';
 import { findManifestEntry, readManifest, type ManifestEntry } from './manifest.js';
 import { readParquetRows } from './parquet.js';
 import { presignDownload, type PresignedUrl } from './presign.js';
@@ -31,6 +31,14 @@ export interface RecordObject {
 export type SearchHit =
   | { source: 'record'; id: string; key: string; format: string; created_at: string; index: number; record: StoredRecord }
   | { source: 'manifest'; id: string; key: string; format: string; created_at: string; matched: Record<string, unknown[]> };
+
+/**
+ * A module to store records under: a safeId that is none of Stowage's top-level prefixes (keys.ts).
+ * Reads take any safeId, so records stored under such a module by an earlier version stay readable.
+ */
+export const recordModule = safeId.refine((m) => !RESERVED_TOP_LEVEL_PREFIXES.has(m), {
+  error: (issue) => reservedModuleReason(String(issue.input)) ?? 'is reserved',
+});
 
 /** Parse an object's bytes by its format (json: an array or a single object; jsonl: lines). */
 export function parseRecords(format: string, text: string): StoredRecord[] {

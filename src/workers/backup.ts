@@ -1,7 +1,9 @@
 /**
  * backup: consistent snapshots of a set's SQLite databases, one tar.gz per run in the store.
  *
- * 1. Resolve the set (config `backupSets` by `set`, or ad hoc from the payload). `task: prune`
+ * 1. Resolve the set (config `backupSets` by `set`, or ad hoc from the payload: its SQLite paths
+ *    must resolve inside the source roots, `sourceRoots`; a configured set's paths are the
+ *    operator's and are taken as written). `task: prune`
  *    applies the set's retention instead; `task: drill` restores its newest backup into a scratch
  *    folder (and a scratch PostgreSQL database) and verifies it.
  * 2. Take the set's lock (src/backups/lock.ts): a session-level Postgres advisory lock keyed by the set name, held on one
@@ -43,6 +45,7 @@ import { upsertUploadReceipt } from '../db/upload-receipts.js';
 import { PermanentError } from '../errors.js';
 import type { BackupResult } from '../queues/index.js';
 import { backupKey, objectUrl } from '../storage/keys.js';
+import { resolveInsideRoots } from '../storage/source-roots.js';
 import { uploadStream } from '../storage/upload.js';
 import { VERSION } from '../version.js';
 import type { Processor } from './context.js';
@@ -70,6 +73,20 @@ function resolveBackupSet(
   return { name: p.name!, sqlite: p.sqlite ?? [], postgres: p.postgres ?? [] };
 }
 
+/**
+ * An ad hoc set's SQLite sources with their paths resolved and held to the source roots (any
+ * outside: PermanentError naming the field). The snapshot opens the resolved path, so a link
+ * swapped after the check is not followed; `source_path` in the metadata keeps the path as given.
+ */
+async function checkedAdHocSqlite(
+  sqlite: ResolvedSet['sqlite'],
+  roots: readonly string[],
+): Promise<{ name: string; path: string; open: string }[]> {
+  const out: { name: string; path: string; open: string }[] = [];
+  for (const [i, s] of sqlite.entries()) out.push({ ...s, open: await resolveInsideRoots(`sqlite.${i}.path`, s.path, roots) });
+  return out;
+}
+
 type BackupRunResult = Extract<BackupResult, { status: 'completed' }>;
 
 export const backup: Processor<'backup'> = async (job, ctx) => {
@@ -92,6 +109,9 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
     if (!drill.ok) throw new PermanentError(`drill of set ${set.name} failed: ${drill.error}`);
     return { status: 'drilled', ...drill };
   }
+  const sqlite = job.data.set
+    ? set.sqlite.map((s) => ({ ...s, open: s.path }))
+    : await checkedAdHocSqlite(set.sqlite, ctx.config.sourceRoots);
   const storage = ctx.storage();
   const log = ctx.logger.child({ set: set.name });
 
@@ -105,12 +125,12 @@ export const backup: Processor<'backup'> = async (job, ctx) => {
       // Two snapshots at a time (each in its own thread, checksummed here while the other runs):
       // each database is still one consistent point in time, and the set's snapshots take about
       // half as long on a multi-core host. Metadata keeps the configured order.
-      const snapshots = await mapLimit(set.sqlite, SNAPSHOT_CONCURRENCY, async (source) => {
+      const snapshots = await mapLimit(sqlite, SNAPSHOT_CONCURRENCY, async (source) => {
         ctx.signal.throwIfAborted();
         const filename = `${source.name}.db`;
         const dest = join(work, filename);
         await ctx.progress({ stage: `snapshot:${source.name}`, bytes: 0 });
-        await snapshotSqliteInThread(source.path, dest);
+        await snapshotSqliteInThread(source.open, dest);
         const size = await fileSize(dest);
         const entry: BackupDatabaseEntry = {
           name: source.name,

@@ -8,6 +8,9 @@
  * nothing is uploaded, the warning says so, and the job completes with `skipped_too_large`: a
  * build never fails because of its artifact.
  *
+ * buildDir and packPath must resolve inside the source roots (`sourceRoots`); a payload that names
+ * anything else fails permanently before a byte is read (the board's "add job" skips the producer).
+ *
  * Idempotent: the key derives from the payload, the zip is deterministic (sorted entries, file
  * mtimes), the object is overwritten in place and both rows are upserts, so a rerun ends with one
  * object and one row carrying the same checksum.
@@ -21,8 +24,9 @@ import { upsertUploadReceipt } from '../db/upload-receipts.js';
 import type { JobProgress } from '../queues/index.js';
 import { artifactKey, objectUrl, packKey as packKeyFor } from '../storage/keys.js';
 import { attachmentDisposition } from '../storage/presign.js';
+import { resolveInsideRoots } from '../storage/source-roots.js';
 import { uploadStream, type UploadResult } from '../storage/upload.js';
-import { createZipStream, scanSource, type ZipSource } from '../storage/zip.js';
+import { createZipStream, scanSource, type SkippedEntry, type ZipSource } from '../storage/zip.js';
 import type { Processor, ProcessorContext } from './context.js';
 
 const SIZE_SUGGESTION =
@@ -31,14 +35,28 @@ const SIZE_SUGGESTION =
 /** At most one progress report per stage this often (the runtime throttles too; this spares it). */
 const PROGRESS_INTERVAL_MS = 250;
 
-/** scanSource, with errors that name the payload field. */
-async function scan(field: 'buildDir' | 'packPath', path: string, signal: AbortSignal): Promise<ZipSource> {
+/**
+ * scanSource of a path held to the source roots, with errors that name the payload field. The path
+ * is resolved and checked before anything under it is read, the scan reads the resolved path, and
+ * the root the scan settled on is checked again, so a link swapped in between is not followed out.
+ */
+async function scan(
+  field: 'buildDir' | 'packPath',
+  path: string,
+  signal: AbortSignal,
+  config: ProcessorContext['config'],
+): Promise<ZipSource> {
+  const roots = config.sourceRoots;
+  const resolved = await resolveInsideRoots(field, path, roots);
+  let source: ZipSource;
   try {
-    return await scanSource(path, { signal });
+    source = await scanSource(resolved, { signal, archiveHardLinks: config.artifact.archiveHardLinks });
   } catch (err) {
     if (err instanceof PermanentError) throw new PermanentError(`${field}: ${err.message}`, { cause: err });
     throw err;
   }
+  await resolveInsideRoots(field, source.root, roots);
+  return source;
 }
 
 /** True when `path` is a file that already is a zip (local-header or empty-archive signature). */
@@ -82,13 +100,17 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
     throw new PermanentError('packPath: needs fromVersionId (the version the pack starts from)');
   }
 
-  const source = await scan('buildDir', p.buildDir, ctx.signal);
+  const source = await scan('buildDir', p.buildDir, ctx.signal, ctx.config);
   if (source.skipped.length) {
     log.warn(
       { skipped: source.skipped.slice(0, 20), count: source.skipped.length },
-      'left out of the artifact: symlinks that leave the folder or dangle, and special files',
+      'left out of the artifact: symlinks that leave the folder or dangle, special files, hard links, folders swapped mid-scan',
     );
   }
+  // Files the zip writer refuses when it opens them (replaced since the scan, or now outside the
+  // folder): logged once the archive is written, the same way.
+  const skippedOnRead: (SkippedEntry & { archive: 'artifact' | 'pack' })[] = [];
+  const onSkip = (archive: 'artifact' | 'pack') => (s: SkippedEntry) => skippedOnRead.push({ archive, ...s });
 
   const size = source.totalBytes;
   if (size > warnBytes) {
@@ -112,14 +134,14 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
   let pack: { key: string; body: () => Readable } | null = null;
   if (p.fromVersionId && p.packPath) {
     const packPath = p.packPath;
-    const packSource = await scan('packPath', packPath, ctx.signal);
+    const packSource = await scan('packPath', packPath, ctx.signal, ctx.config);
     const packKey = packKeyFor(p.userId, p.projectId, p.fromVersionId, p.versionId);
     if (packSource.totalBytes > limitBytes) {
       log.warn({ packKey, size: packSource.totalBytes, limit: limitBytes }, 'diff pack over the size limit; not uploaded');
     } else if (packSource.kind === 'file' && (await isZipFile(packSource.root))) {
       pack = { key: packKey, body: () => createReadStream(packSource.root, { highWaterMark: 1024 * 1024 }) };
     } else {
-      pack = { key: packKey, body: () => createZipStream(packSource, { signal: ctx.signal }) };
+      pack = { key: packKey, body: () => createZipStream(packSource, { signal: ctx.signal, onSkip: onSkip('pack') }) };
     }
   } else if (p.fromVersionId) {
     log.debug('fromVersionId without packPath: no diff pack to store');
@@ -132,6 +154,7 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
     key,
     body: createZipStream(source, {
       signal: ctx.signal,
+      onSkip: onSkip('artifact'),
       onProgress: (bytes) => report({ stage: 'archiving', bytes, totalBytes: size }, bytes === size),
     }),
     contentType: 'application/zip',
@@ -155,6 +178,13 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
       logger: log,
       metrics: ctx.metrics,
     });
+  }
+
+  if (skippedOnRead.length) {
+    log.warn(
+      { skipped: skippedOnRead.slice(0, 20), count: skippedOnRead.length },
+      'left out of the artifact when read: files replaced since the scan or resolving outside the folder',
+    );
   }
 
   const artifactUrl = objectUrl(storage.bucket, key);

@@ -2,7 +2,7 @@
  * export: two ops of one job kind.
  *
  * - `records` (the default): store a batch of records as one object,
- *   `{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, add it to the manifest of the module and user
+ *   `records/{module}/{userId}/YYYY/MM/DD/{id}.{ext}`, add it to the manifest of the module and user
  *   (src/storage/manifest.ts, with the module's searchable field values), then emit
  *   `export_completed`. Formats: `json` (one JSON array), `jsonl` (one record per line) and
  *   `parquet` (schema inferred from the records, see src/storage/parquet.ts).

@@ -42,10 +42,10 @@ const count = (what: string, n = 1) => {
 };
 
 const VALID: Record<JobKind, Record<string, unknown>> = {
-  'build-artifact': { userId: 'alice', projectId: 'p1', versionId: 'v1', buildDir: '/srv/build/out' },
+  'build-artifact': { userId: 'alice', projectId: 'p1', versionId: 'v1', buildDir: join(tmpdir(), 'build', 'out') },
   aggregation: { days: 7 },
   export: { module: 'reports', userId: 'alice', format: 'json', records: [{ a: 1 }] },
-  backup: { name: 'adhoc', sqlite: [{ name: 'main', path: '/srv/data/main.db' }] },
+  backup: { name: 'adhoc', sqlite: [{ name: 'main', path: join(tmpdir(), 'data', 'main.db') }] },
   cleanup: { dryRun: true, prefix: 'tmp/' },
 };
 /** Fields that become object keys, job ids or file names: each gets the path-traversal list. */
@@ -94,7 +94,8 @@ async function jobTotals(): Promise<number> {
 
 beforeAll(async () => {
   await migrate(iso.config());
-  h = await harness(iso, { s3: true });
+  // Fuzzing fires hundreds of requests a second from one token: no rate limits here (rate-limit.test.ts has them).
+  h = await harness(iso, { s3: true, config: { http: { requestsPerMinute: 0, enqueuesPerMinute: 0 } } });
   app = buildServer(h.deps);
   await app.ready();
   admin = await createToken(h.secret, { user: 'alice', role: 'admin' });

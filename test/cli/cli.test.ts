@@ -48,6 +48,11 @@ describe('stowage CLI', () => {
     ]);
     // The misspelt one set nothing; the real alias did.
     expect(JSON.parse(run.stdout).worker.concurrency).toBe(3);
+    // Source roots opened to everything work, and say what they allow.
+    const anywhere = await stowage(['config'], { STOWAGE_SOURCE_ROOTS: '*' });
+    expect(anywhere.code).toBe(0);
+    expect(anywhere.stderr.trim()).toBe('stowage: warning: STOWAGE_SOURCE_ROOTS=* lets whoever may enqueue read any file the workers can');
+    expect(JSON.parse(anywhere.stdout).sourceRoots).toEqual(['*']);
   });
 
   it('prints help for every command', async () => {

@@ -3,6 +3,8 @@
  * sockets for listening). The Bull Board UI in a browser is in board.browser.test.ts.
  */
 import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToken } from '../../src/auth/tokens.js';
@@ -226,7 +228,12 @@ describe('GET /v1/jobs/:kind/:id', () => {
     });
     let jobId = '';
     try {
-      ({ jobId } = await h.deps.producer.enqueue('build-artifact', { userId: 'u7', projectId: 'p7', versionId: 'v1', buildDir: '/nope' }));
+      ({ jobId } = await h.deps.producer.enqueue('build-artifact', {
+        userId: 'u7',
+        projectId: 'p7',
+        versionId: 'v1',
+        buildDir: join(tmpdir(), 'nope'),
+      }));
       const owner = await createToken(h.secret, { user: 'u7', role: 'user' });
       const other = await createToken(h.secret, { user: 'u8', role: 'user' });
       const get = (token: string) => app.inject({ method: 'GET', url: `/v1/jobs/build-artifact/${jobId}`, headers: bearer(token) });

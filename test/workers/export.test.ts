@@ -54,13 +54,13 @@ afterAll(async () => {
 const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '/');
 
 describe('export processor', () => {
-  it('writes JSONL to {module}/{userId}/YYYY/MM/DD/{id}.jsonl, records it in the manifest and emits export_completed', async () => {
+  it('writes JSONL to records/{module}/{userId}/YYYY/MM/DD/{id}.jsonl, records it in the manifest and emits export_completed', async () => {
     const records = [
       { amount: 50, description: 'Coffee at Blue Bottle' },
       { amount: 12.5, description: 'Bus ticket', tags: ['transport'] },
     ];
     const { result, emitted, jobId } = await run({ module: 'finance', userId: 'u1', format: 'jsonl', records, id: 'tx1' });
-    const key = `finance/u1/${today()}/tx1.jsonl`;
+    const key = `records/finance/u1/${today()}/tx1.jsonl`;
     expect(result).toMatchObject({ op: 'records', key, record_count: 2, format: 'jsonl', id: 'tx1', url: `s3://${s3.bucket}/${key}` });
 
     const text = await getText(key);
@@ -93,7 +93,7 @@ describe('export processor', () => {
       records: [{ theme: 'dark' }, { font: 12, theme: 'light' }],
     });
     expect(second.result.key).toBe(first.result.key);
-    expect(first.result.key).toMatch(new RegExp(`^settings/u1/${today()}/[0-9a-f]{32}\\.json$`));
+    expect(first.result.key).toMatch(new RegExp(`^records/settings/u1/${today()}/[0-9a-f]{32}\\.json$`));
     expect(JSON.parse(await getText(first.result.key as string))).toEqual(records);
     const { entries } = await readManifest(storage, 'settings', 'u1');
     expect(entries).toHaveLength(1);
@@ -109,7 +109,7 @@ describe('export processor', () => {
       { name: 'Linus', visits: 0, score: null, active: true },
     ];
     const { result } = await run({ module: 'analytics', userId: 'u1', format: 'parquet', records, id: 'pq1' });
-    expect(result).toMatchObject({ key: `analytics/u1/${today()}/pq1.parquet`, format: 'parquet', record_count: 3 });
+    expect(result).toMatchObject({ key: `records/analytics/u1/${today()}/pq1.parquet`, format: 'parquet', record_count: 3 });
     const res = await reader.send(new GetObjectCommand({ Bucket: s3.bucket, Key: result.key as string }));
     const bytes = await res.Body!.transformToByteArray();
     expect(result.sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
@@ -147,7 +147,7 @@ describe('export processor', () => {
     await expect(run({ module: '../x', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/module/);
     await expect(run({ module: 'm', userId: 'a/b', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(/userId/);
     await expect(run({ module: 'manifests', userId: 'u1', format: 'json', records: [{ a: 1 }] })).rejects.toThrow(
-      /module: manifests and json_blobs are reserved/,
+      /module: "manifests" is reserved: Stowage keeps its own manifests\/ objects/,
     );
   });
 });
@@ -273,7 +273,7 @@ describe('producer SDK and the store-down path (runtime)', () => {
     const records = [{ item: 'tea', price: 3 }];
     const stored = await producer.storeRecords({ module: 'orders', userId: 'dave', format: 'jsonl', records }, { wait: true });
     expect(stored).toMatchObject({ op: 'records', format: 'jsonl', record_count: 1, url: `s3://${s3.bucket}/${stored.key}` });
-    expect(stored.key).toBe(`orders/dave/${today()}/${stored.id}.jsonl`);
+    expect(stored.key).toBe(`records/orders/dave/${today()}/${stored.id}.jsonl`);
     expect(stored.sha256).toBe(
       createHash('sha256')
         .update(await getText(stored.key))

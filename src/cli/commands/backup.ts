@@ -25,7 +25,7 @@ import {
   STAGING_DIR_NAME,
   type PendingRestore,
 } from '../../backups/restore.js';
-import { DEFAULT_KEEP_LAST, type RetentionPolicy } from '../../backups/retention.js';
+import { DEFAULT_RETENTION, type RetentionPolicy } from '../../backups/retention.js';
 import { loadConfig, type Config } from '../../config.js';
 import { listAllBackups, markBackupDeleted } from '../../db/backups.js';
 import { createDb, type Db } from '../../db/pool.js';
@@ -37,6 +37,7 @@ import { createStorage, type Storage } from '../../storage/client.js';
 import { BACKUP_KEY_PATTERN, backupName } from '../../storage/keys.js';
 import { storeError } from '../../storage/store-errors.js';
 import { probeStore } from '../../storage/verify.js';
+import { formatBytes } from '../format.js';
 
 interface Deps {
   config: Config;
@@ -61,18 +62,6 @@ async function withDeps<T>(fn: (deps: Deps) => Promise<T>): Promise<T> {
 
 const out = (line: string) => console.log(line);
 const err = (line: string) => process.stderr.write(`${line}\n`);
-
-export function humanBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = -1;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
-}
 
 export function humanAge(seconds: number): string {
   if (seconds < 60) return `${seconds}s`;
@@ -209,7 +198,7 @@ export function registerBackupCommands(program: Command): void {
         if (opts.json) return out(JSON.stringify(rows, null, 2));
         if (!rows.length) return out(opts.set ? `no backups of set ${opts.set}` : 'no backups');
         out('NAME\tSET\tAGE\tSIZE');
-        for (const r of rows) out(`${r.name}\t${r.set}\t${humanAge(r.ageSeconds)}\t${humanBytes(r.size)}`);
+        for (const r of rows) out(`${r.name}\t${r.set}\t${humanAge(r.ageSeconds)}\t${formatBytes(r.size)}`);
         out(`${rows.length} backup(s)`);
       });
     });
@@ -226,8 +215,10 @@ export function registerBackupCommands(program: Command): void {
         for (const set of names) {
           let policy: RetentionPolicy | undefined = config.backupSets.find((s) => s.name === set)?.retention;
           if (!policy) {
-            policy = { keepLast: DEFAULT_KEEP_LAST };
-            err(`set ${set} is not configured: using keepLast ${DEFAULT_KEEP_LAST}`);
+            policy = { ...DEFAULT_RETENTION };
+            err(
+              `set ${set} is not configured: using the default retention (keepLast ${DEFAULT_RETENTION.keepLast}, keepWithinDays ${DEFAULT_RETENTION.keepWithinDays})`,
+            );
           }
           const res = await withBackupLock(db, set, () =>
             pruneBackupSet({ db, storage: storage(), logger }, set, policy, { dryRun: Boolean(opts.dryRun) }),
@@ -275,11 +266,11 @@ export function registerBackupCommands(program: Command): void {
           if (tty) {
             const filled = Math.round(pct / 5);
             process.stderr.write(
-              `\r[${'#'.repeat(filled)}${'-'.repeat(20 - filled)}] ${pct}% ${humanBytes(bytes)} / ${humanBytes(row.size)}`,
+              `\r[${'#'.repeat(filled)}${'-'.repeat(20 - filled)}] ${pct}% ${formatBytes(bytes)} / ${formatBytes(row.size)}`,
             );
           } else if (pct >= shown + 25 || pct === 100) {
             shown = pct - (pct % 25);
-            err(`downloaded ${pct}% (${humanBytes(bytes)} / ${humanBytes(row.size)})`);
+            err(`downloaded ${pct}% (${formatBytes(bytes)} / ${formatBytes(row.size)})`);
           }
         };
         const part = `${file}.part`;
@@ -308,7 +299,7 @@ export function registerBackupCommands(program: Command): void {
           await rm(part, { force: true });
           throw e;
         }
-        out(`${file}\t${bytes} bytes\tsha256:${row.sha256}`);
+        out(`${file}\t${formatBytes(bytes)}\tsha256:${row.sha256}`);
       });
     });
 
