@@ -54,6 +54,19 @@ const names = (file: string) =>
 /** Every entry's content, concatenated (unzip -p), as text. */
 const contents = (file: string) => execFileSync('unzip', ['-p', file], { maxBuffer: 256 << 20 }).toString('latin1');
 
+/** A separate process swapping `base`/build/sub for a link to `base`/outside and back, as fast as it can, until killed. */
+const startSwapper = (base: string) =>
+  spawn(
+    'bash',
+    [
+      '-c',
+      'cd "$1" && while :; do mv build/sub held && ln -s "$PWD/outside" build/sub && rm build/sub && mv held build/sub; done',
+      '-',
+      base,
+    ],
+    { stdio: 'ignore' },
+  );
+
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'stowage-zip-swap-'));
 });
@@ -139,16 +152,7 @@ describe('a folder swapped back and forth while archives are made', () => {
     await fill(join(base, 'outside'), SECRET);
     // A separate process swaps sub/ for a link to outside/ and back, as fast as it can, while this
     // one scans and archives; between archives there is no pause.
-    const swapper = spawn(
-      'bash',
-      [
-        '-c',
-        'cd "$1" && while :; do mv build/sub held && ln -s "$PWD/outside" build/sub && rm build/sub && mv held build/sub; done',
-        '-',
-        base,
-      ],
-      { stdio: 'ignore' },
-    );
+    const swapper = startSwapper(base);
     const outcomes = { archived: 0, failed: 0 };
     try {
       for (let i = 0; i < 24; i++) {
@@ -291,16 +295,7 @@ describe('the build-artifact processor', () => {
     await fill(join(buildDir, 'sub'), 'inside');
     await writeFile(join(buildDir, 'index.html'), '<!doctype html>\n');
     await fill(join(base, 'outside'), SECRET);
-    const swapper = spawn(
-      'bash',
-      [
-        '-c',
-        'cd "$1" && while :; do mv build/sub held && ln -s "$PWD/outside" build/sub && rm build/sub && mv held build/sub; done',
-        '-',
-        base,
-      ],
-      { stdio: 'ignore' },
-    );
+    const swapper = startSwapper(base);
     const outcomes = { uploaded: 0, failed: 0 };
     try {
       for (let i = 0; i < 12; i++) {
