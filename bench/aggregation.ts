@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { SAMPLES } from '../src/failures/aggregation.js';
-import { startS3 } from '../test/helpers/s3.js';
+import { startS3 } from './store.js';
 import { cleanupPrefix, fmtMb, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));

@@ -13,10 +13,12 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Transform, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { Upload } from '@aws-sdk/lib-storage';
 import { ZipArchive } from 'archiver';
 import { loadConfig } from '../src/config.js';
+import type { Timeline } from './lib.js';
 import { createStorage, type Storage } from '../src/storage/client.js';
 import { uploadStream } from '../src/storage/upload.js';
 import { createZipStream, scanSource } from '../src/storage/zip.js';
@@ -46,9 +48,48 @@ async function baseline(storage: Storage, source: string, key: string): Promise<
   }
 }
 
-async function stowage(storage: Storage, source: string, key: string): Promise<{ size: number; sha256: string }> {
+function recordRequests(storage: Storage, timeline: Timeline, t0: number): void {
+  storage.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const start = performance.now() - t0;
+      try {
+        return await next(args);
+      } finally {
+        const key = (args.input as { Key?: unknown }).Key;
+        timeline.requests.push({
+          command: String(context.commandName),
+          key: typeof key === 'string' ? key : '',
+          start,
+          end: performance.now() - t0,
+        });
+      }
+    },
+    { step: 'initialize', name: 'benchTimeline' },
+  );
+}
+
+async function stowage(storage: Storage, source: string, key: string, timeline?: Timeline): Promise<{ size: number; sha256: string }> {
+  const t0 = performance.now();
+  if (timeline) recordRequests(storage, timeline, t0);
   const scanned = await scanSource(source);
-  const r = await uploadStream(storage, { key, body: createZipStream(scanned), contentType: 'application/zip' });
+  if (timeline) timeline.scanned = performance.now() - t0;
+  let body: Readable = createZipStream(scanned);
+  if (timeline) {
+    // A pass-through that notes the first and last byte (a 'data' listener would start the flow early).
+    body = body.pipe(
+      new Transform({
+        transform(chunk, _encoding, callback) {
+          timeline.zipFirstByte ??= performance.now() - t0;
+          callback(null, chunk);
+        },
+        flush(callback) {
+          timeline.zipEnd = performance.now() - t0;
+          callback();
+        },
+      }),
+    );
+  }
+  const r = await uploadStream(storage, { key, body, contentType: 'application/zip' });
   return { size: r.size, sha256: r.sha256 };
 }
 
@@ -77,9 +118,12 @@ async function main(): Promise<void> {
   const storage = createStorage(loadConfig());
   try {
     const started = performance.now();
-    const r = mode === 'baseline' ? await baseline(storage, source, key) : await stowage(storage, source, key);
+    const timeline: Timeline | undefined = process.env.BENCH_STAGES === '1' && mode === 'stowage' ? { requests: [] } : undefined;
+    const r = mode === 'baseline' ? await baseline(storage, source, key) : await stowage(storage, source, key, timeline);
     const ms = performance.now() - started;
-    process.stdout.write(`${JSON.stringify({ mode, ...r, ms, maxRssBytes: process.resourceUsage().maxRSS * 1024 })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ mode, ...r, ms, maxRssBytes: process.resourceUsage().maxRSS * 1024, ...(timeline ? { timeline } : {}) })}\n`,
+    );
   } finally {
     storage.close();
   }

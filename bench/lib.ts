@@ -13,6 +13,17 @@ export interface BenchRow {
   raw: Record<string, unknown>;
 }
 
+/**
+ * Where one artifact run's time went (bench/artifact-child.ts with BENCH_STAGES=1): ms from the
+ * run's start for the scan, the zip's first and last byte, and each store request (its command and key).
+ */
+export interface Timeline {
+  scanned?: number;
+  zipFirstByte?: number;
+  zipEnd?: number;
+  requests: { command: string; key: string; start: number; end: number }[];
+}
+
 export async function cleanupPrefix(redisUrl: string, prefix: string): Promise<void> {
   const redis = new Redis(redisUrl);
   let cursor = '0';
@@ -38,7 +49,7 @@ export interface CommandRun {
 
 /**
  * Run a baseline command under GNU time and measure it: wall time around the spawn, peak RSS
- * from `%M`. Always async: the benches' s3rver runs in this process and must keep serving.
+ * from `%M`. Always async: a bench's link shaper runs in this process and must keep serving.
  */
 export async function timeCommand(
   cmd: string,
@@ -114,7 +125,7 @@ export function rcloneEnv(s3: { endpoint: string; accessKeyId: string; secretAcc
   };
 }
 
-/** Env for a Stowage child process: storage at the bench's s3rver, Redis/Postgres isolation. */
+/** Env for a Stowage child process: storage at the bench's radosgw (or its shaper), Redis/Postgres isolation. */
 export function stowageEnv(
   s3: { endpoint: string; bucket: string; accessKeyId: string; secretAccessKey: string },
   extra: Record<string, string> = {},
@@ -174,7 +185,7 @@ export function printRows(rows: BenchRow[]): void {
   for (const r of rows) {
     const baseline = r.baseline ? `${r.baseline} | ` : '';
     console.log(
-      `${r.what}\n  ${baseline}${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass ? 'met' : 'MISSED'})${r.peakRss ? ` | ${r.peakRss}` : ''}`,
+      `${r.what}\n  ${baseline}${r.stowage} | ${r.ratio} (goal ${r.goal}: ${r.pass === null ? 'no goal' : r.pass ? 'met' : 'MISSED'})${r.peakRss ? ` | ${r.peakRss}` : ''}`,
     );
   }
 }

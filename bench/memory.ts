@@ -17,7 +17,7 @@ import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startS3 } from '../test/helpers/s3.js';
+import { startS3 } from './store.js';
 import { MB, fmtMb, generateMixed, runIfMain, runTsChild, stowageEnv, type BenchRow } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./artifact-child.ts', import.meta.url));
@@ -133,10 +133,10 @@ export async function runMemoryBench({ quick, compiled = !quick }: { quick: bool
       stowage: runs
         .map(
           (r) =>
-            `${fmtMb(r.bytes)}: ${(r.ms / 1000).toFixed(1)} s, ${mbps(r).toFixed(0)} MB/s to s3rver (zip + hash alone ${zipMbps(r).toFixed(0)} MB/s)`,
+            `${fmtMb(r.bytes)}: ${(r.ms / 1000).toFixed(1)} s, ${mbps(r).toFixed(0)} MB/s to radosgw (zip + hash alone ${zipMbps(r).toFixed(0)} MB/s)`,
         )
         .join('; '),
-      ratio: `RSS ${rss(last) >= rss(middle) ? '+' : '−'}${fmtMb(Math.abs(rss(last) - rss(middle)))} from ${fmtMb(middle.bytes)} to ${fmtMb(last.bytes)}; MB/s ${(mbps(last) / mbps(first)).toFixed(2)}× to s3rver and ${(zipMbps(last) / zipMbps(first)).toFixed(2)}× zip + hash alone, smallest to largest`,
+      ratio: `RSS ${rss(last) >= rss(middle) ? '+' : '−'}${fmtMb(Math.abs(rss(last) - rss(middle)))} from ${fmtMb(middle.bytes)} to ${fmtMb(last.bytes)}; MB/s ${(mbps(last) / mbps(first)).toFixed(2)}× to radosgw and ${(zipMbps(last) / zipMbps(first)).toFixed(2)}× zip + hash alone, smallest to largest`,
       goal: `RSS flat (+≤ 50 MB middle → largest), ≤ 200 MB at the largest${dist ? ' (compiled JS)' : ''}; MB/s ≥ 0.75× (linear time)`,
       pass: rssFlat && rssCapped && linear,
       peakRss:

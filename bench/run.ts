@@ -9,14 +9,17 @@ import type { BenchRow } from './lib.js';
 type Bench = { name: string; run: (o: { quick: boolean }) => Promise<BenchRow[]> };
 
 const BENCHES: Bench[] = [
+  { name: 'calibration', run: async () => (await import('./calibration.js')).runCalibrationBench() },
   { name: 'queue-overhead', run: async (o) => (await import('./queue-overhead.js')).runQueueOverheadBench(o) },
   { name: 'artifact', run: async (o) => (await import('./artifact.js')).runArtifactBench(o) },
   { name: 'memory', run: async (o) => (await import('./memory.js')).runMemoryBench(o) },
   { name: 'upload', run: async (o) => (await import('./upload.js')).runUploadBench(o) },
+  { name: 'resume', run: async (o) => (await import('./resume.js')).runResumeBench(o) },
   { name: 'scaling', run: async (o) => (await import('./scaling.js')).runScalingBench(o) },
   { name: 'backup', run: async (o) => (await import('./backup.js')).runBackupBench(o) },
   { name: 'cleanup', run: async (o) => (await import('./cleanup.js')).runCleanupBench(o) },
   { name: 'aggregation', run: async (o) => (await import('./aggregation.js')).runAggregationBench(o) },
+  { name: 'cluster', run: async (o) => (await import('./cluster.js')).runClusterBench(o) },
 ];
 
 const quick = process.argv.includes('--quick');

@@ -1,6 +1,13 @@
 /**
  * One measured Stowage run in its own process, so its peak RSS is its own. Modes:
  *   upload <file> <key>           — uploadStream of one file (multipart, SHA-256 tap, HEAD, sidecar);
+ *   resumable <folder> <key> <state> — scan → zip → uploadStream with `resume` kept in Redis
+ *                                   under <state>, as a build-artifact job does; prints a
+ *                                   `{"acked":bytes}` line per acknowledged part (bench/resume.ts
+ *                                   kills it mid-upload and runs it again). With BENCH_GO_STDIN=1
+ *                                   it connects and probes the store first, prints
+ *                                   `{"ready":true}` and starts on a line on stdin, as a worker
+ *                                   that is already running takes a job over;
  *   processor <kind> <payload>    — the kind's processor from src/workers/processors.ts on a JSON
  *                                   payload, validated and given a context built the way
  *                                   src/workers/runtime.ts builds it (real Postgres, Redis events,
@@ -26,7 +33,10 @@ import {
   type Result,
 } from '../src/queues/index.js';
 import { createStorage, type Storage } from '../src/storage/client.js';
+import { storeCapabilities } from '../src/storage/capabilities.js';
+import { redisResumeStore } from '../src/storage/resume.js';
 import { uploadStream } from '../src/storage/upload.js';
+import { createZipStream, scanSource } from '../src/storage/zip.js';
 import type { ProcessorContext } from '../src/workers/context.js';
 import { PROCESSORS } from '../src/workers/processors.js';
 
@@ -41,6 +51,32 @@ async function upload(file: string, key: string): Promise<unknown> {
     return { size: r.size, sha256: r.sha256 };
   } finally {
     storage.close();
+  }
+}
+
+async function resumable(folder: string, key: string, stateKey: string): Promise<unknown> {
+  const config = loadConfig();
+  const storage = createStorage(config);
+  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
+  try {
+    if (process.env.BENCH_GO_STDIN === '1') {
+      await Promise.all([storeCapabilities(storage), redis.ping()]);
+      process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
+      await new Promise((resolve) => process.stdin.once('data', resolve));
+      process.stdin.pause();
+    }
+    const scanned = await scanSource(folder);
+    const r = await uploadStream(storage, {
+      key,
+      body: () => createZipStream(scanned),
+      contentType: 'application/zip',
+      resume: redisResumeStore(redis, stateKey),
+      onProgress: (acked) => process.stdout.write(`${JSON.stringify({ acked })}\n`),
+    });
+    return { size: r.size, sha256: r.sha256, resumedParts: r.resumedParts ?? 0 };
+  } finally {
+    storage.close();
+    redis.disconnect();
   }
 }
 
@@ -87,10 +123,10 @@ async function runProcessor<K extends JobKind>(kind: K, payloadJson: string): Pr
 }
 
 async function main(): Promise<void> {
-  const [mode, a, b] = process.argv.slice(2);
-  if (!a || !b || (mode !== 'upload' && mode !== 'processor'))
-    throw new Error('usage: stowage-child upload <file> <key> | processor <kind> <payload-json>');
-  const run = () => (mode === 'upload' ? upload(a, b) : processor(a, b));
+  const [mode, a, b, c] = process.argv.slice(2);
+  if (!a || !b || (mode !== 'upload' && mode !== 'processor' && !(mode === 'resumable' && c)))
+    throw new Error('usage: stowage-child upload <file> <key> | resumable <folder> <key> <state-key> | processor <kind> <payload-json>');
+  const run = () => (mode === 'upload' ? upload(a, b) : mode === 'resumable' ? resumable(a, b, c!) : processor(a, b));
   // BENCH_WARM=1: one untimed run first, so the timed one is a long-running worker's second job
   // (modules the SDKs load lazily on first use are loaded, the JIT has seen the code), not a
   // cold process's first. Only for runs that can repeat (the aggregation export is idempotent).

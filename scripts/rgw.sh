@@ -116,6 +116,11 @@ ms mon client mode = crc
 rgw data = $DIR/rgw
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw thread pool size = 64
+# A deleted or overwritten object's data (past its 4 MiB head) is freed by radosgw's garbage
+# collector, by default 2 h after the delete on an hourly pass; memstore holds it in RAM until
+# then, so a run that writes and deletes GBs (the benches) filled the store and stalled.
+rgw gc obj min wait = 30
+rgw gc processor period = 10
 $lc
 CONF
 

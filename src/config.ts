@@ -33,6 +33,8 @@ const bool = z
   .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
   .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/** A retention tier's days: a number (0 = for ever), or `off`/false for no such tier. */
+const tier = z.union([z.literal(false), z.literal('off').transform(() => false as const), int(0, 36_500)]);
 
 /** A Job Scheduler entry: run `kind` with `data` on a cron pattern in a time zone. */
 export const scheduleSchema = z.object({
@@ -75,10 +77,20 @@ export const lifecycleRuleSchema = z
   });
 export type LifecycleRule = z.output<typeof lifecycleRuleSchema>;
 
-/** Retention defaults (seeds 000 and 001): snapshots 30 days, failure patterns 90, stale multipart 1. */
+/**
+ * The id of the rule that expires the aggregation exports (failures.uploadPrefix). It stays the same
+ * whatever its days (failures.retentionDays, `lifecycle --apply --days N`): the store's rule is then
+ * changed in place, not left behind beside a new one. The `90d` is the seeds' default, not a promise.
+ */
+export const FAILURE_PATTERNS_RULE_ID = 'failure-patterns-90d';
+
+/**
+ * Retention defaults (seeds 000 and 001): failure patterns 90 days, stale multipart 1. Build
+ * artifacts have no age rule: an age rule would delete a project's only live version once it is a
+ * month old; artifact retention (config.artifact.retention) keeps the newest and the tiers instead.
+ */
 export const DEFAULT_LIFECYCLE_RULES: LifecycleRule[] = [
-  { id: 'snapshots-30d', prefix: '*/*/snapshots/', expireDays: 30, enabled: true },
-  { id: 'failure-patterns-90d', prefix: 'failure_patterns/', expireDays: 90, enabled: true },
+  { id: FAILURE_PATTERNS_RULE_ID, prefix: 'failure_patterns/', expireDays: 90, enabled: true },
   { id: 'abort-incomplete-multipart-1d', prefix: '', abortIncompleteMultipartDays: 1, enabled: true },
 ];
 
@@ -185,10 +197,28 @@ const trustProxySchema = z.preprocess(
   z.union([z.boolean(), z.array(proxyAddress).min(1)]),
 );
 
+/** `host:port` seed nodes: a comma-separated string (the environment) or a list (a config file). */
+const clusterNodesSchema = z
+  .union([z.string(), z.array(z.string())])
+  .transform((v) => (typeof v === 'string' ? v.split(',') : v).map((n) => n.trim()).filter(Boolean))
+  .pipe(
+    z
+      .array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/, 'each node is host:port (e.g. redis-0.redis:6379)'))
+      .min(1, 'at least one host:port'),
+  );
+
 export const configSchema = z.object({
   /** Redis for the BullMQ queues. Default redis://127.0.0.1:6379. */
   redisUrl: z.string().url().default('redis://127.0.0.1:6379').meta(aka('REDIS_URL')),
-  /** BullMQ key prefix; may hold a `{hash-tag}` for Redis Cluster. Default `stowage`. */
+  /**
+   * Redis Cluster seed nodes, `host:port` comma-separated (the rest are discovered). Set, Stowage
+   * runs in cluster mode: REDIS_URL then gives only the credentials, TLS and options of every node.
+   */
+  redisClusterNodes: clusterNodesSchema.optional().meta(aka('REDIS_CLUSTER_NODES')),
+  /**
+   * Key prefix. On Redis Cluster a plain one gets a hash tag per queue (`stowage:{export}`); one
+   * holding a `{hash-tag}` is used as it is (every queue in one slot). Default `stowage`.
+   */
   prefix: z
     .string()
     .regex(/^[A-Za-z0-9_{}.-]{1,64}$/, 'letters, digits, _ . - { } only (1-64)')
@@ -349,6 +379,38 @@ export const configSchema = z.object({
        * logged, since such a file may be a planted link to a file outside the build folder.
        */
       archiveHardLinks: bool.default(false),
+      /**
+       * Artifact retention per project (seed 001's intent), run by the daily cleanup and
+       * `stowage cleanup --artifact-retention`: see src/cleanup/artifact-retention.ts.
+       */
+      retention: z
+        .object({
+          /** Run it in the daily cleanup. Default true. */
+          enabled: bool.default(true),
+          /** The newest N versions of each project are always kept, whatever their age. Default 3. */
+          keepLast: int(1, 100_000).default(3),
+          /** Every version younger than this many days is kept; 0 = every version for ever. Default 30. */
+          keepWithinDays: int(0, 36_500).default(30),
+          /** The first version of each day (UTC) is kept this many days; 0 = for ever, `off` = no daily tier. Default off. */
+          keepDailyDays: tier.default(false),
+          /** The first version of each month is kept this many days; 0 = for ever, `off` = no monthly tier. Default 365. */
+          keepMonthlyDays: tier.default(365),
+          /** The first version of each year is kept this many days; 0 = for ever (default), `off` = no yearly tier. */
+          keepYearlyDays: tier.default(0),
+        })
+        .prefault({}),
+      /**
+       * Where a client rebuilds a version whose artifact is gone: the `rebuildUrl` of the 404 that
+       * export and download answer. `{userId}`, `{projectId}` and `{versionId}` are filled in. The
+       * default is seed 001's route, which the builder application serves (Stowage has no sources
+       * to rebuild from).
+       */
+      rebuildUrl: z
+        .string()
+        .min(1)
+        .max(2048)
+        .refine((u) => u.startsWith('/') || /^https?:\/\//.test(u), 'a path (/…) or an http(s) URL')
+        .default('/v1/versions/{versionId}/rebuild'),
     })
     .refine((a) => a.warnBytes <= a.limitBytes, { message: 'must not exceed the limit', path: ['warnBytes'] })
     .prefault({}),
@@ -361,6 +423,13 @@ export const configSchema = z.object({
         .regex(/^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/, 'path segments of letters, digits, _ . - joined by /')
         .default('failure_patterns')
         .meta(aka('R2_UPLOAD_PREFIX')),
+      /**
+       * Days the store keeps an aggregation export: the expireDays of the default lifecycle rule
+       * FAILURE_PATTERNS_RULE_ID, on `{uploadPrefix}/`. 0 = for ever (no such rule; `lifecycle
+       * --apply` removes it from the bucket). Shapes the default rules only: with lifecycleRules
+       * given, set that rule's expireDays there. Default 90.
+       */
+      retentionDays: int(0, 36_500).default(90).meta(aka('R2_RETENTION_DAYS')),
       /** Upload retries after the first attempt, with exponential backoff (a job BullMQ retries tries once). Default 5. */
       maxRetries: int(0, 20).default(5).meta(aka('R2_MAX_RETRIES')),
       /** First backoff delay between upload attempts (ms), doubled each retry. Default 1000. */
@@ -446,6 +515,8 @@ export const configSchema = z.object({
 });
 
 export type Config = z.output<typeof configSchema>;
+/** Artifact retention's policy (src/cleanup/artifact-retention.ts). */
+export type ArtifactRetention = Config['artifact']['retention'];
 export type ConfigInput = z.input<typeof configSchema>;
 
 /** One variable of the configuration: its name, the path it sets, and its older names. */
@@ -655,19 +726,37 @@ export function loadConfig(
     });
     throw new ConfigError([...envProblems, ...problems, ...pairing]);
   }
-  return derive(result.data!);
+  return derive(result.data!, raw.lifecycleRules === undefined);
 }
 
 /** Rules across settings, checked on the raw values so they are reported with the rest. */
 function crossFieldProblems(raw: Record<string, unknown>): string[] {
   const s = (raw.storage ?? {}) as Record<string, unknown>;
-  return Boolean(s.accessKeyId) !== Boolean(s.secretAccessKey)
-    ? ['STOWAGE_S3_ACCESS_KEY_ID and STOWAGE_S3_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY) must be set together']
-    : [];
+  const problems =
+    Boolean(s.accessKeyId) !== Boolean(s.secretAccessKey)
+      ? ['STOWAGE_S3_ACCESS_KEY_ID and STOWAGE_S3_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY) must be set together']
+      : [];
+  // The retention days shape the default rules; beside a given list they would silently do nothing.
+  if ((raw.failures as Record<string, unknown> | undefined)?.retentionDays !== undefined && raw.lifecycleRules !== undefined)
+    problems.push(
+      `STOWAGE_FAILURES_RETENTION_DAYS (or R2_RETENTION_DAYS) sets the default lifecycle rules only, and lifecycleRules is given: set the expireDays of its ${FAILURE_PATTERNS_RULE_ID} rule instead`,
+    );
+  return problems;
 }
 
-/** Values derived from others. */
-function derive(config: Config): Config {
+/** Values derived from others. `defaultRules`: lifecycleRules were not given (the defaults hold). */
+function derive(config: Config, defaultRules = false): Config {
+  if (defaultRules) {
+    // The failure-patterns rule follows the export prefix and retention days (seed 000's R2_UPLOAD_PREFIX, R2_RETENTION_DAYS).
+    const { uploadPrefix, retentionDays } = config.failures;
+    config.lifecycleRules = config.lifecycleRules.flatMap((r) =>
+      r.id !== FAILURE_PATTERNS_RULE_ID
+        ? [r]
+        : retentionDays === 0
+          ? []
+          : [{ ...r, prefix: `${uploadPrefix}/`, expireDays: retentionDays }],
+    );
+  }
   const s = config.storage;
   if (!s.endpoint && s.accountId) s.endpoint = `https://${s.accountId}.r2.cloudflarestorage.com`;
   if (s.forcePathStyle === undefined && s.endpoint) s.forcePathStyle = !isR2Endpoint(s.endpoint);

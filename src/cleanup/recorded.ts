@@ -1,6 +1,6 @@
 /**
  * A cleanup run with its record: the store-side deletion (src/storage/cleanup.ts, which knows no
- * tables) followed by one r2_cleanup_logs row, written for failed runs too, with the partial counts
+ * tables), artifact retention (which reads and marks project_versions), then one r2_cleanup_logs row, written for failed runs too, with the partial counts
  * and the error, before the error is rethrown. The cleanup processor and `stowage cleanup` run it.
  */
 import type { Config } from '../config.js';
@@ -8,12 +8,13 @@ import { existingProjectVersions, insertCleanupLog } from '../db/cleanup-logs.js
 import type { Db } from '../db/pool.js';
 import { StowageError } from '../errors.js';
 import { cleanupModes, emptyReport, runCleanup, type CleanupOptions, type CleanupReport } from '../storage/cleanup.js';
+import { runArtifactRetention } from './artifact-retention.js';
 import type { Storage } from '../storage/client.js';
 
 export interface RecordedCleanup {
   storage: Storage;
   db: Db;
-  config: Pick<Config, 'lifecycleRules'>;
+  config: Pick<Config, 'lifecycleRules'> & { artifact: Pick<Config['artifact'], 'retention'> };
   options: CleanupOptions;
   /** Origin of the run, for the log row: the job's queue and id; null for the CLI. */
   queue?: string | null;
@@ -46,6 +47,19 @@ export async function runRecordedCleanup(r: RecordedCleanup): Promise<{ report: 
       o,
       report,
     );
+    if (modes.includes('artifact-retention')) {
+      await runArtifactRetention({
+        db: r.db,
+        storage: r.storage,
+        policy: r.config.artifact.retention,
+        dryRun: o.dryRun,
+        prefix: o.prefix,
+        report,
+        ...(r.now !== undefined ? { now: r.now } : {}),
+        ...(r.signal ? { signal: r.signal } : {}),
+        ...(r.onProgress ? { onProgress: r.onProgress } : {}),
+      });
+    }
   } catch (err) {
     failure = err;
     if (!report.errors) report.errors = 1;
@@ -75,6 +89,15 @@ export async function runRecordedCleanup(r: RecordedCleanup): Promise<{ report: 
         ...(o.olderThanDays !== undefined ? { olderThanDays: o.olderThanDays } : {}),
         ...(o.olderThanHours !== undefined ? { olderThanHours: o.olderThanHours } : {}),
         ...(o.testOnly ? { testOnly: true } : {}),
+        ...(modes.includes('artifact-retention')
+          ? {
+              artifactRetention: {
+                policy: r.config.artifact.retention,
+                kept: report.artifacts.filter((a) => a.action === 'keep').length,
+                deleted: report.artifacts.filter((a) => a.action === 'delete').length,
+              },
+            }
+          : {}),
       },
     });
   } catch (err) {

@@ -15,7 +15,7 @@ export interface HttpRole {
 }
 
 export async function startHttpRole(config: Config, logger: Logger, shared: { metrics?: Metrics; db?: Db } = {}): Promise<HttpRole> {
-  const redis = createRedis(config.redisUrl, { connectionName: 'stowage:http', log: logger });
+  const redis = createRedis(config, { connectionName: 'stowage:http', log: logger });
   const db = shared.db ?? createDb(config);
   const metrics = shared.metrics ?? createMetrics();
   // Its own fail-fast connection: an enqueue while Redis is away errors instead of hanging a request.

@@ -84,7 +84,7 @@ function formatGroups(groups: DeadLetterGroup[]): string[] {
 
 async function withDeadLetter<T>(fn: (dl: DeadLetter) => Promise<T>): Promise<T> {
   const cfg = config();
-  const connection = createRedis(cfg.redisUrl, { maxRetriesPerRequest: 3 });
+  const connection = createRedis(cfg, { maxRetriesPerRequest: 3 });
   const dl = new DeadLetter({
     connection,
     prefix: cfg.prefix,
@@ -113,7 +113,7 @@ export function buildProgram(): Command {
   // One-shot commands that talk to Redis check it first: one line and a non-zero exit within a few
   // seconds instead of ioredis's reconnect loop (the long-lived roles keep retrying instead).
   program.hook('preAction', async (_program, action) => {
-    if (NEEDS_REDIS.has(commandPath(action))) await assertRedisReachable(config().redisUrl);
+    if (NEEDS_REDIS.has(commandPath(action))) await assertRedisReachable(config());
   });
 
   program
@@ -303,7 +303,7 @@ export function buildProgram(): Command {
     )
     .action(async (opts: { follow?: boolean; json?: boolean; since: string; type: string[] }) => {
       const cfg = config();
-      const redis = createRedis(cfg.redisUrl);
+      const redis = createRedis(cfg);
       const stream = createEventStream(redis, cfg.prefix, cfg.events.maxLen);
       const types = new Set(opts.type.map((t) => t.trim()).filter(Boolean));
       const print = (e: DomainEvent) => {
@@ -404,12 +404,22 @@ export async function main(argv = process.argv): Promise<number> {
 }
 
 const isEntry = process.argv[1] && /(?:^|[/\\])main\.(?:ts|js)$/.test(process.argv[1]);
+/**
+ * Exit once stdout and stderr are flushed: on a pipe they are asynchronous, and process.exit
+ * alone cuts a long listing (a dry run's thousands of lines) at the pipe's buffer.
+ */
+function exitFlushed(code: number): void {
+  let pending = 2;
+  const done = () => {
+    if (--pending === 0) process.exit(code);
+  };
+  process.stdout.write('', done);
+  process.stderr.write('', done);
+}
+
 if (isEntry) {
-  main().then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      process.stderr.write(`stowage: ${(err as Error).message}\n`);
-      process.exit(1);
-    },
-  );
+  main().then(exitFlushed, (err: unknown) => {
+    process.stderr.write(`stowage: ${(err as Error).message}\n`);
+    exitFlushed(1);
+  });
 }

@@ -110,7 +110,7 @@ export async function recordFailures(deps: RecordFailuresDeps, tenantId: string,
     recoverySucceeded: f.recovery_succeeded ?? null,
     createdAt: f.occurred_at ? new Date(f.occurred_at).toISOString() : now,
   }));
-  const key = failureKeys.pending(deps.config.prefix);
+  const key = failureKeys.pending(deps.config.prefix, deps.redis.isCluster);
   // Backpressure rather than unbounded growth: a refused request was never accepted, so nothing is lost.
   const pending = await deps.redis.llen(key);
   if (pending + records.length > deps.config.failures.maxPending) {
@@ -185,9 +185,9 @@ export function startFailureWriter(options: FailureWriterOptions): FailureWriter
   const idleMs = options.idleMs ?? 500;
   const maxBackoffMs = options.maxBackoffMs ?? 10_000;
   const leaseMs = options.leaseMs ?? 30_000;
-  const pendingKey = failureKeys.pending(config.prefix);
-  const deadKey = failureKeys.dead(config.prefix);
-  const leaseKey = failureKeys.writerLease(config.prefix);
+  const pendingKey = failureKeys.pending(config.prefix, redis.isCluster);
+  const deadKey = failureKeys.dead(config.prefix, redis.isCluster);
+  const leaseKey = failureKeys.writerLease(config.prefix, redis.isCluster);
   const token = randomUUID();
   const batchSize = config.failures.writerBatchSize;
   // close() ends the idle wait and the backoff at once.

@@ -9,7 +9,12 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Logger } from '../observability/logger.js';
 import { z } from 'zod';
 import type { Db } from '../db/pool.js';
-import { findUserVersion, getLatestProjectVersionWithArtifact, type ProjectVersion } from '../db/project-versions.js';
+import {
+  findUserVersion,
+  getLatestProjectVersion,
+  getLatestProjectVersionWithArtifact,
+  type ProjectVersion,
+} from '../db/project-versions.js';
 import { StowageError } from '../errors.js';
 import { safeId } from '../ids.js';
 import type { Storage } from '../storage/client.js';
@@ -20,6 +25,8 @@ import { jsonSchema, parse, replies, validatedInHandler } from './schemas.js';
 
 export interface ArtifactRoutesDeps {
   db: Db;
+  /** config.artifact.rebuildUrl: `{userId}`, `{projectId}`, `{versionId}` are filled in. */
+  rebuildUrl: string;
   storage: () => Storage;
   authenticate: (req: FastifyRequest) => Promise<{ userId: string }>;
 }
@@ -48,13 +55,30 @@ const downloadSchema = {
   response: replies({ 200: versionDownload }),
 };
 
-/** 404 with `canRebuild: true`: the version exists (or may), but has no stored artifact. */
+/**
+ * 404 with `canRebuild: true` and the `rebuildUrl`: the version exists (or may), but has no stored
+ * artifact; when retention deleted it, also when and why.
+ */
 class NoArtifactError extends StowageError {
-  readonly canRebuild = true;
-  constructor(message: string) {
+  readonly rebuild: { canRebuild: true; rebuildUrl?: string; artifactDeletedAt?: string; artifactDeletedReason?: string };
+  constructor(message: string, rebuildUrl: string | null, version?: ProjectVersion | null) {
     super('STOWAGE_ERR_NOT_FOUND', message);
     this.name = 'NoArtifactError';
+    this.rebuild = {
+      canRebuild: true,
+      ...(rebuildUrl ? { rebuildUrl } : {}),
+      ...(version?.artifactDeletedAt
+        ? { artifactDeletedAt: version.artifactDeletedAt.toISOString(), artifactDeletedReason: version.artifactDeletedReason ?? '' }
+        : {}),
+    };
   }
+}
+
+/** The rebuild link of a version, from the configured template (ids are safe in a URL path: safeId). */
+export function rebuildUrlOf(template: string, v: Pick<ProjectVersion, 'userId' | 'projectId' | 'versionId'>): string {
+  return template.replace(/\{(userId|projectId|versionId)\}/g, (_, name: 'userId' | 'projectId' | 'versionId') =>
+    encodeURIComponent(v[name]),
+  );
 }
 
 /** The server's instance type (its logger is our pino logger). */
@@ -63,7 +87,7 @@ type App = FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
 export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void {
   const link = async (v: ProjectVersion, filename: string, expiresIn: number | undefined): Promise<z.output<typeof downloadLink>> => {
     const where = v.artifactUrl ? parseObjectUrl(v.artifactUrl) : null;
-    if (!where) throw new NoArtifactError(`version ${v.versionId} has no artifact`);
+    if (!where) throw new NoArtifactError(`version ${v.versionId} has no artifact`, rebuildUrlOf(deps.rebuildUrl, v), v);
     const storage = deps.storage();
     if (where.bucket !== storage.bucket) {
       throw new StowageError(
@@ -86,7 +110,15 @@ export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void
       const projectId = parse(safeId, req.params.projectId, 'projectId');
       const { expiresIn } = parse(query, req.query, 'query');
       const latest = await getLatestProjectVersionWithArtifact(deps.db, caller.userId, projectId);
-      if (!latest) throw new NoArtifactError(`project ${projectId} has no version with an artifact`);
+      if (!latest) {
+        // Rebuilding means the newest version, when the project has one.
+        const newest = await getLatestProjectVersion(deps.db, caller.userId, projectId);
+        throw new NoArtifactError(
+          `project ${projectId} has no version with an artifact`,
+          newest ? rebuildUrlOf(deps.rebuildUrl, newest) : null,
+          newest,
+        );
+      }
       return reply.headers(noStore).send(await link(latest, `${projectId}-latest.zip`, expiresIn));
     },
   );
@@ -103,7 +135,12 @@ export function registerArtifactRoutes(app: App, deps: ArtifactRoutesDeps): void
       if (matches > 1) {
         throw new StowageError('STOWAGE_ERR_USAGE', `version id ${versionId} exists in ${matches} of your projects: add ?projectId=`);
       }
-      if (!version.artifactUrl) throw new NoArtifactError(`version ${versionId} has no artifact`);
+      if (!version.artifactUrl) {
+        const why = version.artifactDeletedAt
+          ? `: artifact retention deleted it on ${version.artifactDeletedAt.toISOString().slice(0, 10)}`
+          : '';
+        throw new NoArtifactError(`version ${versionId} has no artifact${why}`, rebuildUrlOf(deps.rebuildUrl, version), version);
+      }
       const body = await link(version, `${version.projectId}-${versionId}.zip`, expiresIn);
       return reply
         .headers(noStore)

@@ -15,6 +15,11 @@ export const errorBody = z.object({
   }),
   /** On a 404 for a missing artifact: the version can be rebuilt. */
   canRebuild: z.literal(true).optional(),
+  /** With canRebuild: where (config artifact.rebuildUrl, seed 001's `/v1/versions/{versionId}/rebuild`). */
+  rebuildUrl: z.string().optional(),
+  /** With canRebuild, when artifact retention deleted the artifact: when, and why. */
+  artifactDeletedAt: z.iso.datetime().optional(),
+  artifactDeletedReason: z.string().optional(),
 });
 
 export type ErrorBody = z.output<typeof errorBody>;
@@ -26,9 +31,9 @@ export function errorResponse(err: unknown, requestId: string): { status: number
     const error: ErrorBody['error'] = { code, message: (err as Error).message };
     const issues = (err as { issues?: unknown }).issues;
     if (Array.isArray(issues)) error.issues = issues.map(String);
-    // A missing artifact can be rebuilt: say so, as the download endpoints promise.
-    const canRebuild = (err as { canRebuild?: unknown }).canRebuild === true;
-    return { status: ERROR_CODES[code].http, body: canRebuild ? { error, canRebuild: true } : { error } };
+    // A missing artifact can be rebuilt: say so, and where, as the download endpoints promise.
+    const rebuild = (err as { rebuild?: Omit<ErrorBody, 'error'> }).rebuild;
+    return { status: ERROR_CODES[code].http, body: rebuild ? { error, ...rebuild } : { error } };
   }
   // Fastify's own client errors (bad JSON, wrong content type, body too large) keep their status.
   const statusCode = (err as { statusCode?: unknown } | null)?.statusCode;

@@ -8,9 +8,12 @@
  *   attempts, dead-letter id, when, the error), after which the stream ends. A job already parked
  *   gets its earlier domain events, `state` `parked` and `job_parked`. The domain stream's own
  *   `job_parked` entry is not relayed on a job stream: the final `job_parked` says the same, with more.
- * - `GET /v1/events[?type=a,b]`: every domain event (or those types), live. A reconnecting client
+ * - `GET /v1/events[?type=a,b][&correlationId=c]`: every domain event (or those types), live. A reconnecting client
  *   (`Last-Event-ID`) first gets what it missed. A `user` token gets only events whose data carry
  *   its own `userId` (operators see all; see mayRead), and a job stream of its own jobs only.
+ *   With `correlationId`, only the events of jobs enqueued with that id: each entry carries its
+ *   job's id (no lookup per event), and such a job's completion is a `job_completed` entry (a final
+ *   failure: `job_parked`), so one stream follows every job of a build to its end.
  *
  * Domain events go out as `event: <type>` with `id: <stream id>` and the DomainEvent as data. A job
  * stream's final event has `id: done`: EventSource reconnects after every end, and that id answers
@@ -46,9 +49,9 @@ import { z } from 'zod';
 import { mayRead, type Role } from '../auth/tokens.js';
 import type { Config } from '../config.js';
 import { NotFoundError, StowageError } from '../errors.js';
-import { isReadableJobId } from '../ids.js';
+import { isReadableJobId, safeId } from '../ids.js';
 import type { Logger } from '../observability/logger.js';
-import { createEventStream, QUEUE_NAMES, redisKeys, type DomainEvent, type EventStream } from '../queues/index.js';
+import { createEventStream, lastStreamId, QUEUE_NAMES, redisKeys, type DomainEvent, type EventStream } from '../queues/index.js';
 import { sleep } from '../retry.js';
 import type { ErrorBody } from './error-response.js';
 import { findParked, parkedDetails, parkedOwner, type FoundParked } from './jobs.js';
@@ -122,6 +125,9 @@ const allEventsSchema = {
         .union([z.string(), z.array(z.string())])
         .optional()
         .describe('event types, comma-separated or repeated'),
+      correlationId: safeId
+        .optional()
+        .describe("only the events of jobs enqueued with this correlation id (a build artifact's default: its buildId, else versionId)"),
     }),
   ),
   headers: resume,
@@ -202,12 +208,13 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     return client;
   };
 
-  app.get<{ Querystring: { type?: string | string[] } }>(
+  app.get<{ Querystring: { type?: string | string[]; correlationId?: string | string[] } }>(
     '/v1/events',
     { schema: allEventsSchema, ...validatedInHandler },
     async (req, reply) => {
       const caller = await deps.authenticate(req);
       const types = parseTypes(req.query.type);
+      const correlationId = parseCorrelationId(req.query.correlationId);
       const given = lastEventId(req);
       // `done` ends a job stream; here it means nothing.
       const since = given === DONE_ID ? undefined : given;
@@ -221,6 +228,7 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
         const deliver = (e: DomainEvent) => {
           if (compareIds(e.id, cursor) <= 0) return;
           cursor = e.id;
+          if (correlationId !== undefined && e.correlationId !== correlationId) return;
           if ((!types || types.has(e.type)) && mayRead(caller, (e.data as { userId?: unknown }).userId)) client!.send(e.type, e, e.id);
         };
         // Subscribed, then the starting point read, then the headers sent: the shared reader is never
@@ -235,7 +243,13 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
         }
         // At the end of its lifetime the stream names the entry it has read up to (sent or filtered
         // out), so the reconnect resumes there even if it was sent nothing.
-        client = open(req, reply, { types: types ? [...types] : 'all' }, release, () => cursor);
+        client = open(
+          req,
+          reply,
+          { types: types ? [...types] : 'all', ...(correlationId ? { correlationId } : {}) },
+          release,
+          () => cursor,
+        );
         client.onEnd(unsubscribe);
         run = serial(client);
         // After a reconnect: what was missed. Otherwise whatever came while the headers went out.
@@ -301,8 +315,9 @@ export function registerEventRoutes(app: App, deps: EventRoutesDeps, options: Ev
     let bullCursor = '0-0';
     let finished = false;
     const run = serial(client, () => finished);
-    // The domain stream's job_parked is not relayed: the stream's own final job_parked replaces it.
-    const mine = (e: DomainEvent) => e.jobId === id && e.queue === kind && e.type !== 'job_parked';
+    // The domain stream's job_parked and job_completed are not relayed: the stream's own final
+    // job_parked and completed say the same.
+    const mine = (e: DomainEvent) => e.jobId === id && e.queue === kind && e.type !== 'job_parked' && e.type !== 'job_completed';
 
     /** The end of a parked job's stream: `job_parked` (after a `parked` snapshot, unless it follows `failed`). */
     const sendParked = (parked: FoundParked, snapshot: boolean) => {
@@ -706,7 +721,7 @@ function createQueueEventsPool(redis: Redis, prefix: string, logger: Logger): Qu
           // first XREAD is still delivered (QueueEvents' default '$' would skip it).
           const lastEventId = await lastStreamId(redis, queue.keys.events!);
           const connection = redis.duplicate({ connectionName: `stowage:http:queue-events:${queue.name}` });
-          const events = new QueueEvents(queue.name, { connection, prefix, lastEventId, autorun: true });
+          const events = new QueueEvents(queue.name, { connection, prefix: queue.opts.prefix ?? prefix, lastEventId, autorun: true });
           // Every SSE client of the queue adds its listeners.
           events.setMaxListeners(0);
           events.on('error', (err) => logger.warn({ err, queue: queue.name }, 'queue events reader error'));
@@ -734,12 +749,6 @@ function createQueueEventsPool(redis: Redis, prefix: string, logger: Logger): Qu
 
 // ---- stream helpers -----------------------------------------------------------------------------
 
-/** The id of the newest entry of a stream, or '0-0' when it is empty. */
-async function lastStreamId(redis: Redis, key: string): Promise<string> {
-  const [entry] = (await redis.xrevrange(key, '+', '-', 'COUNT', 1)) as [string, string[]][];
-  return entry?.[0] ?? '0-0';
-}
-
 /** Domain events after `afterId` (exclusive) up to `until` (inclusive, or '+'), page by page. */
 async function* replay(stream: EventStream, afterId: string, until: string): AsyncGenerator<DomainEvent> {
   let cursor = afterId;
@@ -766,6 +775,16 @@ function lastEventId(req: FastifyRequest): string | undefined {
   const value = Array.isArray(header) ? header[0] : header;
   if (value === DONE_ID) return value;
   return value && /^\d+-\d+$/.test(value) ? value : undefined;
+}
+
+/** `correlationId`: one safe id (as enqueue takes it), or undefined for every job's events. */
+function parseCorrelationId(raw: string | string[] | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (Array.isArray(raw)) throw new StowageError('STOWAGE_ERR_USAGE', 'correlationId: give one correlation id, not several');
+  const checked = safeId.safeParse(raw);
+  if (!checked.success)
+    throw new StowageError('STOWAGE_ERR_USAGE', `correlationId: ${checked.error.issues[0]?.message ?? 'not a valid id'}`);
+  return raw;
 }
 
 function parseTypes(raw: string | string[] | undefined): Set<string> | undefined {

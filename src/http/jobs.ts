@@ -11,7 +11,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { mayRead } from '../auth/tokens.js';
 import { NotFoundError, StowageError, ValidationError } from '../errors.js';
-import { MAX_JSON_DEPTH, isReadableJobId, nestsDeeperThan } from '../ids.js';
+import { MAX_JSON_DEPTH, isReadableJobId, nestsDeeperThan, safeId } from '../ids.js';
 import type { Producer } from '../producers/index.js';
 import {
   DEAD_LETTER_QUEUE,
@@ -36,11 +36,23 @@ const enqueueParams = z.object({ kind: z.enum(JOB_KINDS) });
 const readParams = z.object({ kind: z.enum(QUEUE_NAMES), id: z.string() });
 /** Documentation only: producer.enqueue validates the body against its kind's schema. */
 const payload = z.union(Object.values(PAYLOAD_SCHEMAS)).describe("the payload of the path's kind");
+/** Beside the payload's fields, taken off before the payload is validated. */
+const correlation = z.object({
+  correlationId: safeId
+    .optional()
+    .describe(
+      "groups jobs for GET /v1/events?correlationId=: their domain events carry it, and each emits job_completed. Default: a build artifact's buildId, else its versionId",
+    ),
+});
 
 const enqueued = z.object({
   jobId: z.string(),
   kind: z.enum(JOB_KINDS),
   created: z.boolean().describe('false when the same work was already enqueued'),
+  correlationId: z
+    .string()
+    .optional()
+    .describe('the correlation id given or defaulted (the job keeps its first one when it already existed)'),
 });
 
 const JOB_STATES = [
@@ -77,7 +89,11 @@ const jobView = z.object({
     .optional(),
 });
 
-const enqueueSchema = { params: jsonSchema(enqueueParams), body: jsonSchema(payload), response: replies({ 202: enqueued }) };
+const enqueueSchema = {
+  params: jsonSchema(enqueueParams),
+  body: jsonSchema(z.intersection(payload, correlation)),
+  response: replies({ 202: enqueued }),
+};
 const readSchema = { params: jsonSchema(readParams), response: replies({ 200: jobView }) };
 
 export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps) => {
@@ -94,9 +110,24 @@ export const jobRoutes: FastifyPluginAsync<JobRoutesOptions> = async (app, deps)
       if (nestsDeeperThan(req.body, MAX_JSON_DEPTH + 2)) {
         throw new ValidationError('body', [`nests deeper than ${MAX_JSON_DEPTH + 2} levels of objects and arrays (the limit)`]);
       }
-      // producer.enqueue validates with the same schema as the SDK and names each bad field.
-      const result = await deps.producer.enqueue(kind, req.body as PayloadInput<typeof kind>);
-      req.log.info({ kind, jobId: result.jobId, created: result.created, user: caller.userId, tenant: caller.tenant }, 'job enqueued');
+      const { body, correlationId } = splitCorrelation(req.body);
+      // producer.enqueue validates with the same schema as the SDK (and the correlation id) and names each bad field.
+      const result = await deps.producer.enqueue(
+        kind,
+        body as PayloadInput<typeof kind>,
+        correlationId === undefined ? {} : { correlationId },
+      );
+      req.log.info(
+        {
+          kind,
+          jobId: result.jobId,
+          created: result.created,
+          correlationId: result.correlationId,
+          user: caller.userId,
+          tenant: caller.tenant,
+        },
+        'job enqueued',
+      );
       return reply.code(202).send(result satisfies z.output<typeof enqueued>);
     },
   );
@@ -183,6 +214,17 @@ export function parkedDetails({ deadLetterId, record }: FoundParked) {
     parkedAt: new Date(record.timestamps.parked).toISOString(),
     error: { name, ...(code ? { code } : {}), message },
   };
+}
+
+/** The body without its `correlationId` (no payload has a field of that name), and that id. */
+function splitCorrelation(raw: unknown): { body: unknown; correlationId?: string } {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw) || !('correlationId' in raw)) return { body: raw };
+  const { correlationId, ...body } = raw as Record<string, unknown>;
+  if (typeof correlationId !== 'string')
+    throw new ValidationError('body', [
+      `correlationId: expected a string, got ${correlationId === null ? 'null' : Array.isArray(correlationId) ? 'an array' : typeof correlationId}`,
+    ]);
+  return { body, correlationId };
 }
 
 function unknownKind(kind: string, known: readonly string[]): StowageError {

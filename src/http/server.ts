@@ -20,7 +20,7 @@ import { StowageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Producer } from '../producers/index.js';
-import { QUEUE_NAMES } from '../queues/index.js';
+import { QUEUE_NAMES, queuePrefix } from '../queues/index.js';
 import { isSecretParam } from '../queues/redact.js';
 import type { Storage } from '../storage/client.js';
 import { registerArtifactRoutes } from './artifacts.js';
@@ -83,7 +83,7 @@ const DEFAULT_OPTIONS = {
 export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
   const opts = { ...DEFAULT_OPTIONS, ...options };
   const { config } = deps;
-  const queues = checkQueues(deps.queues, config.prefix);
+  const queues = checkQueues(deps.queues, config.prefix, deps.redis.isCluster);
 
   const http = { ...HTTP_DEFAULTS, ...definedOnly(config.http) };
   const { requestTimeoutMs, keepAliveTimeoutMs, connectionTimeoutMs, trustProxy } = http;
@@ -145,7 +145,7 @@ export function buildServer(deps: ServerDeps, options: ServerOptions = {}) {
     // answers the caller the hook found.
     const { authenticate } = api;
     registerEventRoutes(api, { config, logger: deps.logger, queues, redis: deps.redis, authenticate }, opts.events);
-    registerArtifactRoutes(api, { db: deps.db, storage: deps.storage, authenticate });
+    registerArtifactRoutes(api, { db: deps.db, storage: deps.storage, authenticate, rebuildUrl: config.artifact.rebuildUrl });
     registerFailureRoutes(api, { config, db: deps.db, redis: deps.redis, metrics: deps.metrics, logger: deps.logger, authenticate });
     registerRecordRoutes(api, { storage: deps.storage, producer: deps.producer, authenticate });
     registerBackupRoutes(api, { db: deps.db, storage: deps.storage, producer: deps.producer, authenticate, config: deps.config });
@@ -192,11 +192,11 @@ export async function startServer(deps: ServerDeps, options: ServerOptions = {})
 }
 
 /** Every QUEUE_NAMES entry present, none twice, all under the configured prefix: fails fast on a wiring mistake. */
-function checkQueues(queues: readonly Queue[], prefix: string): Queue[] {
+function checkQueues(queues: readonly Queue[], prefix: string, cluster: boolean): Queue[] {
   const names = queues.map((q) => q.name);
   const missing = QUEUE_NAMES.filter((n) => !names.includes(n));
   const repeated = names.filter((n, i) => names.indexOf(n) !== i);
-  const wrongPrefix = queues.filter((q) => (q.opts.prefix ?? 'bull') !== prefix).map((q) => q.name);
+  const wrongPrefix = queues.filter((q) => (q.opts.prefix ?? 'bull') !== queuePrefix(prefix, q.name, cluster)).map((q) => q.name);
   const problems = [
     missing.length && `missing queues: ${missing.join(', ')}`,
     repeated.length && `repeated queues: ${repeated.join(', ')}`,

@@ -18,8 +18,10 @@ import {
   JOB_KINDS,
   canonicalJson,
   createProducerRedis,
+  defaultCorrelationId,
   deriveExportId,
   jobIdFor,
+  lastStreamId,
   openDeadLetterQueue,
   openQueue,
   parkedJobId,
@@ -36,7 +38,7 @@ import {
   type Result,
 } from '../queues/index.js';
 import { sleep } from '../retry.js';
-import { jobId as jobIdSchema } from '../ids.js';
+import { jobId as jobIdSchema, safeId as correlationIdSchema } from '../ids.js';
 import { sourceRootProblem } from '../storage/source-roots.js';
 
 export interface EnqueueOptions {
@@ -48,11 +50,21 @@ export interface EnqueueOptions {
   attempts?: number;
   /** Base delay of the exponential backoff between attempts, in ms. */
   backoffMs?: number;
+  /**
+   * Groups jobs for one follower (a build, a request): every domain event the job emits carries it,
+   * the job emits `job_completed` when it completes, and `GET /v1/events?correlationId=` streams
+   * them. A safe id (letters, digits, `_ . -`; no `/`, no `..`). Default: a build artifact's
+   * `buildId`, else its `versionId`; none for other kinds. Not part of the job id: an enqueue that
+   * finds the same work already enqueued leaves that job's correlation id as it was.
+   */
+  correlationId?: string;
 }
 
 export interface Enqueued {
   jobId: string;
   kind: JobKind;
+  /** The correlation id given (or defaulted) for this enqueue, if any. */
+  correlationId?: string;
   /** False when a job with the same id already existed (the work was already enqueued). */
   created: boolean;
 }
@@ -109,10 +121,10 @@ export interface Producer {
  * again with links resolved whatever the producer did.
  */
 export function createProducer(
-  config: Pick<Config, 'redisUrl' | 'prefix'> & Partial<Pick<Config, 'sourceRoots'>>,
+  config: Pick<Config, 'redisUrl' | 'prefix'> & Partial<Pick<Config, 'sourceRoots' | 'redisClusterNodes'>>,
   options: { connection?: Redis } = {},
 ): Producer {
-  const connection = options.connection ?? createProducerRedis(config.redisUrl);
+  const connection = options.connection ?? createProducerRedis(config);
   const at = { connection, prefix: config.prefix };
   const opened: { close(): Promise<void> }[] = [];
   // One opener per kind, each typed by its kind (a map of queues written by a generic kind is not).
@@ -163,8 +175,18 @@ export function createProducer(
           checked.error.issues.map((i) => `jobId: ${i.message}`),
         );
     }
+    if (opts.correlationId !== undefined) {
+      const checked = correlationIdSchema.safeParse(opts.correlationId);
+      if (!checked.success)
+        throw new ValidationError(
+          `${kind} correlation id`,
+          checked.error.issues.map((i) => `correlationId: ${i.message}`),
+        );
+    }
+    const correlationId = opts.correlationId ?? defaultCorrelationId(kind, data);
     const jobId = opts.jobId ?? jobIdFor(kind, data);
-    const jobOpts: JobsOptions = { jobId };
+    // BullMQ keeps options it does not know with the job: correlationIdOf reads it back.
+    const jobOpts: JobsOptions & { correlationId?: string } = { jobId, ...(correlationId ? { correlationId } : {}) };
     if (opts.delay !== undefined) jobOpts.delay = opts.delay;
     if (opts.priority !== undefined) jobOpts.priority = opts.priority;
     if (opts.attempts !== undefined) jobOpts.attempts = opts.attempts;
@@ -174,7 +196,7 @@ export function createProducer(
     // informational (a race can only make it say `true` for a job that was deduplicated).
     const existed = (await q.getJobState(jobId)) !== 'unknown';
     const job = await q.add(kind, data, jobOpts);
-    return { jobId: job.id ?? jobId, kind, created: !existed };
+    return { jobId: job.id ?? jobId, kind, created: !existed, ...(correlationId ? { correlationId } : {}) };
   };
 
   /** How long waitFor looks for the dead-letter copy of a job that just failed for good. */
@@ -185,7 +207,11 @@ export function createProducer(
     if (!qe) {
       const blocking = connection.duplicate({ maxRetriesPerRequest: null });
       eventConnections.push(blocking);
-      qe = new QueueEvents(kind, { connection: blocking, prefix: config.prefix });
+      // From the stream's end as it is now, not '$': a job finishing before the reader's first
+      // XREAD is still heard (enqueue --wait hung for such a job under CI load).
+      const q = queue(kind);
+      const lastEventId = await lastStreamId(connection, q.keys.events!);
+      qe = new QueueEvents(kind, { connection: blocking, prefix: q.opts.prefix ?? config.prefix, lastEventId });
       queueEvents.set(kind, qe);
       await qe.waitUntilReady();
     }

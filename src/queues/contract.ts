@@ -109,6 +109,25 @@ const IDENTITY_FIELDS: Record<JobKind, string[] | null> = {
   cleanup: null,
 };
 
+/**
+ * The correlation id a job gets when its producer gives none: a build's id for a build artifact
+ * (seed 001's UI followed `/api/builds/:buildId/events`), else its version's. Other kinds get none.
+ */
+export function defaultCorrelationId<K extends JobKind>(kind: K, payload: Payload<K>): string | undefined {
+  if (kind !== 'build-artifact') return undefined;
+  const p = payload as Payload<'build-artifact'>;
+  return p.buildId ?? p.versionId;
+}
+
+/**
+ * A job's correlation id. It is kept in the job's options, beside the payload: it changes neither
+ * what the job does nor its id (so two enqueues of one unit of work still dedupe).
+ */
+export function correlationIdOf(job: { opts?: unknown }): string | undefined {
+  const id = (job.opts as { correlationId?: unknown } | undefined)?.correlationId;
+  return typeof id === 'string' && id !== '' ? id : undefined;
+}
+
 /** Canonical JSON: object keys sorted, so equal payloads hash equally whatever their key order. */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;

@@ -23,7 +23,7 @@ import { normalizeSignature } from '../failures/signature.js';
 import { FOREIGN_ERROR_TEXT } from '../foreign-errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { DEAD_LETTER_QUEUE } from './contract.js';
+import { correlationIdOf, DEAD_LETTER_QUEUE } from './contract.js';
 import type { EventStream } from './event-stream.js';
 import { createQueue, openQueueByName, type OpenQueueOptions, type QueueByName, type QueueConnection, type TypedQueue } from './factory.js';
 import { parkedJobId, redisKeys } from './keys.js';
@@ -37,8 +37,8 @@ export interface ParkedJob {
   payload: unknown;
   error: { message: string; name: string; stack?: string; code?: string };
   attemptsMade: number;
-  /** The origin job's retry options, reused when it is redriven. */
-  opts: { attempts?: number; backoff?: unknown; priority?: number };
+  /** The origin job's retry options and correlation id, reused when it is redriven. */
+  opts: { attempts?: number; backoff?: unknown; priority?: number; correlationId?: string };
   /** Automatic redrives already spent on this job. */
   redrives: number;
   timestamps: { created: number; processed?: number; failed?: number; parked: number };
@@ -222,6 +222,7 @@ export class DeadLetter {
       : PERMANENT_ERROR_NAMES.has(errorName)
         ? 'permanent'
         : 'retries_exhausted';
+    const correlationId = correlationIdOf(job);
     const record: ParkedJob = {
       originQueue: queueName,
       originJobId: jobId,
@@ -238,6 +239,7 @@ export class DeadLetter {
         ...(job.opts.attempts !== undefined ? { attempts: job.opts.attempts } : {}),
         ...(job.opts.backoff !== undefined ? { backoff: job.opts.backoff } : {}),
         ...(job.opts.priority ? { priority: job.opts.priority } : {}),
+        ...(correlationId ? { correlationId } : {}),
       },
       redrives,
       timestamps: {
@@ -264,11 +266,19 @@ export class DeadLetter {
         { queue: queueName, jobId, attempt: job.attemptsMade, reason, error: record.error.message },
         'job parked in dead-letter queue',
       );
+      const userId = (job.data as { userId?: unknown } | undefined)?.userId;
       await this.deps.events
         ?.emit(
           'job_parked',
-          { queue: queueName, jobId, name: job.name, reason: record.error.message, attempts: job.attemptsMade },
-          { queue: queueName, jobId },
+          {
+            queue: queueName,
+            jobId,
+            name: job.name,
+            reason: record.error.message,
+            attempts: job.attemptsMade,
+            ...(typeof userId === 'string' ? { userId } : {}),
+          },
+          { queue: queueName, jobId, correlationId },
         )
         .catch(() => {});
     }
@@ -358,7 +368,7 @@ export class DeadLetter {
       ?.emit(
         'job_redriven',
         { queue: originQueue, jobId: originJobId, automatic: Boolean(options.automatic) },
-        { queue: originQueue, jobId: originJobId },
+        { queue: originQueue, jobId: originJobId, correlationId: parked.data.opts?.correlationId },
       )
       .catch(() => {});
     return { ...base, action: 'redriven' };

@@ -6,6 +6,8 @@ import { redisKeys } from './keys.js';
 export interface EventOrigin {
   queue?: string;
   jobId?: string;
+  /** The emitting job's correlation id: a field of the entry, so following one costs no lookup. */
+  correlationId?: string | undefined;
 }
 
 export interface EventStream {
@@ -14,6 +16,15 @@ export interface EventStream {
   read(options?: { afterId?: string; until?: string; count?: number }): Promise<DomainEvent[]>;
   /** Block up to `blockMs` for events after `afterId` ('$' for only new ones). */
   follow(afterId: string, blockMs: number): Promise<DomainEvent[]>;
+}
+
+/**
+ * The newest entry's id of a stream ('0-0' when empty). A reader started from it rather than from
+ * '$' misses nothing that lands before its first XREAD (BullMQ's QueueEvents reports ready first).
+ */
+export async function lastStreamId(redis: Redis, key: string): Promise<string> {
+  const [entry] = (await redis.xrevrange(key, '+', '-', 'COUNT', 1)) as [string, string[]][];
+  return entry?.[0] ?? '0-0';
 }
 
 export function createEventStream(redis: Redis, prefix: string, maxLen = 10_000): EventStream {
@@ -28,6 +39,7 @@ export function createEventStream(redis: Redis, prefix: string, maxLen = 10_000)
         at: f.at ?? '',
         ...(f.queue ? { queue: f.queue } : {}),
         ...(f.jobId ? { jobId: f.jobId } : {}),
+        ...(f.correlationId ? { correlationId: f.correlationId } : {}),
         data: JSON.parse(f.data ?? 'null'),
       } as DomainEvent;
     });
@@ -36,6 +48,7 @@ export function createEventStream(redis: Redis, prefix: string, maxLen = 10_000)
       const fields = ['type', type, 'at', new Date().toISOString(), 'data', JSON.stringify(data)];
       if (origin.queue) fields.push('queue', origin.queue);
       if (origin.jobId) fields.push('jobId', origin.jobId);
+      if (origin.correlationId) fields.push('correlationId', origin.correlationId);
       // '~' lets Redis trim lazily, which keeps XADD O(1).
       const id = await redis.xadd(key, 'MAXLEN', '~', String(maxLen), '*', ...fields);
       return id!;

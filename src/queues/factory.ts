@@ -8,9 +8,10 @@
 import { Queue, type DefaultJobOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { DEFAULT_JOB_OPTIONS, isJobKind, type JobKind, type Payload, type Result } from './contract.js';
+import { queuePrefix } from './keys.js';
 import { MAINTENANCE_QUEUE } from './schedules.js';
 
-/** Where a queue lives: a shared connection (the queue does not close it) and the key prefix. */
+/** Where a queue lives: a shared connection (the queue does not close it) and the key prefix (STOWAGE_PREFIX). */
 export interface QueueConnection {
   connection: Redis;
   prefix: string;
@@ -75,7 +76,8 @@ export function createQueue<Data = unknown, Res = unknown>(
 ): TypedQueue<Data, Res> {
   const queue = new Queue<Data, Res, string, Data, Res, string>(name, {
     connection: at.connection,
-    prefix: at.prefix,
+    // On Redis Cluster, one hash tag per queue (keys.ts).
+    prefix: queuePrefix(at.prefix, name, at.connection.isCluster),
     ...(defaultJobOptions ? { defaultJobOptions } : {}),
   });
   // A queue re-emits its connection's errors; with no listener BullMQ prints each one's stack. The

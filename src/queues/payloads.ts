@@ -221,6 +221,8 @@ export const cleanupPayload = z.strictObject({
   multipart: z.boolean().optional(),
   olderThanHours: z.number().min(0).max(876_000).optional(),
   enforceLifecycle: z.boolean().optional(),
+  /** Artifact retention per project (config.artifact.retention): newest N, then the tiers. */
+  artifactRetention: z.boolean().optional(),
 });
 
 /** What a cleanup job returns: the run's counts (src/storage/cleanup.ts `CleanupReport`) and its log row. */
@@ -240,6 +242,8 @@ export type CleanupResult = {
   unsupported: string[];
   /** The first 100 keys deleted (or that would be). */
   sample: string[];
+  /** With artifact retention: how many versions' artifacts were kept and deleted (or would be). */
+  artifacts?: { kept: number; deleted: number };
 };
 
 /**

@@ -54,7 +54,7 @@ export interface Scheduler {
 }
 
 export async function startScheduler(config: Config, logger: Logger, options: { resyncMs?: number } = {}): Promise<Scheduler> {
-  const connection = createRedis(config.redisUrl, { connectionName: 'stowage:scheduler', log: logger });
+  const connection = createRedis(config, { connectionName: 'stowage:scheduler', log: logger });
   await syncSchedules(config, connection, logger);
   const timer = setInterval(
     () => {

@@ -36,13 +36,14 @@ export const DEFAULT_SCHEDULES: DesiredSchedule[] = [
     repeat: { pattern: '*/15 * * * *', tz: 'UTC' },
     data: { task: 'retry-fallbacks', max: 100 },
   },
-  // Daily retention: orphaned diff packs and the lifecycle rules, enforced on any store.
+  // Daily retention: orphaned diff packs, the lifecycle rules (enforced on any store) and artifact
+  // retention (turned off with STOWAGE_ARTIFACT_RETENTION_ENABLED=false: see desiredSchedules).
   {
     id: 'cleanup-daily',
     queue: 'cleanup',
     jobName: 'cleanup',
     repeat: { pattern: '0 3 * * *', tz: 'UTC' },
-    data: { dryRun: false, orphanedPacks: true, enforceLifecycle: true },
+    data: { dryRun: false, orphanedPacks: true, enforceLifecycle: true, artifactRetention: true },
   },
 ];
 
@@ -50,6 +51,10 @@ export function desiredSchedules(config: Config): DesiredSchedule[] {
   const problems: string[] = [];
   const byId = new Map<string, DesiredSchedule>();
   for (const s of DEFAULT_SCHEDULES) byId.set(s.id, s);
+  if (!config.artifact.retention.enabled) {
+    const daily = byId.get('cleanup-daily')!;
+    byId.set(daily.id, { ...daily, data: { ...daily.data, artifactRetention: false } });
+  }
   if (config.deadLetter.retryIntervalMs > 0) {
     byId.set('dlq-auto-redrive', {
       id: 'dlq-auto-redrive',

@@ -152,66 +152,114 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
   };
 
   try {
-    await sweepAbandonedProbes(storage);
-    // create-only
-    const fresh = `${base}create-only`;
-    let createOnly = false;
-    const first = await attempt(() => put(fresh, 'probe', { IfNoneMatch: '*' }));
-    if (!first.ok) evidence.createOnly = `a new key with If-None-Match: * was refused (${describe(first.err)})`;
-    else {
+    // Independent groups run at once: each is a chain of round trips, and one after another they
+    // were ~20 before a cold worker's first upload could start (1.3 s at 30 ms). The listing
+    // check needs the objects the first two groups write, so it follows them.
+    const sweep = sweepAbandonedProbes(storage);
+    const createOnlyProbe = async (): Promise<boolean> => {
+      const fresh = `${base}create-only`;
+      const first = await attempt(() => put(fresh, 'probe', { IfNoneMatch: '*' }));
+      if (!first.ok) {
+        evidence.createOnly = `a new key with If-None-Match: * was refused (${describe(first.err)})`;
+        return false;
+      }
       const again = await attempt(() => put(fresh, 'probe', { IfNoneMatch: '*' }));
       if (again.ok) evidence.createOnly = 'If-None-Match: * on an existing key was written over (header ignored)';
       else if (isPreconditionFailed(again.err)) {
-        createOnly = true;
         evidence.createOnly = 'new key written; existing key refused with 412';
+        return true;
       } else evidence.createOnly = `If-None-Match: * on an existing key: ${describe(again.err)}`;
-    }
-    // A plain write too, so the rest of the probe has an object even where that header is refused.
-    const object = `${base}cas`;
-    const created = await put(object, 'probe');
-
-    // compare-and-swap
-    let compareAndSwap: EtagForm | null = null;
-    const wrong = await attempt(() => put(object, 'probe', { IfMatch: '"00000000000000000000000000000000"' }));
-    if (wrong.ok) evidence.compareAndSwap = 'a wrong If-Match ETag was written over (header ignored)';
-    else if (!isPreconditionFailed(wrong.err)) evidence.compareAndSwap = `a wrong If-Match ETag: ${describe(wrong.err)}`;
-    else {
+      return false;
+    };
+    const compareAndSwapProbe = async (): Promise<EtagForm | null> => {
+      // A plain write, so this group has an object even where If-None-Match is refused.
+      const object = `${base}cas`;
+      const created = await put(object, 'probe');
+      const wrong = await attempt(() => put(object, 'probe', { IfMatch: '"00000000000000000000000000000000"' }));
+      if (wrong.ok) {
+        evidence.compareAndSwap = 'a wrong If-Match ETag was written over (header ignored)';
+        return null;
+      }
+      if (!isPreconditionFailed(wrong.err)) {
+        evidence.compareAndSwap = `a wrong If-Match ETag: ${describe(wrong.err)}`;
+        return null;
+      }
       const etag = created.ETag ?? (await client.send(new HeadObjectCommand({ Bucket: bucket, Key: object }))).ETag ?? '';
       const seen: string[] = ['wrong ETag 412'];
+      let found: EtagForm | null = null;
       for (const form of ['quoted', 'unquoted'] as const) {
         // Same body, so the ETag stays the same for the next form.
         const right = await attempt(() => put(object, 'probe', { IfMatch: etagForIfMatch(etag, form) }));
         if (right.ok) {
-          compareAndSwap = form;
+          found = form;
           seen.push(`${form} ETag written`);
           break;
         }
         seen.push(`${form} ETag ${describe(right.err)}`);
       }
       evidence.compareAndSwap = seen.join('; ');
-    }
-
-    // multipart: create (asking for SHA-256 part checksums), a part with a wrong checksum, the part, list, complete
+      return found;
+    };
+    const lifecycleProbe = async (): Promise<boolean> => {
+      // Read only: never changes the bucket's rules.
+      const lc = await attempt(() => client.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket })));
+      const answered = lc.ok || (lc.err as Error).name === 'NoSuchLifecycleConfiguration' || statusOf(lc.err) === 404;
+      evidence.lifecycle = lc.ok ? `${lc.value.Rules?.length ?? 0} rule(s) configured` : answered ? 'none configured' : describe(lc.err);
+      return answered;
+    };
+    const listingProbe = async (): Promise<boolean> => {
+      // ListObjectsV2 paging over the two objects (at least) the groups above wrote under `base`,
+      // one per page. The store answered those, so an error here (s3rver answers 500, after the
+      // SDK's retries, to any truncated V2 page: it builds the token with DES, which OpenSSL 3
+      // refuses) means the paging is broken, not the store.
+      const p1 = await attempt(() => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, MaxKeys: 1 })), {
+        serverErrorMeansNo: true,
+      });
+      if (!p1.ok) {
+        evidence.listObjectsV2 = describe(p1.err);
+        return false;
+      }
+      if (!p1.value.IsTruncated || !p1.value.NextContinuationToken) {
+        evidence.listObjectsV2 = 'the first page of one key was not truncated';
+        return false;
+      }
+      const token = p1.value.NextContinuationToken;
+      const p2 = await attempt(
+        () => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, MaxKeys: 1, ContinuationToken: token })),
+        { serverErrorMeansNo: true },
+      );
+      const ok = p2.ok && Boolean(p2.value.Contents?.[0]?.Key) && p2.value.Contents![0]!.Key !== p1.value.Contents?.[0]?.Key;
+      evidence.listObjectsV2 = p2.ok
+        ? ok
+          ? 'second page follows the token'
+          : 'the second page repeats the first'
+        : `second page: ${describe(p2.err)}`;
+      return ok;
+    };
+    const forget = (id: string) => {
+      const i = uploads.findIndex((u) => u.id === id);
+      if (i >= 0) uploads.splice(i, 1);
+    };
     const mpKey = `${base}multipart`;
-    const part = Buffer.from('stowage capability probe part\n');
-    const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('base64');
-    let asked = true;
-    let create = await attempt(() =>
-      client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey, ChecksumAlgorithm: 'SHA256' })),
-    );
-    if (!create.ok) {
-      asked = false;
-      create = await attempt(() => client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey })));
-    }
-    let partChecksumSha256 = false;
-    let listParts = false;
-    let multipartList = false;
-    let completeEtag = false;
-    let multipartAbort = false;
-    if (!create.ok) {
-      const why = `CreateMultipartUpload: ${describe(create.err)}`;
-      Object.assign(evidence, { partChecksumSha256: why, listParts: why, multipartList: why, completeEtag: why, multipartAbort: why });
-    } else {
+    // Multipart: create (asking for SHA-256 part checksums), a part with a wrong checksum, the
+    // part, list parts, list uploads, complete.
+    const multipartProbe = async () => {
+      const found = { partChecksumSha256: false, listParts: false, multipartList: false, completeEtag: false };
+      const part = Buffer.from('stowage capability probe part\n');
+      const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('base64');
+      let asked = true;
+      let create = await attempt(() =>
+        client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey, ChecksumAlgorithm: 'SHA256' })),
+      );
+      if (!create.ok) {
+        asked = false;
+        create = await attempt(() => client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: mpKey })));
+      }
+      if (!create.ok) {
+        const why = `CreateMultipartUpload: ${describe(create.err)}`;
+        Object.assign(evidence, { partChecksumSha256: why, listParts: why, multipartList: why, completeEtag: why });
+        return found;
+      }
       const uploadId = create.value.UploadId!;
       uploads.push({ key: mpKey, id: uploadId });
       const send = (checksum?: string) =>
@@ -230,18 +278,18 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
         const bad = await attempt(() => send(sha('something else')));
         if (bad.ok) evidence.partChecksumSha256 = 'a part with a wrong x-amz-checksum-sha256 was stored (not verified)';
         else {
-          partChecksumSha256 = true;
+          found.partChecksumSha256 = true;
           evidence.partChecksumSha256 = `a part with a wrong checksum was refused (${describe(bad.err)})`;
         }
       }
-      const uploaded = await send(partChecksumSha256 ? sha(part) : undefined);
+      const uploaded = await send(found.partChecksumSha256 ? sha(part) : undefined);
       const parts = await attempt(() => client.send(new ListPartsCommand({ Bucket: bucket, Key: mpKey, UploadId: uploadId })));
-      listParts = parts.ok && (parts.value.Parts ?? []).some((p) => p.PartNumber === 1);
+      found.listParts = parts.ok && (parts.value.Parts ?? []).some((p) => p.PartNumber === 1);
       evidence.listParts = parts.ok ? `${parts.value.Parts?.length ?? 0} part(s) listed` : describe(parts.err);
       const listed = await attempt(() => client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: base })));
-      multipartList = listed.ok && (listed.value.Uploads ?? []).some((u) => u.UploadId === uploadId);
+      found.multipartList = listed.ok && (listed.value.Uploads ?? []).some((u) => u.UploadId === uploadId);
       evidence.multipartList = listed.ok
-        ? multipartList
+        ? found.multipartList
           ? 'the open upload is listed'
           : 'the open upload is missing from the listing'
         : describe(listed.err);
@@ -251,66 +299,55 @@ export async function probeCapabilities(storage: Storage): Promise<CapabilityRep
           Key: mpKey,
           UploadId: uploadId,
           MultipartUpload: {
-            Parts: [{ PartNumber: 1, ETag: uploaded.ETag!, ...(partChecksumSha256 ? { ChecksumSHA256: sha(part) } : {}) }],
+            Parts: [{ PartNumber: 1, ETag: uploaded.ETag!, ...(found.partChecksumSha256 ? { ChecksumSHA256: sha(part) } : {}) }],
           },
         }),
       );
-      uploads.pop();
+      forget(uploadId);
       written.add(mpKey);
-      completeEtag = Boolean(done.ETag && unquoteEtag(done.ETag));
-      evidence.completeEtag = completeEtag ? 'present' : `empty (${JSON.stringify(done.ETag ?? null)}); HEAD has it`;
-
-      const second = await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: `${mpKey}-abort` }));
-      uploads.push({ key: `${mpKey}-abort`, id: second.UploadId! });
-      const aborted = await attempt(() =>
-        client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: `${mpKey}-abort`, UploadId: second.UploadId! })),
-      );
-      if (!aborted.ok) evidence.multipartAbort = describe(aborted.err);
-      else {
-        uploads.pop();
-        multipartAbort = true;
-        evidence.multipartAbort = 'aborted';
-        if (multipartList) {
-          const after = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: base }));
-          if ((after.Uploads ?? []).some((u) => u.UploadId === second.UploadId)) {
-            multipartAbort = false;
-            evidence.multipartAbort = 'answered, but the upload is still listed';
-          } else evidence.multipartAbort = 'aborted; no longer listed';
-        }
-      }
-    }
-
-    // lifecycle: read only, never changes the bucket's rules
-    const lc = await attempt(() => client.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket })));
-    const lifecycle = lc.ok || (lc.err as Error).name === 'NoSuchLifecycleConfiguration' || statusOf(lc.err) === 404;
-    evidence.lifecycle = lc.ok ? `${lc.value.Rules?.length ?? 0} rule(s) configured` : lifecycle ? 'none configured' : describe(lc.err);
-
-    // ListObjectsV2 paging: two objects under `base` at least, one per page
-    let listObjectsV2 = false;
-    // The store answered everything above, so an error here (s3rver answers 500, after the SDK's
-    // retries, to any truncated V2 page: it builds the token with DES, which OpenSSL 3 refuses)
-    // means the paging is broken, not the store.
-    const p1 = await attempt(() => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, MaxKeys: 1 })), {
-      serverErrorMeansNo: true,
-    });
-    if (!p1.ok) evidence.listObjectsV2 = describe(p1.err);
-    else if (!p1.value.IsTruncated || !p1.value.NextContinuationToken)
-      evidence.listObjectsV2 = 'the first page of one key was not truncated';
-    else {
-      const token = p1.value.NextContinuationToken;
-      const p2 = await attempt(
-        () => client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, MaxKeys: 1, ContinuationToken: token })),
-        {
-          serverErrorMeansNo: true,
-        },
-      );
-      listObjectsV2 = p2.ok && Boolean(p2.value.Contents?.[0]?.Key) && p2.value.Contents![0]!.Key !== p1.value.Contents?.[0]?.Key;
-      evidence.listObjectsV2 = p2.ok
-        ? listObjectsV2
-          ? 'second page follows the token'
-          : 'the second page repeats the first'
-        : `second page: ${describe(p2.err)}`;
-    }
+      found.completeEtag = Boolean(done.ETag && unquoteEtag(done.ETag));
+      evidence.completeEtag = found.completeEtag ? 'present' : `empty (${JSON.stringify(done.ETag ?? null)}); HEAD has it`;
+      return found;
+    };
+    // Abort: a second upload, aborted, then looked for in a listing (read only where the listing
+    // works, which multipartProbe finds out).
+    const abortProbe = async (): Promise<{ aborted: boolean; listedAfter: boolean; evidence: string }> => {
+      const key = `${mpKey}-abort`;
+      const second = await attempt(() => client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key })));
+      if (!second.ok) return { aborted: false, listedAfter: false, evidence: `CreateMultipartUpload: ${describe(second.err)}` };
+      const id = second.value.UploadId!;
+      uploads.push({ key, id });
+      const aborted = await attempt(() => client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: id })));
+      if (!aborted.ok) return { aborted: false, listedAfter: false, evidence: describe(aborted.err) };
+      forget(id);
+      const after = await attempt(() => client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: base })));
+      return { aborted: true, listedAfter: after.ok && (after.value.Uploads ?? []).some((u) => u.UploadId === id), evidence: 'aborted' };
+    };
+    const objects = Promise.all([createOnlyProbe(), compareAndSwapProbe()]);
+    // Settled, not all: on a fatal error the other groups still finish before the cleanup below,
+    // so none writes a probe object after it.
+    const settled = await Promise.allSettled([
+      objects,
+      multipartProbe(),
+      abortProbe(),
+      lifecycleProbe(),
+      objects.then(listingProbe),
+      sweep,
+    ]);
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const value = <T>(r: PromiseSettledResult<T>) => (r as PromiseFulfilledResult<T>).value;
+    const [createOnly, compareAndSwap] = value(settled[0]);
+    const [multipart, abort, lifecycle, listObjectsV2] = [value(settled[1]), value(settled[2]), value(settled[3]), value(settled[4])];
+    const { partChecksumSha256, listParts, multipartList, completeEtag } = multipart;
+    // The aborted upload must be gone from a listing that works (multipartProbe says whether it does).
+    let multipartAbort = abort.aborted;
+    if (!abort.aborted) evidence.multipartAbort = abort.evidence;
+    else if (!multipartList) evidence.multipartAbort = 'aborted';
+    else if (abort.listedAfter) {
+      multipartAbort = false;
+      evidence.multipartAbort = 'answered, but the upload is still listed';
+    } else evidence.multipartAbort = 'aborted; no longer listed';
 
     return {
       endpoint: storage.endpoint,

@@ -54,9 +54,25 @@ export interface CleanupOptions {
   orphanedPacks?: boolean | undefined;
   multipart?: boolean | undefined;
   enforceLifecycle?: boolean | undefined;
+  /**
+   * Artifact retention (src/cleanup/artifact-retention.ts): needs project_versions, so the recorded
+   * cleanup runs it; runCleanup here skips the mode.
+   */
+  artifactRetention?: boolean | undefined;
 }
 
-export type CleanupMode = 'objects' | 'orphaned-packs' | 'lifecycle' | 'multipart';
+export type CleanupMode = 'objects' | 'orphaned-packs' | 'lifecycle' | 'multipart' | 'artifact-retention';
+
+/** One project version's fate under artifact retention (dry runs print every one). */
+export interface ArtifactVerdict {
+  userId: string;
+  projectId: string;
+  versionId: string;
+  createdAt: string;
+  key: string;
+  action: 'keep' | 'delete';
+  reasons: string[];
+}
 
 export interface CleanupDeps {
   storage: Storage;
@@ -108,6 +124,8 @@ export interface CleanupReport {
   errorMessages: string[];
   /** Operations the store does not implement that a mode would have needed (not counted as errors). */
   unsupported: string[];
+  /** Artifact retention: every version with an artifact, kept or deleted, with the reasons. */
+  artifacts: ArtifactVerdict[];
 }
 
 export const MULTIPART_UNSUPPORTED_HINT =
@@ -119,10 +137,11 @@ export function cleanupModes(o: CleanupOptions): CleanupMode[] {
   if (o.orphanedPacks) modes.push('orphaned-packs');
   if (o.enforceLifecycle) modes.push('lifecycle');
   if (o.multipart) modes.push('multipart');
+  if (o.artifactRetention) modes.push('artifact-retention');
   if (modes.length) return modes;
   if (!o.prefix && o.olderThanDays === undefined && !o.testOnly) {
     throw new PermanentError(
-      'cleanup: nothing selected; give --prefix, --older-than, --test-only, --orphaned-packs, --multipart or --enforce-lifecycle',
+      'cleanup: nothing selected; give --prefix, --older-than, --test-only, --orphaned-packs, --multipart, --enforce-lifecycle or --artifact-retention',
       { code: 'STOWAGE_ERR_USAGE' },
     );
   }
@@ -144,10 +163,11 @@ export function emptyReport(o: CleanupOptions, modes: CleanupMode[]): CleanupRep
     perMode: {},
     errorMessages: [],
     unsupported: [],
+    artifacts: [],
   };
 }
 
-function addError(report: CleanupReport, message: string, count = 1): void {
+export function addError(report: CleanupReport, message: string, count = 1): void {
   report.errors += count;
   if (report.errorMessages.length < MAX_ERROR_MESSAGES) report.errorMessages.push(message);
 }
@@ -174,7 +194,7 @@ export async function runCleanup(deps: CleanupDeps, o: CleanupOptions, report = 
   }
   const rules = (deps.rules ?? []).filter((r) => r.enabled);
 
-  if (modes.some((m) => m !== 'multipart')) await sweepObjects(deps, o, report, modes, rules, now, scope);
+  if (modes.some((m) => m !== 'multipart' && m !== 'artifact-retention')) await sweepObjects(deps, o, report, modes, rules, now, scope);
   const abortRules = modes.includes('lifecycle') ? rules.filter((r) => r.abortIncompleteMultipartDays !== undefined) : [];
   if (modes.includes('multipart') || abortRules.length) await sweepUploads(deps, o, report, abortRules, now, scope);
   return report;
@@ -278,13 +298,7 @@ async function sweepObjects(
   }
   report.objects.push(...victims);
 
-  const tally = (v: SelectedObject) => {
-    report.deleted++;
-    report.bytesFreed += v.size;
-    const m = (report.perMode[v.reason.split(':')[0]!] ??= { deleted: 0, bytesFreed: 0 });
-    m.deleted++;
-    m.bytesFreed += v.size;
-  };
+  const tally = (v: SelectedObject) => tallyDeleted(report, v);
   if (o.dryRun) {
     victims.forEach(tally);
     return;
@@ -292,16 +306,16 @@ async function sweepObjects(
   for (let i = 0; i < victims.length; i += DELETE_BATCH) {
     deps.signal?.throwIfAborted();
     const batch = victims.slice(i, i + DELETE_BATCH);
-    let res;
+    let failed: Map<string, string>;
     try {
-      res = await storage.client.send(
-        new DeleteObjectsCommand({ Bucket: storage.bucket, Delete: { Objects: batch.map((v) => ({ Key: v.key })), Quiet: true } }),
+      failed = await deleteObjectBatch(
+        storage,
+        batch.map((v) => v.key),
       );
     } catch (err) {
       addError(report, `DeleteObjects (${batch.length} keys from ${batch[0]!.key}): ${(err as Error).message}`, batch.length);
       throw storeError(err, `deleting ${batch.length} objects`);
     }
-    const failed = new Map((res.Errors ?? []).map((e) => [e.Key ?? '', `${e.Code}: ${e.Message}`]));
     for (const v of batch) {
       const why = failed.get(v.key);
       if (why === undefined) tally(v);
@@ -309,6 +323,28 @@ async function sweepObjects(
     }
     if (victims.length > DELETE_BATCH) deps.onProgress?.(`deleted ${Math.min(i + DELETE_BATCH, victims.length)} of ${victims.length} keys`);
   }
+}
+
+/** Count a deleted (or, in a dry run, selected) object, under the mode its reason starts with. */
+export function tallyDeleted(report: CleanupReport, v: SelectedObject): void {
+  report.deleted++;
+  report.bytesFreed += v.size;
+  const m = (report.perMode[v.reason.split(':')[0]!] ??= { deleted: 0, bytesFreed: 0 });
+  m.deleted++;
+  m.bytesFreed += v.size;
+}
+
+/**
+ * One DeleteObjects request (at most DELETE_BATCH keys, quiet): the keys the store refused, each
+ * with its code and message. A request that fails as a whole throws.
+ */
+export async function deleteObjectBatch(storage: Storage, keys: string[]): Promise<Map<string, string>> {
+  if (keys.length > DELETE_BATCH) throw new StowageError('STOWAGE_ERR_INTERNAL', `DeleteObjects takes at most ${DELETE_BATCH} keys`);
+  if (!keys.length) return new Map();
+  const res = await storage.client.send(
+    new DeleteObjectsCommand({ Bucket: storage.bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }),
+  );
+  return new Map((res.Errors ?? []).map((e) => [e.Key ?? '', `${e.Code}: ${e.Message}`]));
 }
 
 async function listUploads(storage: Storage, scope: string, signal?: AbortSignal): Promise<MultipartUpload[]> {

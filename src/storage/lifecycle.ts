@@ -11,7 +11,7 @@ import {
   DeleteBucketLifecycleCommand,
   type LifecycleRule as S3LifecycleRule,
 } from '@aws-sdk/client-s3';
-import type { LifecycleRule } from '../config.js';
+import { FAILURE_PATTERNS_RULE_ID, type LifecycleRule } from '../config.js';
 import type { Storage } from './client.js';
 import { notImplementedError, statusOf } from './store-errors.js';
 
@@ -132,6 +132,20 @@ export async function applyLifecycle(storage: Storage, rules: LifecycleRule[], o
     throw notImplementedError(err, 'bucket lifecycle rules (PutBucketLifecycleConfiguration)', LIFECYCLE_UNSUPPORTED_HINT);
   }
   return plan;
+}
+
+/**
+ * The rules with the aggregation exports' rule expiring after `days` (`lifecycle --apply --days N`,
+ * seed 000's `r2_lifecycle.sh --days`): the rule FAILURE_PATTERNS_RULE_ID, else the one on exactly
+ * `{uploadPrefix}/`, changed in place and enabled (its id kept, so the store's rule is changed, not
+ * doubled); added under that id when there is neither (failures.retentionDays 0 removed it).
+ */
+export function withFailurePatternDays(rules: LifecycleRule[], uploadPrefix: string, days: number): LifecycleRule[] {
+  const prefix = `${uploadPrefix}/`;
+  const at = rules.findIndex((r) => r.id === FAILURE_PATTERNS_RULE_ID);
+  const index = at !== -1 ? at : rules.findIndex((r) => r.prefix === prefix);
+  if (index === -1) return [...rules, { id: FAILURE_PATTERNS_RULE_ID, prefix, expireDays: days, enabled: true }];
+  return rules.map((r, i) => (i === index ? { ...r, expireDays: days, enabled: true } : r));
 }
 
 /** One line per rule, for `lifecycle --show`. */

@@ -31,14 +31,18 @@ export interface ParallelGzipOptions {
   level?: number;
   /** Bytes of input per block. Default 1 MiB; at least 64 KiB. */
   blockSize?: number;
-  /** Blocks compressed at once. Default: the cores available, at least 2. */
+  /**
+   * Blocks compressed at once. Default: the cores available + 2. One per core left a core idle
+   * whenever a block waited for the main thread to collect it: at 2 cores, 4 in flight gzipped
+   * a 220 MB database in 1.1–1.2 s against 1.4–1.8 s with 2 (pigz -1: 1.15 s).
+   */
   concurrency?: number;
 }
 
 export function createParallelGzip(options: ParallelGzipOptions = {}): Transform {
   const level = options.level ?? 6;
   const blockSize = Math.max(64 * 1024, options.blockSize ?? 1024 * 1024);
-  const concurrency = Math.max(1, options.concurrency ?? Math.max(2, availableParallelism()));
+  const concurrency = Math.max(1, options.concurrency ?? availableParallelism() + 2);
 
   let pending: Buffer[] = [];
   let pendingBytes = 0;

@@ -64,3 +64,9 @@ export function isNotFound(err: unknown): boolean {
   const name = (err as Error | null)?.name;
   return statusOf(err) === 404 || name === 'NoSuchKey' || name === 'NotFound';
 }
+
+/** The multipart upload does not exist (any more): completed, aborted, or expired by a lifecycle rule. */
+export function isNoSuchUpload(err: unknown): boolean {
+  const name = (err as Error | null)?.name;
+  return name === 'NoSuchUpload' || (statusOf(err) === 404 && name !== 'NoSuchBucket');
+}

@@ -13,7 +13,9 @@
  *
  * Idempotent: the key derives from the payload, the zip is deterministic (sorted entries, file
  * mtimes), the object is overwritten in place and both rows are upserts, so a rerun ends with one
- * object and one row carrying the same checksum.
+ * object and one row carrying the same checksum. Resumable: an attempt killed mid-upload leaves
+ * its acknowledged parts recorded (upload-state.ts), and the next one verifies and skips them
+ * (src/storage/upload.ts).
  */
 import { open } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
@@ -28,6 +30,7 @@ import { resolveInsideRoots } from '../storage/source-roots.js';
 import { uploadStream, type UploadResult } from '../storage/upload.js';
 import { createZipStream, scanSource, type SkippedEntry, type ZipSource } from '../storage/zip.js';
 import type { Processor, ProcessorContext } from './context.js';
+import { jobResumeStore } from './upload-state.js';
 
 const SIZE_SUGGESTION =
   'Leave dependencies, caches and VCS data (node_modules, .git, .cache, .next/cache) out of the build output, or raise STOWAGE_ARTIFACT_LIMIT_BYTES.';
@@ -111,6 +114,10 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
   // folder): logged once the archive is written, the same way.
   const skippedOnRead: (SkippedEntry & { archive: 'artifact' | 'pack' })[] = [];
   const onSkip = (archive: 'artifact' | 'pack') => (s: SkippedEntry) => skippedOnRead.push({ archive, ...s });
+  // A restarted stream reports its skips again.
+  const forgetSkipped = (archive: 'artifact' | 'pack') => {
+    for (let i = skippedOnRead.length - 1; i >= 0; i--) if (skippedOnRead[i]!.archive === archive) skippedOnRead.splice(i, 1);
+  };
 
   const size = source.totalBytes;
   if (size > warnBytes) {
@@ -150,13 +157,18 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
   const storage = ctx.storage();
   const metadata = { 'stowage-kind': 'artifact', ...(p.test ? { 'stowage-test': 'true' } : {}) };
   report({ stage: 'archiving', bytes: 0, totalBytes: size }, true);
+  // A function, not a stream: a resumed upload whose source changed starts over on a fresh zip.
   const artifact = await uploadStream(storage, {
     key,
-    body: createZipStream(source, {
-      signal: ctx.signal,
-      onSkip: onSkip('artifact'),
-      onProgress: (bytes) => report({ stage: 'archiving', bytes, totalBytes: size }, bytes === size),
-    }),
+    body: () => {
+      forgetSkipped('artifact');
+      return createZipStream(source, {
+        signal: ctx.signal,
+        onSkip: onSkip('artifact'),
+        onProgress: (bytes) => report({ stage: 'archiving', bytes, totalBytes: size }, bytes === size),
+      });
+    },
+    resume: jobResumeStore(ctx, job, 'artifact'),
     contentType: 'application/zip',
     contentDisposition: attachmentDisposition(filename),
     metadata,
@@ -171,7 +183,11 @@ export const buildArtifact: Processor<'build-artifact'> = async (job, ctx) => {
   if (pack) {
     packResult = await uploadStream(storage, {
       key: pack.key,
-      body: pack.body(),
+      body: () => {
+        forgetSkipped('pack');
+        return pack.body();
+      },
+      resume: jobResumeStore(ctx, job, 'pack'),
       contentType: 'application/zip',
       metadata: { ...metadata, 'stowage-kind': 'pack' },
       signal: ctx.signal,

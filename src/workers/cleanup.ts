@@ -65,6 +65,14 @@ export const cleanup: Processor<'cleanup'> = async (job, ctx) => {
     stragglers: report.stragglers,
     perMode: report.perMode,
     unsupported: report.unsupported,
+    ...(report.modes.includes('artifact-retention')
+      ? {
+          artifacts: {
+            kept: report.artifacts.filter((v) => v.action === 'keep').length,
+            deleted: report.artifacts.filter((v) => v.action === 'delete').length,
+          },
+        }
+      : {}),
     // Bounded: the full list belongs in a dry run's CLI output, not in Redis.
     sample: report.objects.slice(0, 100).map((o) => o.key),
   };

@@ -25,6 +25,7 @@ import { searchableValues, upsertManifestEntry, type ManifestEntry } from '../st
 import { parquetStream } from '../storage/parquet.js';
 import { uploadStream } from '../storage/upload.js';
 import type { Processor } from './context.js';
+import { jobResumeStore } from './upload-state.js';
 
 /** JSON: an array, one record per line; JSONL: one record per line. Streamed in chunks. */
 function serialize(format: 'json' | 'jsonl', records: Record<string, unknown>[]): Readable {
@@ -83,7 +84,9 @@ export const exportRecords: Processor<'export'> = async (job, ctx) => {
   await ctx.progress({ stage: 'uploading', bytes: 0 });
   const uploaded = await uploadStream(storage, {
     key,
-    body: format === 'parquet' ? parquetStream(p.records) : serialize(format, p.records),
+    // Records live in the payload, so every attempt makes the same bytes: a big export resumes.
+    body: () => (format === 'parquet' ? parquetStream(p.records) : serialize(format, p.records)),
+    resume: jobResumeStore(ctx, job, 'records'),
     contentType: CONTENT_TYPES[format],
     metadata: { 'stowage-kind': 'records', 'stowage-module': p.module, 'stowage-records': String(p.records.length) },
     signal: ctx.signal,

@@ -26,6 +26,7 @@ import { errorData, isPermanent, PermanentError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import {
+  correlationIdOf,
   createEventStream,
   createRedis,
   isConnectionError,
@@ -36,7 +37,7 @@ import {
   MAINTENANCE_QUEUE,
 } from '../queues/index.js';
 import { DeadLetter } from '../queues/dead-letter.js';
-import { redisKeys } from '../queues/keys.js';
+import { queuePrefix, redisKeys } from '../queues/keys.js';
 import { createStorage, type Storage } from '../storage/client.js';
 import type { Processor, ProcessorContext } from './context.js';
 
@@ -89,7 +90,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   if (missing.length) throw new PermanentError(`no processor for kind(s): ${missing.join(', ')}`, { code: 'STOWAGE_ERR_USAGE' });
 
   // One connection for Stowage's own commands; each Worker duplicates it for its blocking reads.
-  const connection: Redis = createRedis(config.redisUrl, { connectionName: `stowage:${workerId}`, log: logger });
+  const connection: Redis = createRedis(config, { connectionName: `stowage:${workerId}`, log: logger });
   const events = createEventStream(connection, config.prefix, config.events.maxLen);
   // Receipts wait through a Postgres outage (the writer retries with backoff); warn once per outage.
   let receiptsWaiting = false;
@@ -171,7 +172,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           attempt,
           signal: shutdown.signal,
           emit: async (type, data) => {
-            await events.emit(type, data, { queue: kind, jobId: job.id! });
+            await events.emit(type, data, { queue: kind, jobId: job.id!, correlationId: correlationIdOf(job) });
           },
           progress: async (p: JobProgress) => {
             const now = Date.now();
@@ -223,7 +224,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
 
     const worker = new Worker(kind, run, {
       connection: connection.duplicate({ connectionName: `stowage:${workerId}:${kind}` }),
-      prefix: config.prefix,
+      prefix: queuePrefix(config.prefix, kind, connection.isCluster),
       concurrency: options.concurrency?.[kind] ?? config.worker.concurrency,
       lockDuration: config.worker.lockDurationMs,
       stalledInterval: config.worker.stalledIntervalMs,
@@ -232,7 +233,22 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       autorun: true,
     });
     const completed = metrics.jobsCompleted.labels(kind);
-    worker.on('completed', () => completed.inc());
+    worker.on('completed', (job, result) => {
+      completed.inc();
+      // A correlated job's completion goes on the domain stream too, after BullMQ has recorded it,
+      // so one filtered stream (GET /v1/events?correlationId=) follows its jobs to the end. One
+      // XADD per such job; jobs without a correlation id add nothing.
+      const correlationId = correlationIdOf(job);
+      if (!correlationId) return;
+      const userId = (job.data as { userId?: unknown } | undefined)?.userId;
+      void events
+        .emit(
+          'job_completed',
+          { queue: kind, jobId: job.id!, name: job.name, result: result ?? null, ...(typeof userId === 'string' ? { userId } : {}) },
+          { queue: kind, jobId: job.id!, correlationId },
+        )
+        .catch((err: unknown) => logger.warn({ err, queue: kind, jobId: job.id }, 'job_completed event not written'));
+    });
     worker.on('failed', (job, err) => {
       metrics.jobsFailed.inc({ queue: kind });
       if (!job) {
@@ -264,7 +280,12 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           skipped: outcomes.filter((o) => o.action === 'skipped').length,
         };
       },
-      { connection: connection.duplicate(), prefix: config.prefix, concurrency: 1, name: workerId },
+      {
+        connection: connection.duplicate(),
+        prefix: queuePrefix(config.prefix, MAINTENANCE_QUEUE, connection.isCluster),
+        concurrency: 1,
+        name: workerId,
+      },
     );
     worker.on('error', (err) => isConnectionError(err) || logger.error({ err, queue: MAINTENANCE_QUEUE }, 'worker error'));
     workers.push(worker);

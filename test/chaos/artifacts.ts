@@ -11,6 +11,7 @@ import type pg from 'pg';
 import type { Readable } from 'node:stream';
 import { artifactKey, isSha256SidecarKey, sha256SidecarKey } from '../../src/storage/keys.js';
 import { createZipStream, scanSource } from '../../src/storage/zip.js';
+import type { Producer } from '../../src/producers/index.js';
 import type { TestS3 } from '../helpers/s3.js';
 
 export interface ArtifactJob {
@@ -58,6 +59,32 @@ async function bodyText(body: Readable): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of body) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * The application through an outage: one enqueue every `gapMs`, each retried every 500 ms until
+ * Redis accepts it (a refused enqueue was never accepted). The counts move as it goes; `done`
+ * resolves once every job is in.
+ */
+export function enqueueThroughOutage(producer: Pick<Producer, 'buildArtifact'>, jobs: ArtifactJob[], gapMs = 150) {
+  const pause = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+  const progress = { accepted: 0, refused: 0, done: Promise.resolve() };
+  progress.done = (async () => {
+    for (const j of jobs) {
+      for (;;) {
+        try {
+          await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
+          progress.accepted++;
+          break;
+        } catch {
+          progress.refused++;
+          await pause(500);
+        }
+      }
+      await pause(gapMs);
+    }
+  })();
+  return progress;
 }
 
 export interface ArtifactCheck {

@@ -7,12 +7,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkArtifacts, makeSources } from './artifacts.js';
+import { freePort } from '../helpers/ports.js';
+import { checkArtifacts, makeSources, enqueueThroughOutage } from './artifacts.js';
 import { expectNoSecrets, recordSummary, sleep, waitUntil } from './fleet.js';
 import { setupScenario, type Scenario } from './scenario.js';
 
@@ -22,14 +22,6 @@ let sc: Scenario;
 let redisDir: string;
 let redisPort: number;
 let redis: ChildProcess | undefined;
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 async function startRedis(): Promise<ChildProcess> {
   const child = spawn(
@@ -70,33 +62,16 @@ describe('chaos: Redis restart', () => {
       group.start('w2', ['worker', '--queues', 'build-artifact', '--concurrency', '3']),
     ]);
 
-    let refused = 0;
-    let accepted = 0;
-    // The application: one enqueue every 150 ms, each retried until Redis accepts it.
-    const producing = (async () => {
-      for (const j of jobs) {
-        for (;;) {
-          try {
-            await producer.buildArtifact({ userId: j.userId, projectId: j.projectId, versionId: j.versionId, buildDir: j.buildDir });
-            accepted++;
-            break;
-          } catch {
-            refused++;
-            await sleep(500);
-          }
-        }
-        await sleep(150);
-      }
-    })();
+    const enqueuing = enqueueThroughOutage(producer, jobs);
 
-    await waitUntil('a third of the jobs accepted', () => accepted >= N / 3, 60_000, 50);
-    const acceptedBeforeKill = accepted;
+    await waitUntil('a third of the jobs accepted', () => enqueuing.accepted >= N / 3, 60_000, 50);
+    const acceptedBeforeKill = enqueuing.accepted;
     redis!.kill('SIGKILL');
     await new Promise((r) => redis!.once('exit', r));
     await sleep(DOWN_MS);
     redis = await startRedis();
     const restartedAt = Date.now();
-    await producing;
+    await enqueuing.done;
 
     const queue = producer.queue('build-artifact');
     await waitUntil(
@@ -119,7 +94,7 @@ describe('chaos: Redis restart', () => {
       outages: 1,
       redisDownSeconds: DOWN_MS / 1000,
       acceptedBeforeKill,
-      enqueueRefusedWhileDown: refused,
+      enqueueRefusedWhileDown: enqueuing.refused,
       workersSurvived: survivors,
       recoverySeconds,
       lost: check.lost.length,

@@ -10,6 +10,7 @@ import { createDb, type Db } from '../../src/db/pool.js';
 import { migrate } from '../../src/db/migrate.js';
 import { createProducer, type Producer } from '../../src/producers/index.js';
 import { DATABASE_URL, isolate, REDIS_URL, type Isolation } from '../helpers/isolation.js';
+import type { RedisCluster } from '../helpers/redis-cluster.js';
 import type { TestS3 } from '../helpers/s3.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
 import { makeSecrets, ProcessGroup, startChaosS3, withPassword, type Secrets } from './fleet.js';
@@ -34,19 +35,23 @@ export async function setupScenario(
     redisUrl?: string;
     env?: Record<string, string> | ((secrets: Secrets) => Record<string, string>);
     producerRedisUrl?: string;
+    /** Run the scenario on this Redis Cluster (REDIS_CLUSTER_NODES for every process). */
+    cluster?: RedisCluster;
   } = {},
 ): Promise<Scenario> {
-  const iso = isolate(`chaos${name}`);
+  const iso = isolate(`chaos${name}`, options.cluster ? { name: 'cluster', cluster: options.cluster } : { name: 'single' });
+  const clusterNodes = options.cluster ? { redisClusterNodes: options.cluster.nodes } : {};
   const secrets = makeSecrets();
   const redisUrl = options.redisUrl ?? REDIS_URL;
   await migrate(iso.config());
   const db = createDb(iso.config(), { max: 3 });
-  const producer = createProducer({ redisUrl: options.producerRedisUrl ?? redisUrl, prefix: iso.prefix });
+  const producer = createProducer({ redisUrl: options.producerRedisUrl ?? redisUrl, prefix: iso.prefix, ...clusterNodes });
   const s3 = await startChaosS3(iso.bucket, secrets);
   const storeProxy = await startFaultProxy({ port: Number(new URL(s3.endpoint).port) });
   const srcRoot = await mkdtemp(join(tmpdir(), `stowage-chaos-${name}-`));
   const group = new ProcessGroup({
     REDIS_URL: redisUrl,
+    ...(options.cluster ? { REDIS_CLUSTER_NODES: options.cluster.nodes.join(',') } : {}),
     DATABASE_URL: withPassword(DATABASE_URL, secrets.dbPassword),
     STOWAGE_PREFIX: iso.prefix,
     STOWAGE_DB_SCHEMA: iso.schema,

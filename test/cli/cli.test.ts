@@ -94,8 +94,9 @@ describe('stowage CLI', () => {
   });
 
   it('enqueue --wait prints the result; a parked job exits 1 with its error', async () => {
-    const ok = await stowage(['enqueue', 'export', '--data', exportData({ n: 21 }), '--wait']);
-    expect(ok.code).toBe(0);
+    const ok = await stowage(['enqueue', 'export', '--data', exportData({ n: 21 }), '--wait', '--timeout', '20000']);
+    // The whole run, so a failure shows the job id and any signal, not only the exit code.
+    expect(ok).toMatchObject({ code: 0 });
     expect(JSON.parse(ok.stdout)).toEqual(standInResult('doubled-42'));
     expect(ok.stderr.trim()).toMatch(/^export\.[0-9a-f]{32}$/);
 

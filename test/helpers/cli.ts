@@ -9,6 +9,8 @@ export interface CliRun {
   code: number;
   stdout: string;
   stderr: string;
+  /** Set when the run was killed, e.g. 'SIGTERM' at the timeout. */
+  signal?: string;
 }
 
 /**
@@ -35,7 +37,13 @@ export function runCli(iso: Isolation, args: string[], env: Record<string, strin
         },
         timeout: timeoutMs,
       },
-      (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+      (err, stdout, stderr) =>
+        resolve({
+          code: err ? (typeof err.code === 'number' ? err.code : 1) : 0,
+          stdout,
+          stderr,
+          ...(err?.signal ? { signal: err.signal } : {}),
+        }),
     );
   });
 }

@@ -22,6 +22,8 @@ export interface S3Proxy {
    * whatever it answers, Stowage's capability probe included), and connections reset.
    */
   stats: { abortRequests: number; partRequests: number; resets: number };
+  /** UploadPart requests by object key (path-style: the path after the bucket). */
+  partRequestsFor(key: string): number;
   close(): Promise<void>;
 }
 
@@ -29,6 +31,7 @@ export async function startS3Proxy(s3: TestS3): Promise<S3Proxy> {
   const target = new URL(s3.endpoint);
   let fault: { fromPart: number; toPart?: number; afterBytes: number } | null = null;
   const stats = { abortRequests: 0, partRequests: 0, resets: 0 };
+  const partsByKey = new Map<string, number>();
 
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://proxy');
@@ -42,7 +45,11 @@ export async function startS3Proxy(s3: TestS3): Promise<S3Proxy> {
     upstream.on('error', () => req.socket.destroy());
     if (req.method === 'DELETE' && url.searchParams.has('uploadId')) stats.abortRequests++;
     const partNumber = req.method === 'PUT' && url.searchParams.has('uploadId') ? Number(url.searchParams.get('partNumber')) : 0;
-    if (partNumber) stats.partRequests++;
+    if (partNumber) {
+      stats.partRequests++;
+      const objectKey = decodeURIComponent(url.pathname).split('/').slice(2).join('/');
+      partsByKey.set(objectKey, (partsByKey.get(objectKey) ?? 0) + 1);
+    }
     const f = fault;
     if (f && partNumber >= f.fromPart && partNumber <= (f.toPart ?? Infinity)) {
       let seen = 0;
@@ -72,6 +79,7 @@ export async function startS3Proxy(s3: TestS3): Promise<S3Proxy> {
       fault = null;
     },
     stats,
+    partRequestsFor: (key) => partsByKey.get(key) ?? 0,
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

@@ -46,7 +46,7 @@ export function storageEnv(s3: TestS3): Record<string, string> {
   return { R2_ENDPOINT: s3.endpoint, R2_BUCKET: s3.bucket, R2_ACCESS_KEY_ID: s3.accessKeyId, R2_SECRET_ACCESS_KEY: s3.secretAccessKey };
 }
 
-function clientFor(endpoint: string, accessKeyId: string, secretAccessKey: string, region: string): S3Client {
+export function clientFor(endpoint: string, accessKeyId: string, secretAccessKey: string, region: string): S3Client {
   return new S3Client({
     region,
     endpoint,
@@ -58,7 +58,7 @@ function clientFor(endpoint: string, accessKeyId: string, secretAccessKey: strin
 }
 
 /** Every object version and incomplete multipart upload, then the bucket. */
-async function emptyAndDelete(client: S3Client, bucket: string): Promise<void> {
+export async function emptyAndDelete(client: S3Client, bucket: string): Promise<void> {
   let uploads;
   do {
     uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }));

@@ -1,6 +1,8 @@
 /**
  * Bull Board in a real headless Chromium (Debian's `chromium` package, driven by playwright-core)
- * against a listening server, real Redis and Postgres.
+ * against a listening server, real Redis and Postgres; and once more on a real Redis Cluster
+ * (3 masters + 3 replicas, a hash tag per queue): the board lists every queue and shows a failed
+ * job's error, and /metrics answers with every queue.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
@@ -14,6 +16,7 @@ import { createToken } from '../../src/auth/tokens.js';
 import { BOARD_COOKIE, startServer, type RunningServer } from '../../src/http/server.js';
 import { QUEUE_NAMES } from '../../src/queues/index.js';
 import { isolate } from '../helpers/isolation.js';
+import { startRedisCluster, type RedisCluster } from '../helpers/redis-cluster.js';
 import { BASIC_PASSWORD, BASIC_USER, harness, type Harness } from './harness.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -151,6 +154,61 @@ describe('Bull Board in Chromium', () => {
       await mkdir(resolve(SCREENSHOT, '..'), { recursive: true });
       await page.screenshot({ path: SCREENSHOT, fullPage: true });
       expect((await stat(SCREENSHOT)).size).toBeGreaterThan(10_000);
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('Bull Board in Chromium on a Redis Cluster', () => {
+  let cluster: RedisCluster;
+  let ch: Harness;
+  let cserver: RunningServer;
+  let ciso: ReturnType<typeof isolate>;
+
+  beforeAll(async () => {
+    cluster = await startRedisCluster();
+    ciso = isolate('httpboardcl', { name: 'cluster', cluster });
+    ch = await harness(ciso, { config: { http: { host: '127.0.0.1', port: 0 } } });
+    cserver = await startServer(ch.deps);
+  }, 60_000);
+
+  afterAll(async () => {
+    await cserver?.close();
+    await ch?.close();
+    await ciso?.cleanup();
+    await cluster?.stop();
+  });
+
+  it("lists every queue, shows a failed job's error, and /metrics counts it", async () => {
+    const reason = `cluster source unreachable (${ciso.id})`;
+    const worker = new Worker(
+      'aggregation',
+      async () => {
+        throw new Error(reason);
+      },
+      // The queue's own prefix: on the cluster it carries the queue's hash tag.
+      { connection: ch.deps.redis.duplicate(), prefix: ch.queue('aggregation').opts.prefix! },
+    );
+    const failed = new Promise<void>((done) => worker.once('failed', () => done()));
+    await ch.queue('aggregation').add('nightly', { days: 7 }, { attempts: 1, jobId: 'aggregation.cluster' });
+    await failed;
+    await worker.close();
+
+    const context = await browser({ httpCredentials: { username: BASIC_USER, password: BASIC_PASSWORD } });
+    try {
+      const page = await context.newPage();
+      const res = await page.goto(`${cserver.url}/admin/queues`);
+      expect(res?.status()).toBe(200);
+      for (const name of QUEUE_NAMES) await page.getByText(name, { exact: true }).first().waitFor({ timeout: 10_000 });
+      const tab = await page.goto(`${cserver.url}/admin/queues/queue/aggregation?status=failed`);
+      expect(tab?.status()).toBe(200);
+      await page.getByText(reason).first().waitFor({ timeout: 10_000 });
+      const metrics = await context.request.get(`${cserver.url}/metrics`);
+      expect(metrics.status()).toBe(200);
+      const text = await metrics.text();
+      expect(text).toMatch(/^stowage_queue_jobs\{queue="aggregation",state="failed"\} 1$/m);
+      for (const name of QUEUE_NAMES) expect(text).toContain(`queue="${name}"`);
     } finally {
       await context.close();
     }

@@ -13,7 +13,7 @@ import type { ServerDeps } from '../../src/http/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { createProducer, type Producer } from '../../src/producers/index.js';
-import { QUEUE_NAMES, createRedis, type JobKind } from '../../src/queues/index.js';
+import { QUEUE_NAMES, createRedis, queuePrefix, type JobKind } from '../../src/queues/index.js';
 import { createStorage, type Storage } from '../../src/storage/client.js';
 import { PROCESSORS } from '../../src/workers/processors.js';
 import { startRuntime, type ProcessorMap, type Runtime } from '../../src/workers/runtime.js';
@@ -48,8 +48,10 @@ export async function harness(
   });
   const logLines: string[] = [];
   const logger = createLogger({ level: 'debug' }, { write: (line: string) => void logLines.push(line) });
-  const redis: Redis = createRedis(config.redisUrl);
-  const queues = QUEUE_NAMES.map((name) => new Queue(name, { connection: redis, prefix: config.prefix }));
+  const redis: Redis = createRedis(config);
+  const queues = QUEUE_NAMES.map(
+    (name) => new Queue(name, { connection: redis, prefix: queuePrefix(config.prefix, name, redis.isCluster) }),
+  );
   const producer: Producer = createProducer(config);
   const db: Db = createDb(config, { max: 2 });
   let storage: Storage | undefined;

@@ -6,8 +6,9 @@
  * 5,000 objects across prefixes, written by PutObject in two sets: the "old" set, then a pause of
  * GAP_MS, then the "new" set. A real server sets Last-Modified itself, so ages are real:
  * - `--older-than` / `--older-than-hours` get a fractional value that puts the cut in that pause;
- * - the default lifecycle rules (days) are enforced with the cleanup's clock (`now`) set to 30 days
- *   after the pause: the old snapshots are then past the 30-day rule and the new ones are not.
+ * - the default lifecycle rules plus an operator's 30-day rule over every project's snapshots (a `*` rule: only
+ *   cleanup can enforce it) are enforced with the cleanup's clock (`now`) set to 30 days after the
+ *   pause: the old snapshots are then past the 30-day rule and the new ones are not.
  * Multipart uploads are real incomplete uploads on radosgw (CreateMultipartUpload + UploadPart),
  * one started with the old set and one with the new; ListMultipartUploads reads them back.
  */
@@ -26,7 +27,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupCommand, type Output } from '../../src/cli/commands/storage-ops.js';
 import { runRecordedCleanup } from '../../src/cleanup/recorded.js';
-import type { Config } from '../../src/config.js';
+import { DEFAULT_LIFECYCLE_RULES, type Config } from '../../src/config.js';
 import { listCleanupLogs } from '../../src/db/cleanup-logs.js';
 import { migrate } from '../../src/db/migrate.js';
 import { createDb, type Db } from '../../src/db/pool.js';
@@ -58,8 +59,11 @@ let cut: number;
 let oldUpload: { key: string; id: string };
 let freshUpload: { key: string; id: string };
 
+/** An operator's own age rule over every project's snapshots (Stowage ships none: artifact retention). */
+const SNAPSHOT_RULE = { id: 'snapshots-30d', prefix: '*/*/snapshots/', expireDays: 30, enabled: true };
+
 function configFor(s: TestS3): Config {
-  return iso.config({ storage: { ...storageConfig(s), region: s.region } });
+  return iso.config({ storage: { ...storageConfig(s), region: s.region }, lifecycleRules: [SNAPSHOT_RULE, ...DEFAULT_LIFECYCLE_RULES] });
 }
 
 /** `--older-than` (days) that selects exactly what was written before `cut`, as of now. */
@@ -347,7 +351,7 @@ describe('multipart uploads (real incomplete uploads on radosgw)', () => {
 });
 
 describe('--enforce-lifecycle', () => {
-  it('applies the default rules by listing and deleting: old snapshots with their sidecars, stale uploads', async () => {
+  it('applies the configured rules by listing and deleting: old snapshots with their sidecars, stale uploads', async () => {
     // As of 30 days after the cut: the old snapshots are past the 30-day rule, the new ones are
     // not yet, and the upload left open by the multipart test is past the 1-day abort rule.
     const now = cut + 30 * DAY;

@@ -138,10 +138,11 @@ describe('verify', () => {
 });
 
 describe('lifecycle', () => {
-  it("the default rules are the seeds': snapshots 30 days, failure_patterns/ 90, incomplete multipart 1", () => {
+  it("the default rules are the seeds': failure_patterns/ 90 days, incomplete multipart 1, and no age rule over snapshots", () => {
     expect(config().lifecycleRules).toEqual(DEFAULT_LIFECYCLE_RULES);
+    // Snapshots are artifact retention's (test/cleanup/artifact-retention.test.ts): an age rule
+    // would delete a project's live version.
     expect(DEFAULT_LIFECYCLE_RULES.map((r) => [r.prefix, r.expireDays ?? null, r.abortIncompleteMultipartDays ?? null])).toEqual([
-      ['*/*/snapshots/', 30, null],
       ['failure_patterns/', 90, null],
       ['', null, 1],
     ]);
@@ -158,14 +159,15 @@ describe('lifecycle', () => {
     expect(snapshots('u1/p1/packs/git_a_to_b.pack.zip')).toBe(false);
     expect(snapshots('u1/snapshots/v1.zip')).toBe(false);
     expect(ruleMatcher({ prefix: 'failure_patterns/' })('failure_patterns/2025/x.json')).toBe(true);
-    const rule = DEFAULT_LIFECYCLE_RULES[0]!;
+    const rule = { id: 'snapshots-30d', prefix: '*/*/snapshots/', expireDays: 30, enabled: true };
     const now = Date.now();
     expect(isExpired(rule, new Date(now - 30 * 86_400_000), now)).toBe(true);
     expect(isExpired(rule, new Date(now - 29 * 86_400_000), now)).toBe(false);
   });
 
   it('plans the store change; applying the same rules again changes nothing', () => {
-    const rules = DEFAULT_LIFECYCLE_RULES;
+    // The defaults and an operator's `*` rule.
+    const rules = [...DEFAULT_LIFECYCLE_RULES, { id: 'snapshots-30d', prefix: '*/*/snapshots/', expireDays: 30, enabled: true }];
     const first = planLifecycle(rules, [{ ID: 'old-rule', Status: 'Enabled', Filter: { Prefix: 'x/' }, Expiration: { Days: 3 } }]);
     expect(first).toMatchObject({
       added: ['failure-patterns-90d', 'abort-incomplete-multipart-1d'],
@@ -183,7 +185,7 @@ describe('lifecycle', () => {
       first.desired,
     );
     expect(edited).toMatchObject({ added: [], changed: ['failure-patterns-90d'], removed: [] });
-    expect(toS3Rule(rules[2]!)).toEqual({
+    expect(toS3Rule(rules[1]!)).toEqual({
       ID: 'abort-incomplete-multipart-1d',
       Status: 'Enabled',
       Filter: { Prefix: '' },
@@ -205,11 +207,7 @@ describe('lifecycle on radosgw', () => {
   it('--apply puts the rules a store can hold; a second --apply finds them equal; --show lists both sides', async () => {
     const first = sink();
     await lifecycleCommand(config({}, lc), { apply: true }, first);
-    expect(first.lines).toEqual([
-      'add\tfailure-patterns-90d',
-      'add\tabort-incomplete-multipart-1d',
-      expect.stringMatching(/^cleanup only\tsnapshots-30d\t\*\/\*\/snapshots\//),
-    ]);
+    expect(first.lines).toEqual(['add\tfailure-patterns-90d', 'add\tabort-incomplete-multipart-1d']);
     const storage = createStorage(config({}, lc));
     try {
       const stored = await getStoreLifecycle(storage);
@@ -277,7 +275,7 @@ describe('lifecycle on s3rver (no lifecycle API)', () => {
 
     const show = sink();
     await lifecycleCommand(config({}, plain), { show: true }, show);
-    expect(show.lines.filter((l) => l.startsWith('  '))).toHaveLength(3);
+    expect(show.lines.filter((l) => l.startsWith('  '))).toHaveLength(2);
     expect(show.lines.at(-1)).toMatch(/^store: the object store does not implement bucket lifecycle rules/);
   });
 

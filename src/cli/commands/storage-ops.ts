@@ -6,11 +6,11 @@
  */
 import type { Command } from 'commander';
 import { runRecordedCleanup } from '../../cleanup/recorded.js';
-import { loadConfig, type Config } from '../../config.js';
+import { FAILURE_PATTERNS_RULE_ID, loadConfig, type Config } from '../../config.js';
 import { createDb } from '../../db/pool.js';
 import { StowageError } from '../../errors.js';
 import { createStorage, type Storage } from '../../storage/client.js';
-import { applyLifecycle, describeRule, getStoreLifecycle } from '../../storage/lifecycle.js';
+import { applyLifecycle, describeRule, getStoreLifecycle, withFailurePatternDays } from '../../storage/lifecycle.js';
 import { measureUsage } from '../../storage/usage.js';
 import { CAPABILITY_LABELS, formatCapability, probeCapabilities, type CapabilityName } from '../../storage/capabilities.js';
 import { listObjects, objectDetails, probeStore } from '../../storage/verify.js';
@@ -127,14 +127,30 @@ export interface LifecycleOptions {
   show?: boolean;
   apply?: boolean;
   dryRun?: boolean;
+  /** Expire the aggregation exports after this many days, for this run (seed 000's `--days`). */
+  days?: number;
   json?: boolean;
 }
 
+/** `--days`: a whole number of days a lifecycle rule can hold. */
+function days(value: string): number {
+  const n = Number(value);
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < 1 || n > 36_500) {
+    throw new StowageError('STOWAGE_ERR_USAGE', `lifecycle: --days: expected a whole number of days from 1 to 36500, got "${value}"`);
+  }
+  return n;
+}
+
 export async function lifecycleCommand(cfg: Config, opts: LifecycleOptions, io: Output = consoleOutput): Promise<void> {
-  if (Boolean(opts.show) === Boolean(opts.apply))
+  if (opts.show && opts.apply) throw new StowageError('STOWAGE_ERR_USAGE', 'lifecycle: give exactly one of --show or --apply');
+  // `--days N` alone shows the plan it would apply (as --apply --dry-run --days N does).
+  if (!opts.show && !opts.apply && opts.days === undefined)
     throw new StowageError('STOWAGE_ERR_USAGE', 'lifecycle: give exactly one of --show or --apply');
   if (opts.dryRun && !opts.apply) throw new StowageError('STOWAGE_ERR_USAGE', 'lifecycle: --dry-run goes with --apply');
-  const rules = cfg.lifecycleRules;
+  if (opts.days !== undefined) days(String(opts.days));
+  const dryRun = Boolean(opts.dryRun) || !opts.apply;
+  const rules =
+    opts.days === undefined ? cfg.lifecycleRules : withFailurePatternDays(cfg.lifecycleRules, cfg.failures.uploadPrefix, opts.days);
   await withStorage(cfg, async (storage) => {
     if (opts.show) {
       let store: unknown[] | string;
@@ -154,9 +170,9 @@ export async function lifecycleCommand(cfg: Config, opts: LifecycleOptions, io: 
       }
       return;
     }
-    const plan = await applyLifecycle(storage, rules, { dryRun: Boolean(opts.dryRun) });
-    if (opts.json) return io.out(JSON.stringify({ dryRun: Boolean(opts.dryRun), ...plan }, null, 2));
-    const verb = opts.dryRun ? 'would ' : '';
+    const plan = await applyLifecycle(storage, rules, { dryRun });
+    if (opts.json) return io.out(JSON.stringify({ dryRun, ...plan }, null, 2));
+    const verb = dryRun ? 'would ' : '';
     if (plan.unchanged) io.out(`lifecycle: bucket ${storage.bucket} already has the configured rules; nothing to change`);
     for (const id of plan.added) io.out(`${verb}add\t${id}`);
     for (const id of plan.changed) io.out(`${verb}change\t${id}`);
@@ -178,6 +194,7 @@ export interface CleanupCliOptions {
   multipart?: boolean;
   olderThanHours?: number;
   enforceLifecycle?: boolean;
+  artifactRetention?: boolean;
   json?: boolean;
 }
 
@@ -204,6 +221,7 @@ export async function cleanupCommand(cfg: Config, opts: CleanupCliOptions, io: O
           orphanedPacks: opts.orphanedPacks,
           multipart: opts.multipart,
           enforceLifecycle: opts.enforceLifecycle,
+          artifactRetention: opts.artifactRetention,
         },
         onProgress: (message) => io.err(message),
       });
@@ -211,6 +229,10 @@ export async function cleanupCommand(cfg: Config, opts: CleanupCliOptions, io: O
       if (opts.json) {
         io.out(JSON.stringify({ logId, ...report }, null, 2));
       } else {
+        // A dry run of artifact retention also says why each kept version is kept.
+        if (report.dryRun)
+          for (const a of report.artifacts.filter((v) => v.action === 'keep'))
+            io.out(`keep\t${a.key}\t${a.createdAt.slice(0, 10)}\t${a.reasons.join('; ')}`);
         for (const o of report.objects) io.out(`${verb}\t${o.key}\t${formatBytes(o.size)}\t${o.reason}`);
         for (const u of report.uploads)
           io.out(`${report.dryRun ? 'would abort' : 'aborted'}\t${u.key}\t${u.uploadId}\t${u.initiated ?? '-'}\t${u.reason}`);
@@ -291,6 +313,11 @@ export function registerStorageCommands(program: Command, options: { config?: ()
     .option('--show', "print the configured rules and the store's current ones")
     .option('--apply', "make the bucket's lifecycle rules equal the configured ones")
     .option('--dry-run', 'with --apply: print the change, change nothing')
+    .option(
+      '--days <n>',
+      `expire the aggregation exports (${FAILURE_PATTERNS_RULE_ID}, on failures.uploadPrefix) after n days, for this run; without --apply, print the plan`,
+      days,
+    )
     .option('--json', 'print JSON')
     .action(async (opts: LifecycleOptions) => {
       await lifecycleCommand(config(), opts, io);
@@ -299,7 +326,7 @@ export function registerStorageCommands(program: Command, options: { config?: ()
   program
     .command('cleanup')
     .description(
-      'delete objects by selector and record the run in r2_cleanup_logs. Without --orphaned-packs, --multipart or ' +
+      'delete objects by selector and record the run in r2_cleanup_logs. Without --orphaned-packs, --multipart, --artifact-retention or ' +
         '--enforce-lifecycle it deletes the objects under --prefix / older than --older-than / marked as test (--test-only)',
     )
     .option('--dry-run', 'list what would be deleted; delete nothing')
@@ -315,6 +342,10 @@ export function registerStorageCommands(program: Command, options: { config?: ()
       number('--older-than-hours', false),
     )
     .option('--enforce-lifecycle', 'apply the configured lifecycle rules by listing and deleting (for stores without lifecycle support)')
+    .option(
+      '--artifact-retention',
+      "build artifacts per project: keep the newest N and the daily/monthly/yearly tiers (STOWAGE_ARTIFACT_RETENTION_*), delete the rest and mark their rows; with --dry-run, each version's reason",
+    )
     .option('--json', 'print the report as JSON')
     .action(async (opts: CleanupCliOptions) => {
       await cleanupCommand(config(), opts, io);
