@@ -12,7 +12,7 @@ export default defineConfig({
     fileParallelism: false,
     testTimeout: 180_000,
     hookTimeout: 90_000,
-    globalSetup: ['test/setup/rgw.ts', 'test/chaos/summary-setup.ts'],
+    globalSetup: ['test/setup/build.ts', 'test/setup/rgw.ts', 'test/chaos/summary-setup.ts'],
     reporters: ['default'],
   },
 });

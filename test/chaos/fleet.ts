@@ -1,6 +1,6 @@
 /**
  * Shared machinery of the chaos suite: Stowage roles as separate OS processes through the CLI
- * (`node --import tsx src/cli/main.ts …`), their captured output, configured secrets that must never
+ * (`node dist/cli/main.js …`, built by test/setup/build.ts), their captured output, configured secrets that must never
  * show up in that output, a radosgw bucket reached with credentials of the scenario's own, and the
  * run summary.
  *
@@ -14,10 +14,10 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { expect, inject } from 'vitest';
+import { CLI_MAIN } from '../helpers/cli.js';
 import { startS3, type TestS3 } from '../helpers/s3.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 export const SUMMARY_FILE = `${ROOT}test-output/chaos-summary.json`;
 
 /** Secrets configured for every process of a scenario; none may appear in what they print. */
@@ -117,7 +117,7 @@ export class ProcessGroup {
     options: { env?: Record<string, string>; readyText?: string | null; timeoutMs?: number } = {},
   ): Promise<RoleProcess> {
     const readyText = options.readyText === undefined ? 'workers started' : options.readyText;
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    const child = spawn(process.execPath, [CLI_MAIN, ...args], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...this.baseEnv, ...options.env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -41,7 +41,7 @@ const exportData = (record: Record<string, unknown>) => JSON.stringify({ module:
 describe('stowage CLI', () => {
   it('warns at start-up about a misspelt variable, naming the closest known one, and still runs', async () => {
     const run = await stowage(['config'], { STOWAGE_CONCURENCY: '2', R2_BUKET: 'b-x', STOWAGE_CONCURRENCY: '3' });
-    expect(run.code).toBe(0);
+    expect(run.code, JSON.stringify(run)).toBe(0);
     expect(run.stderr.split('\n').filter(Boolean)).toEqual([
       'stowage: warning: R2_BUKET is not a Stowage setting and is ignored; did you mean R2_BUCKET?',
       'stowage: warning: STOWAGE_CONCURENCY is not a Stowage setting and is ignored; did you mean STOWAGE_CONCURRENCY?',
@@ -50,7 +50,7 @@ describe('stowage CLI', () => {
     expect(JSON.parse(run.stdout).worker.concurrency).toBe(3);
     // Source roots opened to everything work, and say what they allow.
     const anywhere = await stowage(['config'], { STOWAGE_SOURCE_ROOTS: '*' });
-    expect(anywhere.code).toBe(0);
+    expect(anywhere.code, JSON.stringify(anywhere)).toBe(0);
     expect(anywhere.stderr.trim()).toBe('stowage: warning: STOWAGE_SOURCE_ROOTS=* lets whoever may enqueue read any file the workers can');
     expect(JSON.parse(anywhere.stdout).sourceRoots).toEqual(['*']);
   });

@@ -10,7 +10,6 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -18,11 +17,10 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { createProducer } from '../../src/producers/index.js';
-import { runCli } from '../helpers/cli.js';
+import { CLI_MAIN, runCli } from '../helpers/cli.js';
 import { DATABASE_URL, isolate, REDIS_URL } from '../helpers/isolation.js';
 
 const iso = isolate('dev');
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 const dataDirs: string[] = [];
 
 afterAll(async () => {
@@ -39,7 +37,7 @@ interface Dev {
 async function startDev(args: string[], env: Record<string, string>): Promise<Dev> {
   const dataDir = await mkdtemp(join(tmpdir(), 'stowage-dev-'));
   dataDirs.push(dataDir);
-  const child = spawn(process.execPath, ['--import', 'tsx', main, 'dev', '--data-dir', dataDir, ...args], {
+  const child = spawn(process.execPath, [CLI_MAIN, 'dev', '--data-dir', dataDir, ...args], {
     env: { PATH: process.env.PATH, HOME: process.env.HOME, REDIS_URL, DATABASE_URL, LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -37,7 +37,7 @@ describe('with Redis unreachable', () => {
 
   it('a worker keeps retrying, logs the outage once, and says when Redis is back', async () => {
     const port = await closedPort();
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI_MAIN, 'worker', '--queues', 'cleanup'], {
+    const child = spawn(process.execPath, [CLI_MAIN, 'worker', '--queues', 'cleanup'], {
       env: {
         PATH: process.env.PATH ?? '',
         HOME: process.env.HOME ?? '/tmp',

@@ -3,7 +3,8 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { DATABASE_URL, REDIS_URL, type Isolation } from './isolation.js';
 
-export const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+/** The compiled CLI, as `npx stowage` runs it; test/setup/build.ts builds dist/ for each run. */
+export const CLI_MAIN = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 
 export interface CliRun {
   code: number;
@@ -23,7 +24,7 @@ export function runCli(iso: Isolation, args: string[], env: Record<string, strin
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      ['--import', 'tsx', CLI_MAIN, ...args],
+      [CLI_MAIN, ...args],
       {
         env: {
           PATH: process.env.PATH ?? '',

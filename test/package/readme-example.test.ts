@@ -30,7 +30,8 @@ let runtime: Runtime;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'stowage-package-'));
-  await run('npm', ['run', 'build'], { cwd: ROOT });
+  // dist/ is this run's build (test/setup/build.ts); building again here would rewrite files
+  // other test files' CLIs are loading.
   const { stdout } = await run('npm', ['pack', '--silent', '--pack-destination', work], { cwd: ROOT });
   const tarball = join(work, stdout.trim().split('\n').at(-1)!);
   const app = join(work, 'app');

@@ -265,7 +265,7 @@ describe('g) stowage worker --metrics-port', () => {
 
   it('serves /metrics on 0.0.0.0 once auth is configured, as the http role listens', async () => {
     const port = await closedPort();
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI_MAIN, 'worker', '--queues', 'export', '--metrics-port', String(port)], {
+    const child = spawn(process.execPath, [CLI_MAIN, 'worker', '--queues', 'export', '--metrics-port', String(port)], {
       env: {
         PATH: process.env.PATH ?? '',
         HOME: process.env.HOME ?? '/tmp',

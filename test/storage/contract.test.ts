@@ -23,6 +23,7 @@ import { readManifest, upsertManifestEntry } from '../../src/storage/manifest.js
 import { presignDownload } from '../../src/storage/presign.js';
 import { uploadStream } from '../../src/storage/upload.js';
 import { listObjects } from '../../src/storage/verify.js';
+import { CLI_MAIN } from '../helpers/cli.js';
 import { isolate, REDIS_URL } from '../helpers/isolation.js';
 import { startTestS3, storageConfig, storageEnv, type TestS3, type TestS3Kind } from '../helpers/s3.js';
 
@@ -79,11 +80,10 @@ for (const kind of ['rgw', 's3rver'] as const) {
     });
 
     it('`stowage verify --capabilities --json` prints the same table from a process', async () => {
-      const { stdout, stderr } = await promisify(execFile)(
-        process.execPath,
-        ['--import', 'tsx', 'src/cli/main.ts', 'verify', '--capabilities', '--json'],
-        { cwd: ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME, ...storageEnv(s3), REDIS_URL, LOG_LEVEL: 'silent' } },
-      );
+      const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI_MAIN, 'verify', '--capabilities', '--json'], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH, HOME: process.env.HOME, ...storageEnv(s3), REDIS_URL, LOG_LEVEL: 'silent' },
+      });
       // No runtime warning of any kind on stderr (Node 24; the SDK's version notice is gone).
       expect(stderr).toBe('');
       const printed = JSON.parse(stdout) as { capabilities: Record<string, unknown>; evidence: Record<string, string> };
