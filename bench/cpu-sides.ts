@@ -4,22 +4,29 @@
  * user + system CPU of this process per 1,000 jobs, and the median of rounds 2–5. Run the sides
  * in turn; the figures move by ±10 ms between runs, so compare several of each.
  *
- *   npx tsx bench/cpu-sides.ts raw|stowage
+ *   npx tsx bench/cpu-sides.ts raw|stowage [--compiled]
  */
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { loadConfig } from '../src/config.js';
-import { migrate } from '../src/db/migrate.js';
-import { createDb, type Db } from '../src/db/pool.js';
-import { createLogger } from '../src/observability/logger.js';
-import { createMetrics } from '../src/observability/metrics.js';
-import { jobIdFor, openQueue, parsePayload, type ExportResult } from '../src/queues/index.js';
+import type { Db } from '../src/db/pool.js';
+import type { ExportResult } from '../src/queues/index.js';
 import type { Processor } from '../src/workers/context.js';
-import { startRuntime, type Runtime } from '../src/workers/runtime.js';
+import type { Runtime } from '../src/workers/runtime.js';
+import { compiledSrc } from './compiled.js';
 import { cleanupPrefix, median } from './lib.js';
 
 const side = process.argv[2];
-if (side !== 'raw' && side !== 'stowage') throw new Error('usage: cpu-sides raw|stowage');
+if (side !== 'raw' && side !== 'stowage') throw new Error('usage: cpu-sides raw|stowage [--compiled]');
+// --compiled: Stowage compiled (bench/compiled.ts), as an installed package runs it; tsx's
+// transform adds a __name() call to every closure the runtime makes per job.
+const from = process.argv.includes('--compiled') ? await compiledSrc() : '../src';
+const { loadConfig } = (await import(`${from}/config.js`)) as typeof import('../src/config.js');
+const { migrate } = (await import(`${from}/db/migrate.js`)) as typeof import('../src/db/migrate.js');
+const { createDb } = (await import(`${from}/db/pool.js`)) as typeof import('../src/db/pool.js');
+const { createLogger } = (await import(`${from}/observability/logger.js`)) as typeof import('../src/observability/logger.js');
+const { createMetrics } = (await import(`${from}/observability/metrics.js`)) as typeof import('../src/observability/metrics.js');
+const { jobIdFor, openQueue, parsePayload } = (await import(`${from}/queues/index.js`)) as typeof import('../src/queues/index.js');
+const { startRuntime } = (await import(`${from}/workers/runtime.js`)) as typeof import('../src/workers/runtime.js');
 const N = 20_000;
 const ROUNDS = 5;
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';

@@ -5,54 +5,22 @@
  * at the largest, and time linear in size (throughput at the largest at least 0.75× the smallest's).
  * No baseline: this row checks Stowage against its own limits.
  *
- * Full size also runs each size from compiled JavaScript (src built with tsconfig.build.json into a
- * temp dir, run by bench/memory-child.mjs under plain node), the way a production worker runs: tsx
- * alone adds ~40 MB to the peak, which is the dev loader's, not the pipeline's. The RSS goals are
+ * Full size also runs each size from compiled JavaScript (bench/compiled.ts, run by
+ * bench/memory-child.mjs under plain node), the way a production worker runs: tsx alone adds ~40 MB to the peak, which is the dev loader's, not the pipeline's. The RSS goals are
  * judged on the compiled run when there is one; quick mode skips the 15-second build.
  *
  *   npx tsx bench/memory.ts [--quick] [--compiled]
  */
-import { spawn } from 'node:child_process';
-import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { compiledSrc } from './compiled.js';
 import { startS3 } from './store.js';
 import { MB, fmtMb, generateMixed, runIfMain, runTsChild, stowageEnv, type BenchRow } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./artifact-child.ts', import.meta.url));
 const COMPILED_CHILD = fileURLToPath(new URL('./memory-child.mjs', import.meta.url));
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-/** Build src/ into `<dir>/dist` (tsc emits despite type errors elsewhere), resolvable against the repo's node_modules. */
-async function buildDist(dir: string): Promise<string> {
-  const tsc = join(ROOT, 'node_modules/typescript/bin/tsc');
-  await new Promise<void>((resolve, reject) => {
-    const p = spawn(
-      process.execPath,
-      [
-        tsc,
-        '-p',
-        join(ROOT, 'tsconfig.build.json'),
-        '--outDir',
-        join(dir, 'dist'),
-        '--declaration',
-        'false',
-        '--sourceMap',
-        'false',
-        '--declarationMap',
-        'false',
-      ],
-      { stdio: 'ignore' },
-    );
-    p.on('error', reject);
-    // Exit code 2 is "emitted, with type errors": another change in progress must not stop the bench.
-    p.on('close', (code) => (code === 0 || code === 2 ? resolve() : reject(new Error(`bench memory: tsc exited ${code}`))));
-  });
-  await symlink(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
-  await writeFile(join(dir, 'package.json'), '{"type":"module"}\n');
-  return join(dir, 'dist');
-}
 
 async function runCompiled(
   dist: string,
@@ -78,8 +46,7 @@ export async function runMemoryBench({ quick, compiled = !quick }: { quick: bool
     zipOnlyMs: number;
     compiled?: { ms: number; maxRssBytes: number };
   }[] = [];
-  const buildDir = compiled ? await mkdtemp(join(tmpdir(), 'stowage-bench-dist-')) : undefined;
-  const dist = buildDir ? await buildDist(buildDir) : undefined;
+  const dist = compiled ? await compiledSrc() : undefined;
   let compiledFixedRssBytes = 0;
   // The process's fixed cost: the same child, same modules loaded, storing a 1 kB folder.
   let fixedRssBytes = 0;
@@ -113,7 +80,6 @@ export async function runMemoryBench({ quick, compiled = !quick }: { quick: bool
       await rm(work, { recursive: true, force: true });
     }
   }
-  if (buildDir) await rm(buildDir, { recursive: true, force: true });
   const mbps = (r: (typeof runs)[number]) => r.bytes / MB / (r.ms / 1000);
   const zipMbps = (r: (typeof runs)[number]) => r.bytes / MB / (r.zipOnlyMs / 1000);
   const first = runs[0]!;

@@ -6,17 +6,17 @@
  * - CPU per 1,000 jobs: user + system CPU of this process (the worker side: both workers run here,
  *   Redis is its own process) from the resume to the last completion, per 1,000 jobs (goal ≤ 1.10×
  *   raw's). Wall time on a 2-core machine shared with Redis hides cost that CPU time shows.
+ * The Stowage side runs compiled (bench/compiled.ts), as an installed worker does: under tsx each
+ * closure it makes per job also pays esbuild's __name() helper, which raw BullMQ does not.
+ * Filling the queues uses src/ on both sides alike.
  */
-import { migrate } from '../src/db/migrate.js';
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { loadConfig, type Config } from '../src/config.js';
-import { createDb, type Db } from '../src/db/pool.js';
-import { createLogger } from '../src/observability/logger.js';
-import { createMetrics } from '../src/observability/metrics.js';
+import type { Config } from '../src/config.js';
+import type { Db } from '../src/db/pool.js';
 import { jobIdFor, openQueue, parsePayload, type ExportResult, type KindQueue, type PayloadInput } from '../src/queues/index.js';
 import type { Processor } from '../src/workers/context.js';
-import { startRuntime } from '../src/workers/runtime.js';
+import { compiledSrc } from './compiled.js';
 import { cleanupPrefix, median, type BenchRow } from './lib.js';
 
 const CONCURRENCY = 16;
@@ -102,10 +102,23 @@ async function rawRun(redisUrl: string, prefix: string, n: number): Promise<Drai
   return await rate;
 }
 
+/** The compiled modules the Stowage side runs. */
+async function compiledStowage(dist: string) {
+  return {
+    ...((await import(`${dist}/config.js`)) as typeof import('../src/config.js')),
+    ...((await import(`${dist}/db/migrate.js`)) as typeof import('../src/db/migrate.js')),
+    ...((await import(`${dist}/db/pool.js`)) as typeof import('../src/db/pool.js')),
+    ...((await import(`${dist}/observability/logger.js`)) as typeof import('../src/observability/logger.js')),
+    ...((await import(`${dist}/observability/metrics.js`)) as typeof import('../src/observability/metrics.js')),
+    ...((await import(`${dist}/workers/runtime.js`)) as typeof import('../src/workers/runtime.js')),
+  };
+}
+
 /** Config, migrated schema and pool: made once for every round, outside the timed part. */
 interface StowageSetup {
   config: Config;
   db: Db;
+  stowage: Awaited<ReturnType<typeof compiledStowage>>;
 }
 
 async function stowageRun(setup: StowageSetup, redisUrl: string, prefix: string, n: number): Promise<Drain> {
@@ -113,6 +126,7 @@ async function stowageRun(setup: StowageSetup, redisUrl: string, prefix: string,
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const queue = openQueue('export', { connection: redis, prefix }, { jobDefaults: false });
   await fill(queue, n, 'stowage');
+  const { createMetrics, createLogger, startRuntime } = setup.stowage;
   const metrics = createMetrics({ defaults: false });
   const runtime = await startRuntime({
     config,
@@ -141,12 +155,14 @@ export async function runQueueOverheadBench({ quick = false } = {}): Promise<Ben
   // round left Postgres (catalog churn, autovacuum) and the machine busy during the next timed
   // run, which swung single-round ratios from 0.59 to 0.97.
   const schema = `bench_${tag}`;
+  const stowage = await compiledStowage(await compiledSrc());
+  const { loadConfig, migrate, createDb } = stowage;
   const config = loadConfig(
     { REDIS_URL: redisUrl, STOWAGE_PREFIX: `bench-stw-${tag}`, STOWAGE_DB_SCHEMA: schema, DATABASE_URL: process.env.DATABASE_URL },
     {},
   );
   await migrate(config);
-  const setup: StowageSetup = { config, db: createDb(config) };
+  const setup: StowageSetup = { config, db: createDb(config), stowage };
   // One untimed warm-up of each side (JIT, connections), then rounds alternating which side goes
   // first, and the median of the per-round ratios.
   await rawRun(redisUrl, `bench-raw-${tag}-warm`, Math.min(n, 1000));

@@ -69,6 +69,23 @@ export type AggregationResult =
     }
   | { task: 'retry-fallbacks'; considered: number; uploaded: number; retrying: number; failed: number };
 
+/** A plain object (what JSON.parse makes of `{…}`), or one with a null prototype. */
+function isRecord(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+/**
+ * One record of a records export: any plain object, taken as it is. Not z.record(): that copies
+ * every key of every record, on the producer and again in the worker (5.5 ms for 10,000 small
+ * records against 1.0 ms; the keys of JSON are strings anyway).
+ */
+const exportRecord = z
+  .custom<Record<string, unknown>>(isRecord, 'expected an object of fields')
+  // What /openapi.json says of it (a custom check has no JSON Schema of its own).
+  .meta({ type: 'object', additionalProperties: {} });
+
 /** Store records as one object (the default op; payloads without `op` are this). */
 export const exportRecordsPayload = z.strictObject({
   op: z.literal('records').optional(),
@@ -78,7 +95,7 @@ export const exportRecordsPayload = z.strictObject({
   }),
   userId: safeId,
   format: z.enum(['json', 'jsonl', 'parquet']),
-  records: z.array(z.record(z.string(), z.unknown())).min(1, 'at least one record').max(100_000),
+  records: z.array(exportRecord).min(1, 'at least one record').max(100_000),
   /** Object id; derived from the records when absent. */
   id: safeId.optional(),
 });

@@ -150,6 +150,14 @@ describe('export processor', () => {
       /module: "manifests" is reserved: Stowage keeps its own manifests\/ objects/,
     );
   });
+
+  it('refuses a record that is not an object, naming its index', async () => {
+    for (const bad of [1, 'text', null, [1, 2]]) {
+      await expect(run({ module: 'm', userId: 'u1', format: 'json', records: [{ a: 1 }, bad as never] })).rejects.toThrow(
+        /records\.1: expected an object of fields/,
+      );
+    }
+  });
 });
 
 describe('read side', () => {
