@@ -40,3 +40,18 @@ async function build(): Promise<string> {
   await writeFile(join(dir, 'package.json'), '{"type":"module"}\n');
   return join(dir, 'dist');
 }
+
+/**
+ * The Stowage modules the CPU rows run, from `dir`: a compiled tree (compiledSrc()) or '../src'
+ * (tsx), with src's types either way.
+ */
+export async function stowageModules(dir: string) {
+  return {
+    ...((await import(`${dir}/config.js`)) as typeof import('../src/config.js')),
+    ...((await import(`${dir}/db/migrate.js`)) as typeof import('../src/db/migrate.js')),
+    ...((await import(`${dir}/db/pool.js`)) as typeof import('../src/db/pool.js')),
+    ...((await import(`${dir}/observability/logger.js`)) as typeof import('../src/observability/logger.js')),
+    ...((await import(`${dir}/observability/metrics.js`)) as typeof import('../src/observability/metrics.js')),
+    ...((await import(`${dir}/workers/runtime.js`)) as typeof import('../src/workers/runtime.js')),
+  };
+}

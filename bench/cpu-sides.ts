@@ -9,10 +9,10 @@
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Db } from '../src/db/pool.js';
-import type { ExportResult } from '../src/queues/index.js';
-import type { Processor } from '../src/workers/context.js';
+import { jobIdFor, openQueue, parsePayload } from '../src/queues/index.js';
 import type { Runtime } from '../src/workers/runtime.js';
-import { compiledSrc } from './compiled.js';
+import { compiledSrc, stowageModules } from './compiled.js';
+import { noopExport as noop } from './queue-overhead.js';
 import { cleanupPrefix, median } from './lib.js';
 
 const side = process.argv[2];
@@ -20,28 +20,11 @@ if (side !== 'raw' && side !== 'stowage') throw new Error('usage: cpu-sides raw|
 // --compiled: Stowage compiled (bench/compiled.ts), as an installed package runs it; tsx's
 // transform adds a __name() call to every closure the runtime makes per job.
 const from = process.argv.includes('--compiled') ? await compiledSrc() : '../src';
-const { loadConfig } = (await import(`${from}/config.js`)) as typeof import('../src/config.js');
-const { migrate } = (await import(`${from}/db/migrate.js`)) as typeof import('../src/db/migrate.js');
-const { createDb } = (await import(`${from}/db/pool.js`)) as typeof import('../src/db/pool.js');
-const { createLogger } = (await import(`${from}/observability/logger.js`)) as typeof import('../src/observability/logger.js');
-const { createMetrics } = (await import(`${from}/observability/metrics.js`)) as typeof import('../src/observability/metrics.js');
-const { jobIdFor, openQueue, parsePayload } = (await import(`${from}/queues/index.js`)) as typeof import('../src/queues/index.js');
-const { startRuntime } = (await import(`${from}/workers/runtime.js`)) as typeof import('../src/workers/runtime.js');
+const { loadConfig, migrate, createDb, createLogger, createMetrics, startRuntime } = await stowageModules(from);
 const N = 20_000;
 const ROUNDS = 5;
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const tag = `${side}${Date.now().toString(36)}`;
-const RESULT: ExportResult = {
-  op: 'records',
-  id: 'noop',
-  key: 'bench/noop/1970/01/01/noop.json',
-  format: 'json',
-  record_count: 1,
-  size: 0,
-  sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855',
-  created_at: '1970-01-01T00:00:00.000Z',
-};
-const noop = (async () => RESULT) satisfies Processor<'export'>;
 const schema = `cpu_${tag}`;
 const config = loadConfig(
   { REDIS_URL: redisUrl, STOWAGE_PREFIX: `cpu-${tag}`, STOWAGE_DB_SCHEMA: schema, DATABASE_URL: process.env.DATABASE_URL },

@@ -16,7 +16,7 @@ import type { Config } from '../src/config.js';
 import type { Db } from '../src/db/pool.js';
 import { jobIdFor, openQueue, parsePayload, type ExportResult, type KindQueue, type PayloadInput } from '../src/queues/index.js';
 import type { Processor } from '../src/workers/context.js';
-import { compiledSrc } from './compiled.js';
+import { compiledSrc, stowageModules } from './compiled.js';
 import { cleanupPrefix, median, type BenchRow } from './lib.js';
 
 const CONCURRENCY = 16;
@@ -25,7 +25,7 @@ const CONCURRENCY = 16;
  * What both sides' no-op returns: a records export's result for an object never stored. One object
  * for both, so each side stores the same return value.
  */
-const NOOP_RESULT: ExportResult = {
+export const NOOP_RESULT: ExportResult = {
   op: 'records',
   id: 'noop',
   key: 'bench/noop/1970/01/01/noop.json',
@@ -35,7 +35,7 @@ const NOOP_RESULT: ExportResult = {
   sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855',
   created_at: '1970-01-01T00:00:00.000Z',
 };
-const noopExport = (async () => NOOP_RESULT) satisfies Processor<'export'>;
+export const noopExport = (async () => NOOP_RESULT) satisfies Processor<'export'>;
 
 function payloads(n: number, tag: string): PayloadInput<'export'>[] {
   return Array.from({ length: n }, (_, i) => ({ module: 'bench', userId: tag, format: 'json' as const, records: [{ i }] }));
@@ -102,23 +102,11 @@ async function rawRun(redisUrl: string, prefix: string, n: number): Promise<Drai
   return await rate;
 }
 
-/** The compiled modules the Stowage side runs. */
-async function compiledStowage(dist: string) {
-  return {
-    ...((await import(`${dist}/config.js`)) as typeof import('../src/config.js')),
-    ...((await import(`${dist}/db/migrate.js`)) as typeof import('../src/db/migrate.js')),
-    ...((await import(`${dist}/db/pool.js`)) as typeof import('../src/db/pool.js')),
-    ...((await import(`${dist}/observability/logger.js`)) as typeof import('../src/observability/logger.js')),
-    ...((await import(`${dist}/observability/metrics.js`)) as typeof import('../src/observability/metrics.js')),
-    ...((await import(`${dist}/workers/runtime.js`)) as typeof import('../src/workers/runtime.js')),
-  };
-}
-
 /** Config, migrated schema and pool: made once for every round, outside the timed part. */
 interface StowageSetup {
   config: Config;
   db: Db;
-  stowage: Awaited<ReturnType<typeof compiledStowage>>;
+  stowage: Awaited<ReturnType<typeof stowageModules>>;
 }
 
 async function stowageRun(setup: StowageSetup, redisUrl: string, prefix: string, n: number): Promise<Drain> {
@@ -155,7 +143,7 @@ export async function runQueueOverheadBench({ quick = false } = {}): Promise<Ben
   // round left Postgres (catalog churn, autovacuum) and the machine busy during the next timed
   // run, which swung single-round ratios from 0.59 to 0.97.
   const schema = `bench_${tag}`;
-  const stowage = await compiledStowage(await compiledSrc());
+  const stowage = await stowageModules(await compiledSrc());
   const { loadConfig, migrate, createDb } = stowage;
   const config = loadConfig(
     { REDIS_URL: redisUrl, STOWAGE_PREFIX: `bench-stw-${tag}`, STOWAGE_DB_SCHEMA: schema, DATABASE_URL: process.env.DATABASE_URL },

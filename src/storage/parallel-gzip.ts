@@ -1,13 +1,16 @@
 /**
- * gzip on every core, as pigz does it: the input is cut into blocks, each block is deflated on the
- * libuv thread pool with the previous 32 KiB as its dictionary (so the output is as small as one
- * stream's), ended with a sync flush (byte-aligned, not final), and the blocks are written in
- * order between one gzip header and trailer. The result is one ordinary gzip member that any
- * gunzip reads. Memory stays bounded: at most `concurrency` blocks are in flight, and the stream
- * waits for its reader like any Transform.
+ * deflate on every core, as pigz does it: the input is cut into blocks, each block is deflated on
+ * the libuv thread pool with the previous 32 KiB as its dictionary (so the output is as small as
+ * one stream's), ended with a sync flush (byte-aligned, not final), and the blocks are written in
+ * order. The result is one ordinary deflate stream: createParallelGzip frames it as one gzip
+ * member that any gunzip reads, and the zip writer uses the raw stream for a large entry
+ * (createParallelDeflateRaw). Memory stays bounded: at most `concurrency` blocks are in flight,
+ * and the stream waits for its reader like any Transform. The output depends only on the input,
+ * the level and the block size, so a rerun writes the same bytes (a resumed upload relies on it).
  *
  * Why: a backup archive is one long stream, and Node's createGzip compresses it on one thread;
- * gzip level 6 was where a backup spent most of its time (docs/performance.md).
+ * gzip level 6 was where a backup spent most of its time (docs/performance.md). A zip entry of a
+ * large text file was the same: one zlib stream, one core.
  */
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
@@ -39,7 +42,40 @@ export interface ParallelGzipOptions {
   concurrency?: number;
 }
 
+/** What frames the deflate stream: bytes before it, each block's input as it goes, bytes after. */
+interface Frame {
+  head?: Buffer;
+  onBlock?(block: Buffer): void;
+  tail?(): Buffer;
+}
+
+/** A raw deflate stream (no header or trailer), for a zip entry's data. */
+export function createParallelDeflateRaw(options: ParallelGzipOptions = {}): Transform {
+  return blockDeflater(options, {});
+}
+
+/** One gzip member: header, the deflate stream, CRC-32 and size. */
 export function createParallelGzip(options: ParallelGzipOptions = {}): Transform {
+  let crc = 0;
+  let size = 0;
+  return blockDeflater(options, {
+    head: HEADER,
+    onBlock(block) {
+      // An empty block leaves the CRC as it is: zlib.crc32 was seen to return 0 for the empty
+      // final block here (Node 20.20) instead of the running value (caught by the block-edge tests).
+      if (block.length > 0) crc = crc32(block, crc);
+      size = (size + block.length) % 0x1_0000_0000;
+    },
+    tail() {
+      const trailer = Buffer.alloc(8);
+      trailer.writeUInt32LE(crc >>> 0, 0);
+      trailer.writeUInt32LE(size >>> 0, 4);
+      return trailer;
+    },
+  });
+}
+
+function blockDeflater(options: ParallelGzipOptions, frame: Frame): Transform {
   const level = options.level ?? 6;
   const blockSize = Math.max(64 * 1024, options.blockSize ?? 1024 * 1024);
   const concurrency = Math.max(1, options.concurrency ?? availableParallelism() + 2);
@@ -47,8 +83,6 @@ export function createParallelGzip(options: ParallelGzipOptions = {}): Transform
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   let dictionary: Buffer | undefined;
-  let crc = 0;
-  let size = 0;
   const inFlight: Promise<Buffer>[] = [];
 
   const dispatch = (block: Buffer, last: boolean) => {
@@ -62,10 +96,7 @@ export function createParallelGzip(options: ParallelGzipOptions = {}): Transform
     // Awaited in order later; this keeps an early failure from being reported as unhandled.
     done.catch(() => {});
     inFlight.push(done);
-    // An empty block leaves the CRC as it is: zlib.crc32 was seen to return 0 for the empty final
-    // block here (Node 20.20) instead of the running value (caught by the block-edge tests).
-    if (block.length > 0) crc = crc32(block, crc);
-    size = (size + block.length) % 0x1_0000_0000;
+    frame.onBlock?.(block);
     // Non-final blocks are blockSize ≥ 64 KiB, so the tail is a full window.
     dictionary = block.subarray(Math.max(0, block.length - WINDOW));
   };
@@ -74,7 +105,7 @@ export function createParallelGzip(options: ParallelGzipOptions = {}): Transform
   const start = (stream: Transform) => {
     if (started) return;
     started = true;
-    stream.push(HEADER);
+    if (frame.head) stream.push(frame.head);
   };
 
   return new Transform({
@@ -106,10 +137,7 @@ export function createParallelGzip(options: ParallelGzipOptions = {}): Transform
         dispatch(Buffer.concat(pending, pendingBytes), true);
         pending = [];
         while (inFlight.length > 0) this.push(await inFlight.shift()!);
-        const trailer = Buffer.alloc(8);
-        trailer.writeUInt32LE(crc >>> 0, 0);
-        trailer.writeUInt32LE(size >>> 0, 4);
-        this.push(trailer);
+        if (frame.tail) this.push(frame.tail());
         callback();
       } catch (err) {
         callback(err as Error);

@@ -14,8 +14,8 @@
  * - thread-pool.ts + compress-thread.ts: the compression threads for many small files.
  *
  * Files up to SMALL_FILE_BYTES are read whole, compressed off the main thread, and written with
- * their sizes and CRC in the local header. Larger files stream in 1 MiB reads: deflated ones with
- * a data descriptor (flag bit 3) after their data, stored ones after a CRC pre-pass so their local
+ * their sizes and CRC in the local header. Larger files stream in 1 MiB reads: deflated ones (in
+ * 1 MiB blocks on every core, parallel-gzip.ts) with a data descriptor (flag bit 3) after their data, stored ones after a CRC pre-pass so their local
  * header is complete (streaming readers reject stored entries with a descriptor). Already-
  * compressed formats (by extension) are stored. Anything else is deflated only if it shrinks:
  * small files by their real deflated size, large ones by deflating a 64 KiB probe.
@@ -33,8 +33,9 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, Transform, pipeline } from 'node:stream';
-import { crc32, createDeflateRaw } from 'node:zlib';
+import { crc32 } from 'node:zlib';
 import { PermanentError } from '../errors.js';
+import { createParallelDeflateRaw } from './parallel-gzip.js';
 import { ReadAhead } from './zip/read-ahead.js';
 import { changedError, chooseMethod, crcOfFile, isSmall, openFile, READ_CHUNK_BYTES, type Prepared } from './zip/read.js';
 import {
@@ -260,7 +261,8 @@ async function* largeEntry(entry: ZipEntry, record: EntryRecord, handle: FileHan
         callback(null, chunk);
       },
     });
-    const deflate = createDeflateRaw({ level, chunkSize: 256 * 1024 });
+    // In 1 MiB blocks on every core (parallel-gzip.ts): one zlib stream kept a large text file on one core.
+    const deflate = createParallelDeflateRaw({ level });
     // Errors reach the loop below: pipeline destroys `deflate` with the first error.
     pipeline(input, tap, deflate, () => {});
     let csize = 0;
