@@ -61,8 +61,13 @@ async function warmChild(env: NodeJS.ProcessEnv, args: string[]) {
   const finished = new Promise<{ result: UploadOut; maxRssBytes: number; at: number }>((r) => {
     done = r;
   });
+  // When each part was acknowledged (verified and skipped, or stored), in ms after go(): where a
+  // takeover's time goes.
+  const acks: number[] = [];
+  let started = 0;
   const { child, exited } = spawnChild({ ...env, BENCH_GO_STDIN: '1' }, args, (line) => {
     if (line.ready) ready();
+    if (line.acked !== undefined && started) acks.push(Math.round(performance.now() - started));
     if (line.result) done({ result: line.result as UploadOut, maxRssBytes: line.maxRssBytes as number, at: performance.now() });
   });
   const failed = exited.then(({ code, signal, stderr }) => {
@@ -72,10 +77,11 @@ async function warmChild(env: NodeJS.ProcessEnv, args: string[]) {
   return {
     /** Start now; `from` (default now) is when the clock started. */
     async go(from = performance.now()) {
+      started = from;
       child.stdin.write('go\n');
       const out = await Promise.race([finished, failed]);
       await exited;
-      return { ms: out.at - from, result: out.result, maxRssBytes: out.maxRssBytes };
+      return { ms: out.at - from, result: out.result, maxRssBytes: out.maxRssBytes, acks };
     },
   };
 }
@@ -161,6 +167,7 @@ async function resumeRow(s3: BenchS3, redis: Redis, folder: string, bytes: numbe
       killedAtBytes: killedAt,
       resumedMs: resumed.ms,
       resumedParts: resumed.result.resumedParts,
+      resumedAckMs: resumed.acks,
       ratio,
     },
   };
