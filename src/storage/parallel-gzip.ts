@@ -119,7 +119,10 @@ function blockDeflater(options: ParallelGzipOptions, frame: Frame): Transform {
           pendingBytes += take;
           offset += take;
           if (pendingBytes === blockSize) {
-            dispatch(Buffer.concat(pending, pendingBytes), false);
+            // A chunk that is a whole block (the zip's 1 MiB file reads) is deflated as it is: a
+            // copy per block was a second GB of garbage in a 2 GB archive. A written chunk is the
+            // stream's to hold, as zlib's own streams hold theirs.
+            dispatch(pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes), false);
             pending = [];
             pendingBytes = 0;
             while (inFlight.length >= concurrency) this.push(await inFlight.shift()!);
