@@ -65,6 +65,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { storeCapabilities, unquoteEtag, type StoreCapabilities } from './capabilities.js';
 import type { Storage } from './client.js';
 import { sha256SidecarKey } from './keys.js';
+import { startHashThread, UploadHasher } from './part-hasher.js';
 import type { PartRecord, ResumeStore, UploadStateHeader } from './resume.js';
 import { describeStoreError, isNoSuchUpload, isNotImplemented, storeError } from './store-errors.js';
 
@@ -207,10 +208,13 @@ function boundedStore(store: ResumeStore): ResumeStore {
   };
 }
 
-/** A part's bytes, and `release()` to hand its buffer back once the store has them (or they were skipped). */
+/**
+ * A part's bytes, and `release()` to hand its buffer back once the store has them (or they were
+ * skipped). A part whose memory went to the hash thread and back is released with what came back.
+ */
 interface Part {
   data: Buffer;
-  release(): void;
+  release(returned?: Buffer): void;
 }
 
 /** Bytes the first part's buffer starts at: a small body never allocates a whole part. */
@@ -226,8 +230,9 @@ async function* partsOf(body: Readable, partSize: number): AsyncGenerator<Part> 
   const free: Buffer[] = [];
   const part = (buf: Buffer, length: number): Part => ({
     data: buf.subarray(0, length),
-    release: () => {
-      if (buf.length === partSize) free.push(buf);
+    release: (returned) => {
+      const whole = returned ? Buffer.from(returned.buffer, 0, returned.buffer.byteLength) : buf;
+      if (whole.length === partSize) free.push(whole);
     },
   });
   let buf: Buffer | null = Buffer.allocUnsafeSlow(Math.min(partSize, FIRST_BUFFER));
@@ -325,6 +330,7 @@ async function loadResume(
   }
   if (state.partChecksums !== caps.partChecksumSha256) return restart('it was created with another per-part checksum setting');
 
+  startHashThread(); // a resumed attempt hashes in it; it starts while the parts are listed
   let listed: Map<number, { etag: string; size: number }>;
   try {
     listed = await listParts(storage, state);
@@ -430,8 +436,19 @@ async function attempt(
   const persist = caps.listParts ? store : null;
   const requestOptions = signal ? { abortSignal: signal } : {};
 
+  // A resumed attempt sends nothing while it re-checks the stored parts, so its pace is the
+  // hashing's: both SHA-256 passes run in the hash thread, beside the zip (part-hasher.ts). A
+  // fresh one hashes here, as it sends.
+  const hasher = resume ? new UploadHasher() : null;
   const whole = createHash('sha256');
   const partHashes = checksums || persist !== null || resume !== null;
+  const hashPart = (part: Buffer): Promise<{ sha256: string; data: Buffer }> => {
+    if (hasher) return hasher.part(part);
+    whole.update(part);
+    // A part's own SHA-256 serves its checksum header, its payload signature and its resume
+    // record; an upload that uses none of them leaves the signature's hash to the SDK.
+    return Promise.resolve({ sha256: partHashes ? createHash('sha256').update(part).digest('hex') : '', data: part });
+  };
   let size = 0;
   let acknowledged = 0;
   let uploadId = resume?.uploadId;
@@ -442,6 +459,8 @@ async function attempt(
   const completed: CompletedPart[] = [];
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
+  /** Why the stream is not the interrupted attempt's (a recorded part hashed differently). */
+  let mismatch: string | undefined;
   let persistWarned = false;
 
   const fail = (err: unknown) => {
@@ -506,34 +525,33 @@ async function attempt(
   const changed = async (reason: string): Promise<Outcome> => {
     body.destroy();
     await Promise.allSettled(inFlight);
+    hasher?.dispose();
     return { kind: 'changed', reason };
+  };
+
+  /** A part of the interrupted attempt, regenerated: its hash must be the one recorded when it was sent. */
+  const verifyPart = (partNumber: number, data: Buffer, sha256: string, recorded: PartRecord) => {
+    if (recorded.sha256 !== sha256 || recorded.size !== data.length) {
+      mismatch ??= `part ${partNumber} (${data.length} bytes) does not hash to the SHA-256 recorded when it was sent`;
+      body.destroy();
+      return;
+    }
+    completed.push({ PartNumber: partNumber, ETag: recorded.etag, ...(checksums ? { ChecksumSHA256: hexToBase64(sha256) } : {}) });
+    resumedParts++;
+    resumedBytes += data.length;
+    acknowledge(data.length);
   };
 
   try {
     let partNumber = 0;
     let single = false;
     for await (const { data: part, release } of partsOf(body, partSize)) {
-      if (failure !== undefined) break;
+      if (failure !== undefined || mismatch !== undefined) break;
       partNumber++;
-      whole.update(part);
       size += part.length;
-      // A part's own SHA-256 serves its checksum header, its resume record and the check of a
-      // recorded part; an upload that uses none of them skips the second pass over the bytes.
-      const sha256 = partHashes ? createHash('sha256').update(part).digest('hex') : '';
-      const recorded = resume?.parts.get(partNumber);
-      if (recorded) {
-        if (recorded.sha256 !== sha256 || recorded.size !== part.length) {
-          return await changed(`part ${partNumber} (${part.length} bytes) does not hash to the SHA-256 recorded when it was sent`);
-        }
-        completed.push({ PartNumber: partNumber, ETag: recorded.etag, ...(checksums ? { ChecksumSHA256: hexToBase64(sha256) } : {}) });
-        resumedParts++;
-        resumedBytes += part.length;
-        acknowledge(part.length);
-        release();
-        continue;
-      }
       if (partNumber === 1 && part.length < partSize && !resume) {
         // The whole body fits in one part (only the last part is short): one PutObject.
+        const { sha256 } = await hashPart(part);
         const out = await storage.client.send(
           signedWithHash(
             new PutObjectCommand({
@@ -554,17 +572,27 @@ async function attempt(
         release();
         continue;
       }
-      if (!uploadId) await begin();
+      // In a resumed attempt the next part is assembled while the thread hashes this one.
+      const hashed = hashPart(part);
+      const recorded = resume?.parts.get(partNumber);
+      if (!recorded && !uploadId) await begin();
       while (inFlight.size >= storage.queueSize) await Promise.race(inFlight);
-      if (failure !== undefined) break;
-      // Released only once the store has the part: a failed part's buffer is never refilled.
-      const sending: Promise<void> = sendPart(partNumber, part, sha256)
-        .then(release, fail)
-        .finally(() => inFlight.delete(sending));
-      inFlight.add(sending);
+      if (failure !== undefined || mismatch !== undefined) break;
+      const n = partNumber;
+      // Released once the store has the part (or it was verified): a failed part's buffer is never refilled.
+      const handled: Promise<void> = hashed
+        .then(async ({ sha256, data }) => {
+          if (recorded) verifyPart(n, data, sha256, recorded);
+          else await sendPart(n, data, sha256);
+          release(data);
+        })
+        .catch(fail)
+        .finally(() => inFlight.delete(handled));
+      inFlight.add(handled);
     }
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
+    if (mismatch !== undefined) return await changed(mismatch);
 
     if (resume) {
       const beyond = [...resume.parts.keys()].find((n) => n > partNumber);
@@ -588,9 +616,12 @@ async function attempt(
       await persist?.clear().catch(persistFailed);
     }
   } catch (err) {
+    // A mismatch destroys the body, which can end the loop with a premature-close error.
+    if (mismatch !== undefined && failure === undefined) return await changed(mismatch);
     const cause = failure ?? err;
     body.destroy();
     await Promise.allSettled(inFlight);
+    hasher?.dispose();
     const aborted = signal?.aborted === true;
     record(aborted ? 'aborted' : 'error', size);
     let what = `upload of ${key} failed`;
@@ -621,6 +652,7 @@ async function attempt(
       'resumed upload completed: the parts an interrupted attempt had stored were verified and not sent again',
     );
   }
-  const result = await finishUpload(storage, options, { size, sha256: whole.digest('hex'), etag, uploadId, resumedParts }, record);
+  const sha256 = hasher ? await hasher.digest() : whole.digest('hex');
+  const result = await finishUpload(storage, options, { size, sha256, etag, uploadId, resumedParts }, record);
   return { kind: 'done', result };
 }
