@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { mkdtemp, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,7 +37,9 @@ async function build(): Promise<string> {
   });
   // The package's other shipped folder: dist/db/migrate.js finds migrations/ beside dist/.
   for (const shared of ['node_modules', 'migrations']) await symlink(join(ROOT, shared), join(dir, shared));
-  await writeFile(join(dir, 'package.json'), '{"type":"module"}\n');
+  // src/version.ts reads the version from the package.json above dist/.
+  const { version } = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  await writeFile(join(dir, 'package.json'), `${JSON.stringify({ type: 'module', version })}\n`);
   return join(dir, 'dist');
 }
 

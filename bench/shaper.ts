@@ -8,7 +8,10 @@
  * delivered. Chunks pipeline: the delay is latency, not a per-chunk wait, so a window of bytes in
  * flight still moves at the link's rate, as on a real long link. Backpressure: a connection whose
  * queue holds more than HIGH_WATER bytes stops reading until it drains below LOW_WATER, so memory
- * stays bounded and TCP's own flow control reaches the sender.
+ * stays bounded and TCP's own flow control reaches the sender. The link itself queues at most one
+ * bandwidth-delay product (RTT × bandwidth, the usual router buffer): past that every connection
+ * stops reading until it drains. Without that limit, four 8 MiB parts in flight queued 16 MB ahead
+ * of any other connection's request, 320 ms at 50 MB/s, a queue no real path to R2 holds.
  *
  * Settings: BENCH_RTT_MS (default 30) and BENCH_BANDWIDTH_MBPS (megabytes per second, default 50).
  */
@@ -42,11 +45,38 @@ export function shaperOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Shap
 /** One direction of the link, shared by every connection: when it is next free to send. */
 class Link {
   private free = 0;
-  constructor(private readonly bytesPerSecond: number) {}
+  private readonly drained = new Set<() => void>();
+  private timer: NodeJS.Timeout | null = null;
+  constructor(
+    private readonly bytesPerSecond: number,
+    /** Bytes the link may have queued (accepted, not yet sent). */
+    private readonly queueBytes: number,
+  ) {}
   /** The time (performance.now ms) a chunk of `bytes` arriving now has left the link. */
   departure(now: number, bytes: number): number {
     this.free = Math.max(this.free, now) + (bytes / this.bytesPerSecond) * 1000;
     return this.free;
+  }
+  /** More than queueBytes are waiting to be sent. */
+  full(now: number): boolean {
+    return ((this.free - now) / 1000) * this.bytesPerSecond > this.queueBytes;
+  }
+  /** Call `fn` once the queue is back under queueBytes. */
+  whenDrained(fn: () => void): void {
+    this.drained.add(fn);
+    if (this.timer) return;
+    const wake = () => {
+      const now = performance.now();
+      if (this.full(now)) {
+        this.timer = setTimeout(wake, Math.max(1, this.free - (this.queueBytes / this.bytesPerSecond) * 1000 - now));
+        return;
+      }
+      this.timer = null;
+      const waiting = [...this.drained];
+      this.drained.clear();
+      for (const f of waiting) f();
+    };
+    this.timer = setTimeout(wake, 0);
   }
 }
 
@@ -56,6 +86,12 @@ function shapeDirection(from: Socket, to: Socket, link: Link, delayMs: number, c
   let queued = 0;
   let timer: NodeJS.Timeout | null = null;
   let ended = false;
+  /** Read again once this connection's queue is low and the link has room. */
+  const maybeResume = () => {
+    if (!from.isPaused() || from.destroyed || queued >= LOW_WATER) return;
+    if (link.full(performance.now())) link.whenDrained(maybeResume);
+    else from.resume();
+  };
   const flush = () => {
     timer = null;
     const now = performance.now();
@@ -64,7 +100,7 @@ function shapeDirection(from: Socket, to: Socket, link: Link, delayMs: number, c
       queued -= chunk.length;
       if (!to.destroyed) to.write(chunk);
     }
-    if (queued < LOW_WATER && from.isPaused()) from.resume();
+    maybeResume();
     if (queue.length) timer = setTimeout(flush, Math.max(0, queue[0]!.at - performance.now()));
     else if (ended && !to.destroyed) to.end();
   };
@@ -74,6 +110,10 @@ function shapeDirection(from: Socket, to: Socket, link: Link, delayMs: number, c
     queue.push({ at: link.departure(now, chunk.length) + delayMs, chunk });
     queued += chunk.length;
     if (queued > HIGH_WATER) from.pause();
+    else if (link.full(now)) {
+      from.pause();
+      link.whenDrained(maybeResume);
+    }
     if (!timer) timer = setTimeout(flush, Math.max(0, queue[0]!.at - now));
   });
   from.on('end', () => {
@@ -93,8 +133,10 @@ export async function startShaper(
   target: { host?: string; port: number },
   options: ShaperOptions = shaperOptionsFromEnv(),
 ): Promise<Shaper> {
-  const up = new Link(options.bytesPerSecond);
-  const down = new Link(options.bytesPerSecond);
+  // One bandwidth-delay product of queue per direction (at least 64 KiB, for RTT 0).
+  const queueBytes = Math.max(64 * 1024, (options.rttMs / 1000) * options.bytesPerSecond);
+  const up = new Link(options.bytesPerSecond, queueBytes);
+  const down = new Link(options.bytesPerSecond, queueBytes);
   const half = options.rttMs / 2;
   const stats = { connections: 0, bytesUp: 0, bytesDown: 0 };
   const open = new Set<Socket>();
