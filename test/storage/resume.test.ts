@@ -185,6 +185,23 @@ describe('resumable uploads on radosgw', () => {
     expect(await openUploadIds(key)).toEqual([]);
   });
 
+  it('two takeovers at once in one process (one shared hash thread) each store their own bytes and SHA-256', async () => {
+    const storage = storageAt(s3, proxy.endpoint);
+    const uploads = ['resume/twin-a.zip', 'resume/twin-b.zip'].map((key) => ({ key, data: randomBytes(TOTAL) }));
+    const left = await Promise.all(uploads.map((u) => interrupted(storage, u.key, u.data, 2)));
+
+    // Both resume together: their parts reach the one thread interleaved.
+    const results = await Promise.all(
+      uploads.map((u, i) => uploadStream(storage, { key: u.key, body: source(u.data).body, resume: left[i]!.store })),
+    );
+    for (const [i, u] of uploads.entries()) {
+      const expected = source(u.data).sha256;
+      expect(results[i]).toMatchObject({ size: TOTAL, sha256: expected, resumedParts: 2 });
+      expect(await objectSha256(s3, u.key)).toBe(expected);
+    }
+    expect(results[0]!.sha256).not.toBe(results[1]!.sha256);
+  });
+
   it('restarts from zero when a recorded part no longer hashes the same (the source changed)', async () => {
     const storage = storageAt(s3, proxy.endpoint);
     const data = randomBytes(TOTAL);
