@@ -22,7 +22,7 @@ import { loadConfig } from '../src/config.js';
 import { DEFAULT_JOB_OPTIONS, jobIdFor, openQueue, parsePayload } from '../src/queues/index.js';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { compiledSrc } from './compiled.js';
-import { startS3, storeLabel, storeModes, type BenchS3 } from './store.js';
+import { ceilingNote, linkFloorMs, startS3, storeLabel, storeModes, type BenchS3 } from './store.js';
 import { MB, cleanupPrefix, fmtMb, generateMixed, stowageEnv, type BenchRow, runIfMain } from './lib.js';
 
 const JOBS = 20;
@@ -177,20 +177,17 @@ async function scalingRows(mode: 'direct' | 'shaped', quick: boolean): Promise<B
     const peak = (rs: { maxRssBytes: number }[]) => fmtMb(Math.max(...rs.map((r) => r.maxRssBytes)));
     const oneRun = bestRun(runs[1]!);
     const shaped = s3.shaper !== null;
-    // Shaped, every process shares one link: no number of them drains faster than the bytes
-    // stored ÷ bandwidth, so a speedup is capped at one process's time over that floor.
+    // Shaped, no number of processes drains faster than the link's floor for the bytes stored,
+    // so a speedup is capped at one process's time over that floor.
     const storedBytes = (await bucketBytes(s3)) / order.length;
-    const floorMs = s3.shaper ? (storedBytes / s3.shaper.options.bytesPerSecond) * 1000 : null;
+    const floorMs = linkFloorMs(s3, storedBytes);
     // Shaped, the jobs wait on the link, not the two cores: the goals of issue 21 hold there.
     const goals: Record<number, number> = shaped ? { 2: 1.8, 4: 3 } : { 2: 1.7, 4: 1.7 };
     return [2, 4].map((procs) => {
       const run = bestRun(runs[procs]!);
       const speedup = oneRun.ms / run.ms;
       const ceiling = floorMs === null ? null : oneRun.ms / floorMs;
-      const capped =
-        ceiling === null
-          ? ''
-          : ` (the link's ceiling: ${ceiling.toFixed(2)}×, ${fmtMb(storedBytes)} in ${(floorMs! / 1000).toFixed(2)} s${ceiling < goals[procs]! ? ', below the goal' : ''})`;
+      const capped = ceilingNote(ceiling, `${fmtMb(storedBytes)} in ${((floorMs ?? 0) / 1000).toFixed(2)} s`, goals[procs]!);
       return {
         what: `horizontal scaling: ${JOBS} artifact jobs of ${fmtMb(artifactBytes)}, ${procs} vs 1 worker process at concurrency 1, ${storeLabel(s3)}`,
         baseline: `1 process: ${(oneRun.ms / 1000).toFixed(2)} s (${rate(oneRun.ms).toFixed(1)} jobs/s; ${cores(oneRun)})`,

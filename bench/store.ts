@@ -101,3 +101,17 @@ export function storeLabel(s3: BenchS3): string {
     ? `radosgw shaped: ${s3.shaper.options.rttMs} ms RTT, ${(s3.shaper.options.bytesPerSecond / 1e6).toFixed(0)} MB/s`
     : 'radosgw direct';
 }
+
+/**
+ * Shaped, every connection shares one link: nothing moves `bytes` over it faster than bytes ÷
+ * bandwidth (plus `extraMs`). That floor in ms, or null for the direct store.
+ */
+export function linkFloorMs(s3: BenchS3, bytes: number, extraMs = 0): number | null {
+  return s3.shaper ? (bytes / s3.shaper.options.bytesPerSecond) * 1000 + extraMs : null;
+}
+
+/** A ratio row's note on the best ratio the link allows (`ceiling`), saying when that is under the goal; '' direct. */
+export function ceilingNote(ceiling: number | null, detail: string, goal: number): string {
+  if (ceiling === null) return '';
+  return ` (the link's ceiling: ${ceiling.toFixed(2)}×, ${detail}${ceiling < goal ? ', below the goal' : ''})`;
+}

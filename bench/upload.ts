@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
-import { startS3, storeLabel, storeModes, type BenchS3 } from './store.js';
+import { ceilingNote, linkFloorMs, startS3, storeLabel, storeModes, type BenchS3 } from './store.js';
 import { MB, fmtMb, rcloneEnv, runTsChild, stowageEnv, timeCommand, type BenchRow, runIfMain } from './lib.js';
 
 const CHILD = fileURLToPath(new URL('./stowage-child.ts', import.meta.url));
@@ -96,17 +96,18 @@ async function uploadRows(s3: BenchS3, file: string, bytes: number, quick: boole
   const mbps = (ms: number) => bytes / MB / (ms / 1000);
   const ours = mbps(best(runs.ours));
   const where = storeLabel(s3);
-  // Shaped, every connection shares one link: no uploader beats bytes ÷ bandwidth (plus a round
-  // trip to start), so a ratio over rclone is capped at rclone's time over that floor.
-  const floorMs = s3.shaper ? (bytes / s3.shaper.options.bytesPerSecond) * 1000 + s3.shaper.options.rttMs : null;
+  // Shaped, no uploader beats the link's floor (plus a round trip to start), so a ratio over
+  // rclone is capped at rclone's time over that floor.
+  const floorMs = linkFloorMs(s3, bytes, s3.shaper?.options.rttMs);
   const row = (versus: 'defaults' | 'tuned', goal: number, label: string): BenchRow => {
     const theirs = mbps(best(runs[versus]));
     const ratio = ours / theirs;
     const ceiling = floorMs === null ? null : best(runs[versus]) / floorMs;
-    const capped =
-      ceiling === null
-        ? ''
-        : ` (the link's ceiling: ${ceiling.toFixed(2)}×, ${(floorMs! / 1000).toFixed(2)} s at ${(s3.shaper!.options.bytesPerSecond / 1e6).toFixed(0)} MB/s${ceiling < goal ? ', below the goal' : ''})`;
+    const capped = ceilingNote(
+      ceiling,
+      `${((floorMs ?? 0) / 1000).toFixed(2)} s at ${((s3.shaper?.options.bytesPerSecond ?? 0) / 1e6).toFixed(0)} MB/s`,
+      goal,
+    );
     return {
       what: `raw upload: one ${bytes / 1024 / 1024} MiB file, ${where} (MB/s) vs rclone ${label}`,
       baseline: `${theirs.toFixed(0)} MB/s (rclone copyto ${label}; ${(best(runs[versus]) / 1000).toFixed(2)} s)`,

@@ -4,8 +4,8 @@
  * Each part is hashed twice: into the whole-object hash (sidecar, receipt) and on its own (its
  * checksum header, its SigV4 payload hash, its resume record, the check of a recorded part). A
  * resumed upload sends nothing while it regenerates and re-checks the parts already stored, so
- * there those two passes, run in turn with the zip on the main thread, set the pace: 340 MB/s of
- * stored data here, 490 MB/s with the hashing in this thread beside the zip (docs/performance.md,
+ * there those two passes, run in turn with the zip on the main thread, set the pace: 280–350 MB/s
+ * of stored data here, 410–600 MB/s with the hashing in this thread beside the zip (docs/performance.md,
  * "Resume after a crash"). Only resumed attempts use it (upload.ts): a fresh upload hashes as it
  * sends, on the main thread, and a thread would add its ~19 MB to every worker for no gain there.
  * A part's memory is transferred to the thread and back, not copied.

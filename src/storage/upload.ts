@@ -231,8 +231,9 @@ async function* partsOf(body: Readable, partSize: number): AsyncGenerator<Part> 
   const part = (buf: Buffer, length: number): Part => ({
     data: buf.subarray(0, length),
     release: (returned) => {
-      const whole = returned ? Buffer.from(returned.buffer, 0, returned.buffer.byteLength) : buf;
-      if (whole.length === partSize) free.push(whole);
+      // Memory that went to the hash thread comes back as a new ArrayBuffer: wrap that one.
+      const reusable = returned && returned.buffer !== buf.buffer ? Buffer.from(returned.buffer) : buf;
+      if (reusable.length === partSize) free.push(reusable);
     },
   });
   let buf: Buffer | null = Buffer.allocUnsafeSlow(Math.min(partSize, FIRST_BUFFER));
