@@ -1,6 +1,8 @@
 /**
  * What a processor gets besides its job. Built by the runtime and passed in: a processor reaches
  * for no global, so each one is testable against real services with its own prefix, schema, bucket.
+ * `emit` and `progress` are methods of the runtime's context object: call them on it
+ * (`ctx.progress(p)`); give a callback `(p) => ctx.progress(p)`, not `ctx.progress`.
  */
 import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';

@@ -31,6 +31,8 @@ import {
   createRedis,
   isConnectionError,
   parsePayload,
+  type DomainEvents,
+  type DomainEventType,
   type EventStream,
   type JobKind,
   type JobProgress,
@@ -82,6 +84,75 @@ const JOB_ERROR_TTL_SECONDS = 7 * 24 * 3600;
 const RECEIPT_FLUSH_BOUND_MS = 5_000;
 /** How long parking waits for the parked job's receipt before moving on (it is written later). */
 const PARKED_RECEIPT_WAIT_MS = 2_000;
+
+/** What every job's context shares: made once per runtime. */
+interface SharedContext {
+  config: Config;
+  logger: Logger;
+  db: Db;
+  redis: Redis;
+  storage: () => Storage;
+  metrics: Metrics;
+  signal: AbortSignal;
+  events: EventStream;
+  workerId: string;
+}
+
+/**
+ * One job's context. A class, not an object literal: its methods and the logger getter live on
+ * the prototype, so a no-op job allocates one object rather than an object with an accessor and a
+ * closure per method (bench/queue-overhead.ts counts the CPU per job against raw BullMQ).
+ */
+class JobContext implements ProcessorContext {
+  readonly config: Config;
+  readonly db: Db;
+  readonly redis: Redis;
+  readonly storage: () => Storage;
+  readonly metrics: Metrics;
+  readonly signal: AbortSignal;
+  #child: Logger | undefined;
+  #lastProgress = 0;
+  #lastStage = '';
+
+  constructor(
+    private readonly shared: SharedContext,
+    private readonly kind: JobKind,
+    private readonly job: Job,
+    readonly attempt: number,
+  ) {
+    this.config = shared.config;
+    this.db = shared.db;
+    this.redis = shared.redis;
+    this.storage = shared.storage;
+    this.metrics = shared.metrics;
+    this.signal = shared.signal;
+  }
+
+  /** Made on first use: a pino child costs more than a no-op job. */
+  get logger(): Logger {
+    this.#child ??= this.shared.logger.child({
+      queue: this.kind,
+      jobId: this.job.id,
+      attempt: this.attempt,
+      workerId: this.shared.workerId,
+    });
+    return this.#child;
+  }
+
+  async emit<T extends DomainEventType>(type: T, data: DomainEvents[T]): Promise<void> {
+    await this.shared.events.emit(type, data, { queue: this.kind, jobId: this.job.id!, correlationId: correlationIdOf(this.job) });
+  }
+
+  async progress(p: JobProgress): Promise<void> {
+    const now = Date.now();
+    // Throttled: a stage change or the final byte always goes out, the rest at most 4/s.
+    const final = p.totalBytes !== undefined && p.bytes >= p.totalBytes;
+    if (p.stage === this.#lastStage && !final && now - this.#lastProgress < PROGRESS_INTERVAL_MS) return;
+    this.#lastProgress = now;
+    this.#lastStage = p.stage;
+    await this.job.updateProgress({ ...p });
+  }
+}
 
 export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   const { config, logger, metrics, db } = options;
@@ -141,6 +212,17 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
   let storage: Storage | undefined;
   const getStorage = () => (storage ??= (options.storage ?? (() => createStorage(config)))());
   const shutdown = new AbortController();
+  const shared: SharedContext = {
+    config,
+    logger,
+    db,
+    redis: connection,
+    storage: getStorage,
+    metrics,
+    signal: shutdown.signal,
+    events,
+    workerId,
+  };
   const infoEnabled = logger.isLevelEnabled('info');
   const debugEnabled = logger.isLevelEnabled('debug');
 
@@ -152,39 +234,11 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     const durationFailed = metrics.jobDuration.labels(kind, 'failed');
     const run = async (job: Job) => {
       const attempt = job.attemptsMade + 1;
-      // The child logger is made on first use: a pino child costs more than a no-op job.
-      let child: Logger | undefined;
-      const log = (): Logger => (child ??= logger.child({ queue: kind, jobId: job.id, attempt, workerId }));
+      const ctx = new JobContext(shared, kind, job, attempt);
       const started = performance.now();
       try {
         job.data = parsePayload(kind, job.data);
-        let lastProgress = 0;
-        let lastStage = '';
-        const ctx: ProcessorContext = {
-          config,
-          get logger() {
-            return log();
-          },
-          db,
-          redis: connection,
-          storage: getStorage,
-          metrics,
-          attempt,
-          signal: shutdown.signal,
-          emit: async (type, data) => {
-            await events.emit(type, data, { queue: kind, jobId: job.id!, correlationId: correlationIdOf(job) });
-          },
-          progress: async (p: JobProgress) => {
-            const now = Date.now();
-            // Throttled: a stage change or the final byte always goes out, the rest at most 4/s.
-            const final = p.totalBytes !== undefined && p.bytes >= p.totalBytes;
-            if (p.stage === lastStage && !final && now - lastProgress < PROGRESS_INTERVAL_MS) return;
-            lastProgress = now;
-            lastStage = p.stage;
-            await job.updateProgress({ ...p });
-          },
-        };
-        if (debugEnabled) log().debug('job started');
+        if (debugEnabled) ctx.logger.debug('job started');
         const result = await processor(job, ctx);
         if (config.worker.jobReceipts === 'all') {
           // Written behind, batched: the receipts that matter (uploads, project versions) are
@@ -192,26 +246,28 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
           // trip to every job's latency.
           receipts
             .write({ queue: kind, jobId: job.id!, name: job.name, status: 'completed', attempts: attempt, result, error: null })
-            .then(receiptWritten, (err: unknown) => log().warn({ err }, 'job receipt not written'));
+            .then(receiptWritten, (err: unknown) => ctx.logger.warn({ err }, 'job receipt not written'));
         }
         // An earlier attempt's error is moot now.
         if (job.attemptsMade > 0) void connection.del(redisKeys.jobError(config.prefix, kind, job.id!)).catch(() => {});
         const seconds = (performance.now() - started) / 1000;
         durationCompleted.observe(seconds);
-        if (infoEnabled) log().info({ durationMs: Math.round(seconds * 1000) }, 'job completed');
+        if (infoEnabled) ctx.logger.info({ durationMs: Math.round(seconds * 1000) }, 'job completed');
         return result;
       } catch (raw) {
         durationFailed.observe((performance.now() - started) / 1000);
         const err = raw instanceof Error ? raw : new Error(String(raw));
         const permanent = isPermanent(err);
-        log().warn(
+        ctx.logger.warn(
           { err: { name: err.name, message: err.message, code: (err as { code?: unknown }).code }, permanent },
           'job attempt failed',
         );
         // Before BullMQ records the failure: parking (on its `failed` event) reads this.
         await connection
           .set(redisKeys.jobError(config.prefix, kind, job.id!), JSON.stringify(errorData(err)), 'EX', JOB_ERROR_TTL_SECONDS)
-          .catch((e: unknown) => log().warn({ err: e }, 'the error of this attempt was not recorded; it will be parked as a plain Error'));
+          .catch((e: unknown) =>
+            ctx.logger.warn({ err: e }, 'the error of this attempt was not recorded; it will be parked as a plain Error'),
+          );
         if (permanent) {
           // BullMQ's way to skip the remaining attempts; the message stays the error's own.
           const u = new UnrecoverableError(err.message);
