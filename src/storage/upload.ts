@@ -399,16 +399,27 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
   }
   signal?.throwIfAborted();
   const fresh = () => (typeof makeBody === 'function' ? makeBody() : makeBody);
+  // The first parts are read (zipped, for an artifact) while the store is probed and an
+  // interrupted upload is looked up: round trips that took 0.2-0.5 s of the pipeline's CPU time
+  // before its first byte (docs/performance.md, "Artifact pipeline").
+  let body = fresh();
+  let parts: AsyncGenerator<Part> | null = primed(partsOf(body, storage.partSize), storage.queueSize);
   let caps: StoreCapabilities;
+  let resume: Resume | null;
   try {
-    caps = await storeCapabilities(storage);
+    try {
+      caps = await storeCapabilities(storage);
+    } catch (err) {
+      throw storeError(err, `upload of ${key}`);
+    }
+    resume = store ? await loadResume(storage, options, store, caps) : null;
   } catch (err) {
-    if (typeof makeBody !== 'function') makeBody.destroy();
-    throw storeError(err, `upload of ${key}`);
+    body.destroy();
+    await parts.return(undefined).catch(() => {});
+    throw err;
   }
-  let resume = store ? await loadResume(storage, options, store, caps) : null;
   for (;;) {
-    const outcome = await attempt(storage, options, fresh(), caps, store, resume);
+    const outcome = await attempt(storage, options, body, parts, caps, store, resume);
     if (outcome.kind === 'done') return outcome.result;
     // Only a resumed attempt can find the source changed; the fresh one after it cannot.
     logger?.warn(
@@ -417,7 +428,47 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
     );
     if (resume && store) await abandon(storage, resume, store, logger);
     resume = null;
+    body = fresh();
+    parts = null;
   }
+}
+
+/**
+ * `source`, with its first `n` items pulled at once, before anyone asks: the caller has round
+ * trips to make before it takes them. Only those n are read ahead, so a consumer that takes a
+ * part only when one of its n slots is free still holds at most n + 1 part buffers.
+ */
+function primed<T>(source: AsyncGenerator<T>, n: number): AsyncGenerator<T> {
+  const early: Promise<IteratorResult<T>>[] = [];
+  let taking = false;
+  const pull = () => {
+    if (taking || early.length >= n) return;
+    const next = source.next();
+    early.push(next);
+    // Taken in order by the consumer, which sees a failure; this only keeps it from being "unhandled".
+    next.then(
+      (r) => (r.done ? undefined : pull()),
+      () => {},
+    );
+  };
+  pull();
+  return (async function* () {
+    taking = true;
+    let delegated = false;
+    try {
+      while (early.length) {
+        const r = await early.shift()!;
+        if (r.done) return;
+        yield r.value;
+      }
+      delegated = true;
+      yield* source;
+    } finally {
+      // A consumer that stops early (a failure, a changed source) closes the source too; not
+      // awaited, since a pull may still be waiting on the body, which the consumer destroys next.
+      if (!delegated) source.return(undefined).catch(() => {});
+    }
+  })();
 }
 
 /** One pass over a fresh stream: resume `resume` (if given) or upload from zero. */
@@ -425,6 +476,8 @@ async function attempt(
   storage: Storage,
   options: UploadStreamOptions,
   body: Readable,
+  /** `body`'s parts, some of them read already; null: read them here. */
+  early: AsyncGenerator<Part> | null,
   caps: StoreCapabilities,
   store: ResumeStore | null,
   resume: Resume | null,
@@ -546,7 +599,7 @@ async function attempt(
   try {
     let partNumber = 0;
     let single = false;
-    for await (const { data: part, release } of partsOf(body, partSize)) {
+    for await (const { data: part, release } of early ?? partsOf(body, partSize)) {
       if (failure !== undefined || mismatch !== undefined) break;
       partNumber++;
       size += part.length;

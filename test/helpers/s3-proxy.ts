@@ -5,9 +5,10 @@
  *
  * The one fault: reset the connection of UploadPart requests for a range of part numbers, after a
  * given number of body bytes (what a flaky network or a store dying mid-upload looks like to the
- * client; the SDK retries each part and then gives up). It also counts what went through.
+ * client; the SDK retries each part and then gives up). And one delay: hold every request until a
+ * promise settles (a store that is slow to answer). It also counts what went through.
  */
-import { createServer, request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TestS3 } from './s3.js';
 
@@ -15,6 +16,8 @@ export interface S3Proxy {
   endpoint: string;
   /** Reset UploadPart connections for parts fromPart..toPart after `afterBytes` of their body. */
   failParts(fault: { fromPart: number; toPart?: number; afterBytes: number }): void;
+  /** Forward no request before `until` settles (null: stop holding). */
+  holdRequests(until: Promise<unknown> | null): void;
   /** Stop injecting faults. */
   heal(): void;
   /**
@@ -32,8 +35,18 @@ export async function startS3Proxy(s3: TestS3): Promise<S3Proxy> {
   let fault: { fromPart: number; toPart?: number; afterBytes: number } | null = null;
   const stats = { abortRequests: 0, partRequests: 0, resets: 0 };
   const partsByKey = new Map<string, number>();
+  let hold: Promise<unknown> | null = null;
 
   const server = createServer((req, res) => {
+    // A held request's body waits unread in its socket until it is forwarded.
+    if (hold)
+      hold.then(
+        () => forward(req, res),
+        () => forward(req, res),
+      );
+    else forward(req, res);
+  });
+  const forward = (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://proxy');
     const upstream = httpRequest(
       { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
@@ -67,7 +80,7 @@ export async function startS3Proxy(s3: TestS3): Promise<S3Proxy> {
     } else {
       req.pipe(upstream);
     }
-  });
+  };
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
@@ -75,8 +88,12 @@ export async function startS3Proxy(s3: TestS3): Promise<S3Proxy> {
     failParts(f) {
       fault = f;
     },
+    holdRequests(until) {
+      hold = until;
+    },
     heal() {
       fault = null;
+      hold = null;
     },
     stats,
     partRequestsFor: (key) => partsByKey.get(key) ?? 0,

@@ -183,6 +183,29 @@ describe('uploadStream on radosgw', () => {
     expect(await openUploads('u1/')).toEqual([]);
   });
 
+  it('reads the first parts while the store is probed, not after the probe', async () => {
+    // A proxy of its own: a new endpoint, so this storage probes the store afresh.
+    const slow = await startS3Proxy(s3);
+    const src = randomBody(12 * MiB + 123);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    // The store answers nothing until the body has given two parts (queueSize) or 10 s have gone.
+    const watch = setInterval(() => src.consumed() >= 2 * PART && release(), 5);
+    const giveUp = setTimeout(release, 10_000);
+    let readBeforeFirstRequest = -1;
+    slow.holdRequests(released.then(() => (readBeforeFirstRequest = src.consumed())));
+    try {
+      const result = await uploadStream(storageAt(iso, s3, slow.endpoint), { key: 'early/probe.zip', body: src.body });
+      expect(readBeforeFirstRequest).toBeGreaterThanOrEqual(2 * PART);
+      expect(result).toMatchObject({ size: 12 * MiB + 123, sha256: src.sha256, etag: src.multipartEtag });
+      expect((await fetchObject(s3, 'early/probe.zip')).sha256).toBe(src.sha256);
+    } finally {
+      clearInterval(watch);
+      clearTimeout(giveUp);
+      await slow.close();
+    }
+  });
+
   it("reports a multipart object's real ETag, although radosgw's CompleteMultipartUpload answers an empty one", async () => {
     // The quirk, seen with a plain client: the ETag in CompleteMultipartUpload's answer is empty.
     const key = 'etag/plain.bin';
