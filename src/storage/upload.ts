@@ -512,6 +512,8 @@ async function attempt(
   let sentParts = 0;
   const completed: CompletedPart[] = [];
   const inFlight = new Set<Promise<void>>();
+  /** The recorded parts among them, being checked against their records. */
+  const verifying = new Set<Promise<void>>();
   let failure: unknown;
   /** Why the stream is not the interrupted attempt's (a recorded part hashed differently). */
   let mismatch: string | undefined;
@@ -630,6 +632,9 @@ async function attempt(
       const hashed = hashPart(part);
       const recorded = resume?.parts.get(partNumber);
       if (!recorded && !uploadId) await begin();
+      // Nothing new is sent until the recorded parts before it have checked out: a changed
+      // source must not cost a part sent into the upload that is about to be aborted.
+      if (!recorded && verifying.size) await Promise.all(verifying);
       while (inFlight.size >= storage.queueSize) await Promise.race(inFlight);
       if (failure !== undefined || mismatch !== undefined) break;
       const n = partNumber;
@@ -641,8 +646,12 @@ async function attempt(
           release(data);
         })
         .catch(fail)
-        .finally(() => inFlight.delete(handled));
+        .finally(() => {
+          inFlight.delete(handled);
+          verifying.delete(handled);
+        });
       inFlight.add(handled);
+      if (recorded) verifying.add(handled);
     }
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
