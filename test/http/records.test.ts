@@ -118,14 +118,16 @@ describe.each(RECORD_ROUTE_PREFIXES)('%s', (prefix) => {
   });
 });
 
-it('a presigned URL works, then expires', { timeout: 10_000 }, async () => {
-  const res = await get('/api/v1/records/diary/d1/url?expiresIn=1', alice);
+it('a presigned URL works, then expires', { timeout: 20_000 }, async () => {
+  // 4 s, not 1: the signature's time is whole seconds, so a 1 s URL could be spent before a loaded
+  // machine fetched it (a CI run saw 403 on the first fetch).
+  const res = await get('/api/v1/records/diary/d1/url?expiresIn=4', alice);
   expect(res.statusCode).toBe(200);
   const { url, expiresAt } = res.json() as { url: string; expiresAt: string };
-  expect(Date.parse(expiresAt) - Date.now()).toBeLessThanOrEqual(1_000);
+  expect(Date.parse(expiresAt) - Date.now()).toBeLessThanOrEqual(4_000);
   const ok = await fetch(url);
   expect(ok.status).toBe(200);
   expect(await ok.text()).toBe('{"text":"Sunny walk by the river"}\n{"text":"Rain"}\n');
-  await new Promise((r) => setTimeout(r, 2_100));
+  await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(expiresAt) - Date.now()) + 1_100));
   expect((await fetch(url)).status).toBe(403);
 });
