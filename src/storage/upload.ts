@@ -403,7 +403,7 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
   // interrupted upload is looked up: round trips that took 0.2-0.5 s of the pipeline's CPU time
   // before its first byte (docs/performance.md, "Artifact pipeline").
   let body = fresh();
-  let parts: AsyncGenerator<Part> | null = primed(partsOf(body, storage.partSize), storage.queueSize);
+  let parts = primed(partsOf(body, storage.partSize), storage.queueSize);
   let caps: StoreCapabilities;
   let resume: Resume | null;
   try {
@@ -414,8 +414,8 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
     }
     resume = store ? await loadResume(storage, options, store, caps) : null;
   } catch (err) {
+    // Ends the read-ahead too: its pending pull fails, and nothing takes it.
     body.destroy();
-    await parts.return(undefined).catch(() => {});
     throw err;
   }
   for (;;) {
@@ -429,7 +429,7 @@ export async function uploadStream(storage: Storage, options: UploadStreamOption
     if (resume && store) await abandon(storage, resume, store, logger);
     resume = null;
     body = fresh();
-    parts = null;
+    parts = partsOf(body, storage.partSize);
   }
 }
 
@@ -476,8 +476,8 @@ async function attempt(
   storage: Storage,
   options: UploadStreamOptions,
   body: Readable,
-  /** `body`'s parts, some of them read already; null: read them here. */
-  early: AsyncGenerator<Part> | null,
+  /** `body` cut into parts (the first attempt's read ahead while the store was probed). */
+  parts: AsyncGenerator<Part>,
   caps: StoreCapabilities,
   store: ResumeStore | null,
   resume: Resume | null,
@@ -601,7 +601,7 @@ async function attempt(
   try {
     let partNumber = 0;
     let single = false;
-    for await (const { data: part, release } of early ?? partsOf(body, partSize)) {
+    for await (const { data: part, release } of parts) {
       if (failure !== undefined || mismatch !== undefined) break;
       partNumber++;
       size += part.length;
